@@ -1,0 +1,87 @@
+"""Acceptance rules: which draft tokens the target keeps, and the token that follows.
+
+Every rule has the signature
+
+    accept(p [B, K+1, V], q [B, K, V], draft [B, K], key) -> (n_accepted [B], next_token [B])
+
+p[:, i] is the target's distribution after the prefix and the first i draft
+tokens; q[:, i] the drafter's distribution that draft[:, i] was sampled from.
+``n_accepted`` counts the leading accepted draft tokens (0..K); ``next_token`` is
+the correction token sampled at position n (or the bonus token from p[:, K]
+when all K were accepted). With K = 0 every rule is plain sampling from p[:, 0].
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from specdec.sampling import sample
+
+
+def _leading(accepted: jax.Array) -> jax.Array:
+    """Number of leading True values per row: [B, K] bool -> [B] int32."""
+    return jnp.sum(jnp.cumprod(accepted.astype(jnp.int32), axis=-1), axis=-1)
+
+
+def _at(x: jax.Array, index: jax.Array) -> jax.Array:
+    """x[b, index[b]] for x [B, K, ...], index [B]."""
+    return jnp.take_along_axis(x, index[:, None, None], axis=1)[:, 0]
+
+
+def speculative_sampling(p, q, draft, key):
+    """Lossless speculative sampling (Leviathan et al. 2023, Chen et al. 2023).
+
+    Accept draft token x_i with probability min(1, p_i(x_i) / q_i(x_i)); at the first
+    rejection sample from normalize(max(0, p_i - q_i)); if all K are accepted,
+    sample the bonus token from p_K. The emitted tokens are distributed exactly
+    as if sampled from p one at a time.
+    """
+    B, K = draft.shape
+    key_u, key_next = jax.random.split(key)
+    p_x = jnp.take_along_axis(p[:, :K], draft[..., None], axis=-1)[..., 0]  # [B, K]
+    q_x = jnp.take_along_axis(q, draft[..., None], axis=-1)[..., 0]  # [B, K]
+    u = jax.random.uniform(key_u, (B, K))
+    # u < p/q  <=>  u * q < p, which needs no division when q_x = 0.
+    n = _leading(u * q_x < p_x)
+    residual = jnp.maximum(p[:, :K] - q, 0.0)  # [B, K, V]
+    residual = jnp.concatenate([residual, p[:, K:]], axis=1)  # position K: the bonus comes from p
+    dist = _at(residual, n)  # [B, V]
+    mass = jnp.sum(dist, axis=-1, keepdims=True)
+    # A zero residual has probability zero of being reached (p = q there); guard rounding.
+    dist = jnp.where(mass > 0, dist / jnp.where(mass > 0, mass, 1.0), _at(p, n))
+    return n, sample(dist, key_next)
+
+
+def greedy_match(p, q, draft, key):
+    """Exact greedy verification: accept while draft == argmax p, then emit argmax p_n.
+
+    Identical to speculative_sampling when p is one-hot (temperature 0), without
+    random numbers. ``q`` and ``key`` are unused.
+    """
+    del q, key
+    target = jnp.argmax(p, axis=-1).astype(jnp.int32)  # [B, K+1]
+    n = _leading(draft == target[:, : draft.shape[1]])
+    return n, jnp.take_along_axis(target, n[:, None], axis=1)[:, 0]
+
+
+def typical_acceptance_lossy(p, q, draft, key, *, epsilon: float = 0.09, delta: float = 0.3):
+    """LOSSY typical acceptance (Medusa, Cai et al. 2024). Does NOT preserve p.
+
+    Accept x_i while p_i(x_i) > min(epsilon, delta * exp(-H(p_i))); then sample the
+    next token from p_n. Trades exactness for longer accepted runs at high temperature.
+    """
+    del q
+    K = draft.shape[1]
+    p_k = p[:, :K]
+    entropy = -jnp.sum(jnp.where(p_k > 0, p_k * jnp.log(jnp.where(p_k > 0, p_k, 1.0)), 0.0), axis=-1)
+    p_x = jnp.take_along_axis(p_k, draft[..., None], axis=-1)[..., 0]
+    n = _leading(p_x > jnp.minimum(epsilon, delta * jnp.exp(-entropy)))
+    return n, sample(_at(p, n), key)
+
+
+RULES = {
+    "speculative": speculative_sampling,
+    "greedy": greedy_match,
+    "typical_lossy": typical_acceptance_lossy,
+}

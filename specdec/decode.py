@@ -1,0 +1,200 @@
+"""THE compiled loop: autoregressive and chain speculative decoding in one XLA program.
+
+One call of ``decode_loop`` generates every token of a batch:
+
+    prefill(target), drafter.init
+    while any row is active and fewer than max_new_tokens steps have run:
+        draft  = drafter.propose(gamma tokens after the pending token)     # [B, K], q [B, K, V]
+        p      = target(pending, draft) at K+1 positions, one forward pass # [B, K+1, V]
+        n, nxt = accept(p, q, draft)          # n leading drafts kept, then the correction/bonus token
+        emit draft[:n] + [nxt], cut at EOS and at the token budget
+        caches roll back by moving lengths; drafter.commit(n, nxt); per-row statistics
+
+With no drafter (K = 0) the same loop is plain autoregressive decoding: one
+target call and one sampled token per step, the baseline of every speedup.
+No host round trip per token, no Python ``if`` on traced values; every shape is
+fixed by (batch, prompt bucket, capacity, gamma).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from specdec import acceptance
+from specdec.drafters.base import Context
+from specdec.models import KVCache, forward
+from specdec.sampling import Sampling, probs
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopConfig:
+    """Static settings of one compiled loop (hashable)."""
+
+    sampling: Sampling
+    gamma: int  # K draft tokens per step; 0 = autoregressive
+    max_new_tokens: int
+    eos_ids: tuple[int, ...]
+    prompt_len: int  # bucketed prompt length (the prefill block)
+    rule: str = "speculative"  # a key of acceptance.RULES
+
+    @property
+    def accept(self):
+        if self.rule == "speculative" and self.sampling.greedy:
+            return acceptance.greedy_match  # the exact, random-free form of the same rule
+        return acceptance.RULES[self.rule]
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Stats:
+    """Per-row counters gathered inside the loop (all int32).
+
+    new_tokens [B], target_calls [B], drafted [B], accepted [B],
+    accept_by_position [B, K] (times draft position i was accepted),
+    accepted_hist [B, K+1] (steps that accepted exactly n drafts).
+    """
+
+    new_tokens: jax.Array
+    target_calls: jax.Array
+    drafted: jax.Array
+    accepted: jax.Array
+    accept_by_position: jax.Array
+    accepted_hist: jax.Array
+
+    @classmethod
+    def zeros(cls, batch: int, gamma: int) -> Stats:
+        z = jnp.zeros((batch,), jnp.int32)
+        return cls(z, z, z, z, jnp.zeros((batch, gamma), jnp.int32), jnp.zeros((batch, gamma + 1), jnp.int32))
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class LoopState:
+    """The ``while_loop`` carry.
+
+    tokens [B, N]: prompts then emitted tokens; lengths [B]: valid tokens per row
+    (the last is pending: emitted, not yet in any cache); done [B]: row finished.
+    """
+
+    step: jax.Array
+    tokens: jax.Array
+    lengths: jax.Array
+    done: jax.Array
+    cache: KVCache
+    drafter_state: Any
+    stats: Stats
+
+
+def _emit(cfg: LoopConfig, state: LoopState, prompt_lengths, draft, n, next_token):
+    """Append draft[:n] + [next_token] per row, cut at the first EOS and at the budget.
+
+    Returns (tokens [B, N], lengths [B], count [B] tokens actually emitted, finished [B]).
+    """
+    B, N = state.tokens.shape
+    K = cfg.gamma
+    i = jnp.arange(K + 1)[None, :]  # [1, K+1]
+    block = jnp.concatenate([draft, jnp.zeros((B, 1), jnp.int32)], axis=1)  # [B, K+1]
+    block = jnp.where(i == n[:, None], next_token[:, None], block)  # accepted drafts, then next
+    is_eos = jnp.isin(block, jnp.asarray(cfg.eos_ids, jnp.int32)) & (i <= n[:, None])
+    has_eos = jnp.any(is_eos, axis=1)
+    count = jnp.where(has_eos, jnp.argmax(is_eos, axis=1) + 1, n + 1)
+    budget = cfg.max_new_tokens - (state.lengths - prompt_lengths)
+    count = jnp.where(state.done, 0, jnp.minimum(count, budget))  # [B]
+    slots = jnp.where(i < count[:, None], state.lengths[:, None] + i, N)  # N: dropped
+    tokens = state.tokens.at[jnp.arange(B)[:, None], slots].set(block, mode="drop")
+    lengths = state.lengths + count
+    ended_on_eos = has_eos & (jnp.argmax(is_eos, axis=1) < count)
+    finished = state.done | ended_on_eos | (lengths - prompt_lengths >= cfg.max_new_tokens)
+    return tokens, lengths, count, finished
+
+
+def _update_stats(stats: Stats, active, count, n, gamma: int) -> Stats:
+    a = active.astype(jnp.int32)
+    return Stats(
+        new_tokens=stats.new_tokens + count,
+        target_calls=stats.target_calls + a,
+        drafted=stats.drafted + a * gamma,
+        accepted=stats.accepted + a * n,
+        accept_by_position=stats.accept_by_position + a[:, None] * (jnp.arange(gamma)[None, :] < n[:, None]),
+        accepted_hist=stats.accepted_hist + a[:, None] * jax.nn.one_hot(n, gamma + 1, dtype=jnp.int32),
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("target_def", "cfg"), donate_argnames=("tokens", "cache"))
+def decode_loop(target_def, target_params, drafter, tokens, prompt_lengths, cache: KVCache, key, *, cfg):
+    """Generate up to ``cfg.max_new_tokens`` tokens per row in one program.
+
+    target_def: static nnx GraphDef; target_params: its parameter pytree.
+    drafter: a Drafter pytree, or None for autoregressive decoding (cfg.gamma must be 0).
+    tokens [B, N] int32 (donated): prompts, right-padded to cfg.prompt_len, zeros after.
+    prompt_lengths [B] int32: true prompt lengths (>= 1).
+    cache (donated): the target's KVCache with capacity N.
+    key: PRNG key.
+
+    Returns (tokens [B, N], lengths [B], stats: Stats, cache): row b's new tokens
+    are tokens[b, prompt_lengths[b]:lengths[b]].
+    """
+    B = tokens.shape[0]
+    K = cfg.gamma
+    T = cfg.prompt_len
+    # Prefill every prompt token but the last; the last one is the first pending token.
+    _, cache, _ = forward(
+        target_def,
+        target_params,
+        tokens[:, :T],
+        jnp.broadcast_to(jnp.arange(T), (B, T)),
+        cache.with_lengths(0),
+    )
+    context = Context(tokens, prompt_lengths, cfg.sampling, T)
+    state = LoopState(
+        step=jnp.zeros((), jnp.int32),
+        tokens=tokens,
+        lengths=prompt_lengths,
+        done=jnp.zeros((B,), bool),
+        cache=cache,
+        drafter_state=None if drafter is None else drafter.init(context),
+        stats=Stats.zeros(B, K),
+    )
+
+    def active(state: LoopState):
+        return (state.step < cfg.max_new_tokens) & ~jnp.all(state.done)
+
+    def step(state: LoopState) -> LoopState:
+        key_draft, key_accept = jax.random.split(jax.random.fold_in(key, state.step))
+        context = Context(state.tokens, state.lengths, cfg.sampling, T)
+        drafter_state = state.drafter_state
+        if drafter is None:
+            draft = jnp.zeros((B, 0), jnp.int32)
+            q = jnp.zeros((B, 0, 1), jnp.float32)
+        else:
+            draft, q, drafter_state = drafter.propose(drafter_state, context, K, key_draft)  # [B,K], [B,K,V]
+
+        # Verify: score the pending token and the K drafts in one target pass.
+        verify_tokens = jnp.concatenate([context.pending[:, None], draft], axis=1)  # [B, K+1]
+        positions = state.lengths[:, None] - 1 + jnp.arange(K + 1)[None, :]  # [B, K+1]
+        cache = state.cache.with_lengths(state.lengths - 1)  # roll back rejected slots
+        logits, cache, _ = forward(target_def, target_params, verify_tokens, positions, cache)
+        p = probs(logits, cfg.sampling)  # [B, K+1, V]
+        n, next_token = cfg.accept(p, q, draft, key_accept)
+        n = jnp.where(state.done, 0, n)
+
+        tokens, lengths, count, finished = _emit(cfg, state, prompt_lengths, draft, n, next_token)
+        if drafter is not None:
+            drafter_state = drafter.commit(drafter_state, n, next_token)
+        return LoopState(
+            step=state.step + 1,
+            tokens=tokens,
+            lengths=lengths,
+            done=finished,
+            cache=cache,
+            drafter_state=drafter_state,
+            stats=_update_stats(state.stats, ~state.done, count, n, K),
+        )
+
+    state = jax.lax.while_loop(active, step, state)
+    return state.tokens, state.lengths, state.stats, state.cache.with_lengths(state.lengths - 1)

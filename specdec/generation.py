@@ -1,0 +1,167 @@
+"""``specdec.generate``: prompts in, texts and statistics out, around the compiled loop.
+
+Host-side only: tokenise, validate, pad into a length bucket, run one compiled
+``decode_loop`` call (compiled once per bucket and kept), time it, detokenise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from specdec import metrics
+from specdec.acceptance import RULES
+from specdec.decode import LoopConfig, decode_loop
+from specdec.models import Model
+from specdec.sampling import Sampling
+
+MIN_BUCKET = 16
+
+
+@dataclasses.dataclass
+class GenerationOutput:
+    """texts[i], tokens[i] (new tokens only) and stats[i] (see ``metrics.row_stats``) per prompt;
+    wall_s: one compiled call, measured after ``block_until_ready``; compile_s: 0.0 when cached."""
+
+    texts: list[str]
+    tokens: list[list[int]]
+    stats: list[dict]
+    prompt_tokens: list[list[int]]
+    wall_s: float
+    compile_s: float
+
+
+def bucket(n: int) -> int:
+    """Padded prompt length: the next power of two, at least MIN_BUCKET."""
+    return max(MIN_BUCKET, 1 << (max(n, 1) - 1).bit_length())
+
+
+def capacity_for(prompt_bucket: int, max_new_tokens: int, gamma: int) -> int:
+    """Cache slots a generation can touch, rounded up to a multiple of 64."""
+    need = prompt_bucket + max_new_tokens + gamma + 1
+    return -(-need // 64) * 64
+
+
+def encode_prompts(model: Model, prompts, chat: bool) -> list[list[int]]:
+    """Strings (through the chat template when ``chat``) or token-id lists -> token ids."""
+    ids = []
+    for i, prompt in enumerate(prompts):
+        if isinstance(prompt, str):
+            if model.tokenizer is None:
+                raise ValueError(
+                    f"prompts[{i}] is text but model {model.name!r} has no tokenizer; pass token ids"
+                )
+            if chat:
+                prompt = model.tokenizer.apply_chat_template([{"role": "user", "content": prompt}])
+            ids.append(model.tokenizer.encode(prompt))
+        else:
+            ids.append([int(t) for t in prompt])
+        if not ids[-1]:
+            raise ValueError(f"prompts[{i}] is empty")
+    return ids
+
+
+_COMPILED: dict = {}
+
+
+def _compiled(args, cfg: LoopConfig, target_def):
+    """The compiled program for these shapes and settings, and its compile time (0 if cached)."""
+    signature = (
+        cfg,
+        target_def,
+        jax.tree.structure(args),
+        tuple((a.shape, a.dtype) for a in jax.tree.leaves(args)),
+    )
+    if signature in _COMPILED:
+        return _COMPILED[signature], 0.0
+    start = time.perf_counter()
+    compiled = decode_loop.lower(target_def, *args, cfg=cfg).compile()
+    _COMPILED[signature] = compiled
+    return compiled, time.perf_counter() - start
+
+
+def generate(
+    target: Model,
+    prompts: Sequence[str] | Sequence[Sequence[int]],
+    drafter=None,
+    gamma: int = 4,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    max_new_tokens: int = 64,
+    chat: bool = True,
+    seed: int = 0,
+    acceptance: str = "speculative",
+    eos_ids: Sequence[int] | None = None,
+    capacity: int | None = None,
+) -> GenerationOutput:
+    """Generate a continuation of every prompt in one compiled call.
+
+    drafter: from ``specdec.drafters.make`` (None: autoregressive, gamma ignored).
+    acceptance: "speculative" (lossless; exact greedy matching at temperature 0)
+        or "typical_lossy" (Medusa's typical acceptance, NOT lossless).
+    eos_ids: stop tokens (default: the tokenizer's). capacity: cache slots per row
+        (default: just enough for the prompt bucket, the budget and one draft block).
+    Every setting is validated before anything is compiled.
+    """
+    sampling = Sampling(temperature, top_k, top_p)
+    if drafter is not None and gamma < 1:
+        raise ValueError(f"gamma must be >= 1 with a drafter, got {gamma}")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if acceptance not in RULES or acceptance == "greedy":
+        raise ValueError(f"acceptance must be one of speculative, typical_lossy; got {acceptance!r}")
+    if drafter is not None and drafter.vocab_size != target.config.vocab_size:
+        raise ValueError(
+            f"drafter vocab_size {drafter.vocab_size} differs from target vocab_size "
+            f"{target.config.vocab_size}; they must share one tokenizer"
+        )
+    if not prompts:
+        raise ValueError("prompts is empty")
+    gamma = gamma if drafter is not None else 0
+    ids = encode_prompts(target, prompts, chat)
+    longest = max(len(x) for x in ids)
+    prompt_len = bucket(longest)
+    needed = capacity_for(prompt_len, max_new_tokens, gamma)
+    capacity = needed if capacity is None else capacity
+    if prompt_len + max_new_tokens + gamma + 1 > capacity:
+        raise ValueError(
+            f"prompt of {longest} tokens (bucket {prompt_len}) + max_new_tokens {max_new_tokens} + gamma+1 "
+            f"{gamma + 1} does not fit the cache capacity {capacity}"
+        )
+    if longest + max_new_tokens > target.config.max_position:
+        raise ValueError(
+            f"prompt of {longest} tokens + max_new_tokens {max_new_tokens} exceeds the model's "
+            f"max_position {target.config.max_position}"
+        )
+    if eos_ids is None:
+        eos_ids = target.tokenizer.eos_ids if target.tokenizer is not None else ()
+    cfg = LoopConfig(sampling, gamma, max_new_tokens, tuple(int(e) for e in eos_ids), prompt_len, acceptance)
+
+    B = len(ids)
+    buffer = np.zeros((B, capacity), np.int32)
+    for b, row in enumerate(ids):
+        buffer[b, : len(row)] = row
+    lengths = np.array([len(x) for x in ids], np.int32)
+    args = (
+        target.params,
+        drafter,
+        jnp.asarray(buffer),
+        jnp.asarray(lengths),
+        target.init_cache(B, capacity),
+        jax.random.key(seed),
+    )
+    compiled, compile_s = _compiled(args, cfg, target.graphdef)
+    start = time.perf_counter()
+    tokens, out_lengths, stats, _ = jax.block_until_ready(compiled(*args))
+    wall_s = time.perf_counter() - start
+
+    tokens, out_lengths = np.asarray(tokens), np.asarray(out_lengths)
+    new = [tokens[b, lengths[b] : out_lengths[b]].tolist() for b in range(B)]
+    texts = [target.tokenizer.decode(t) if target.tokenizer is not None else "" for t in new]
+    return GenerationOutput(texts, new, metrics.row_stats(stats, wall_s), ids, wall_s, compile_s)

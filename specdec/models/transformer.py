@@ -1,0 +1,212 @@
+"""A Flax NNX decoder-only transformer for the LLaMA family (LLaMA 2/3, Mistral, Qwen2, SmolLM2).
+
+Weights are stored as in Hugging Face checkpoints, ``[out_features, in_features]``,
+and applied as ``x @ W.T``: on XLA:CPU that layout runs a T=1 decode step about
+3x faster than ``[in, out]`` (see README, bench_forward).
+
+The forward is the contract of DESIGN.md:
+``(tokens[B,T], positions[B,T], cache, mask?) -> (logits[B,T,V], cache, hidden?)``.
+Token t of row b is appended at cache slot ``cache.lengths[b] + t`` and rotated
+by RoPE at ``positions[b, t]``; for a chain these coincide, for a token tree they
+do not (siblings share a position but not a slot), which is why both exist.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from specdec.models.cache import KVCache
+from specdec.models.config import ModelConfig
+
+_NEG_INF = -1e30
+
+
+class RMSNorm(nnx.Module):
+    def __init__(self, dim: int, eps: float, dtype):
+        self.weight = nnx.Param(jnp.ones((dim,), dtype))
+        self.eps = eps
+
+    def __call__(self, x):  # [..., D]
+        x32 = x.astype(jnp.float32)
+        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return (x32 * self.weight[...].astype(jnp.float32)).astype(x.dtype)
+
+
+class Embedding(nnx.Module):
+    """Token embedding [V, D]; ``attend`` reuses it as a tied output head."""
+
+    def __init__(self, vocab_size: int, dim: int, *, dtype, rngs: nnx.Rngs):
+        self.weight = nnx.Param(
+            jax.random.normal(rngs.params(), (vocab_size, dim), jnp.float32).astype(dtype)
+        )
+
+    def __call__(self, tokens):  # [B, T] -> [B, T, D]
+        return self.weight[...][tokens]
+
+
+class Linear(nnx.Module):
+    """y = x @ W.T (+ b), W stored [out, in] as in HF checkpoints."""
+
+    def __init__(self, d_in: int, d_out: int, *, bias: bool, dtype, rngs: nnx.Rngs):
+        scale = 1.0 / math.sqrt(d_in)
+        self.weight = nnx.Param(
+            jax.random.normal(rngs.params(), (d_out, d_in), jnp.float32).astype(dtype) * scale
+        )
+        self.bias = nnx.Param(jnp.zeros((d_out,), dtype)) if bias else None
+
+    def __call__(self, x):
+        y = x @ self.weight[...].T
+        return y if self.bias is None else y + self.bias[...]
+
+
+def rope_frequencies(cfg: ModelConfig) -> np.ndarray:
+    """Inverse frequencies [Dh/2], with LLaMA-3 scaling when configured (host-side constant)."""
+    inv_freq = 1.0 / (cfg.rope_theta ** (np.arange(0, cfg.head_dim, 2, dtype=np.float64) / cfg.head_dim))
+    s = cfg.rope_scaling
+    if s is None:
+        return inv_freq.astype(np.float32)
+    # LLaMA 3.1: keep high frequencies, divide low ones by `factor`, interpolate between.
+    wavelen = 2 * math.pi / inv_freq
+    low_wavelen = s.original_max_position / s.low_freq_factor
+    high_wavelen = s.original_max_position / s.high_freq_factor
+    smooth = (s.original_max_position / wavelen - s.low_freq_factor) / (
+        s.high_freq_factor - s.low_freq_factor
+    )
+    scaled = np.where(wavelen > low_wavelen, inv_freq / s.factor, inv_freq)
+    mid = (wavelen <= low_wavelen) & (wavelen >= high_wavelen)
+    scaled = np.where(mid, (1 - smooth) * inv_freq / s.factor + smooth * inv_freq, scaled)
+    return scaled.astype(np.float32)
+
+
+def apply_rope(x, positions, inv_freq):
+    """Rotate x [B, T, H, Dh] by angle positions[b,t] * inv_freq (HF "rotate_half" layout)."""
+    angles = positions[:, :, None].astype(jnp.float32) * inv_freq[None, None, :]  # [B, T, Dh/2]
+    cos = jnp.cos(angles)[:, :, None, :]
+    sin = jnp.sin(angles)[:, :, None, :]
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x.dtype)
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, dtype, rngs: nnx.Rngs):
+        q_dim, kv_dim = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
+        self.q_proj = Linear(cfg.dim, q_dim, bias=cfg.qkv_bias, dtype=dtype, rngs=rngs)
+        self.k_proj = Linear(cfg.dim, kv_dim, bias=cfg.qkv_bias, dtype=dtype, rngs=rngs)
+        self.v_proj = Linear(cfg.dim, kv_dim, bias=cfg.qkv_bias, dtype=dtype, rngs=rngs)
+        self.o_proj = Linear(q_dim, cfg.dim, bias=False, dtype=dtype, rngs=rngs)
+        self.cfg = cfg
+
+    def __call__(self, x, positions, cache: KVCache, cache_layer: int, visible, inv_freq):
+        """x [B, T, D], visible [B, T, S] bool -> (out [B, T, D], cache with this layer written)."""
+        cfg = self.cfg
+        B, T, _ = x.shape
+        q = self.q_proj(x).reshape(B, T, cfg.n_heads, cfg.head_dim)
+        k = self.k_proj(x).reshape(B, T, cfg.n_kv_heads, cfg.head_dim)
+        v = self.v_proj(x).reshape(B, T, cfg.n_kv_heads, cfg.head_dim)
+        q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
+        cache = cache.write(cache_layer, k, v)
+        keys, values = cache.k[cache_layer], cache.v[cache_layer]  # [B, Hkv, S, Dh]
+        # Grouped-query attention: G = n_heads / n_kv_heads query heads share one kv head.
+        q = q.reshape(B, T, cfg.n_kv_heads, cfg.group_size, cfg.head_dim)
+        scores = jnp.einsum("btkgd,bksd->bkgts", q, keys, preferred_element_type=jnp.float32)
+        scores = scores / math.sqrt(cfg.head_dim)
+        scores = jnp.where(visible[:, None, None, :, :], scores, _NEG_INF)
+        weights = jax.nn.softmax(scores, axis=-1).astype(values.dtype)  # [B, Hkv, G, T, S]
+        out = jnp.einsum("bkgts,bksd->btkgd", weights, values).reshape(B, T, cfg.n_heads * cfg.head_dim)
+        return self.o_proj(out), cache
+
+
+class MLP(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, dtype, rngs: nnx.Rngs):
+        self.gate_proj = Linear(cfg.dim, cfg.ffn_dim, bias=False, dtype=dtype, rngs=rngs)
+        self.up_proj = Linear(cfg.dim, cfg.ffn_dim, bias=False, dtype=dtype, rngs=rngs)
+        self.down_proj = Linear(cfg.ffn_dim, cfg.dim, bias=False, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x):  # SwiGLU
+        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, dtype, rngs: nnx.Rngs):
+        self.input_layernorm = RMSNorm(cfg.dim, cfg.norm_eps, dtype)
+        self.self_attn = Attention(cfg, dtype=dtype, rngs=rngs)
+        self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps, dtype)
+        self.mlp = MLP(cfg, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x, positions, cache, cache_layer, visible, inv_freq):
+        h, cache = self.self_attn(self.input_layernorm(x), positions, cache, cache_layer, visible, inv_freq)
+        x = x + h
+        return x + self.mlp(self.post_attention_layernorm(x)), cache
+
+
+class Transformer(nnx.Module):
+    """Decoder-only LLaMA-family transformer. Parameter names follow HF (``model.layers.3.mlp.up_proj``)."""
+
+    def __init__(self, cfg: ModelConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.embed_tokens = Embedding(cfg.vocab_size, cfg.dim, dtype=dtype, rngs=rngs)
+        self.layers = nnx.List([Block(cfg, dtype=dtype, rngs=rngs) for _ in range(cfg.n_layers)])
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps, dtype)
+        self.lm_head = (
+            None
+            if cfg.tie_embeddings
+            else Linear(cfg.dim, cfg.vocab_size, bias=False, dtype=dtype, rngs=rngs)
+        )
+
+    def __call__(
+        self,
+        tokens: jax.Array,
+        positions: jax.Array,
+        cache: KVCache,
+        *,
+        mask: jax.Array | None = None,
+        layers: tuple[int, ...] | None = None,
+        hidden_layers: tuple[int, ...] = (),
+    ):
+        """Score T new tokens per row and append their keys/values to the cache.
+
+        tokens, positions: [B, T] int32.
+        cache: KVCache with one cached layer per layer run (``len(layers)``).
+        mask: optional [B, T, T] bool among the new tokens (True = may attend); default causal.
+            Every new token always sees the row's earlier ``cache.lengths[b]`` slots.
+        layers: static tuple of layer indices to run (first k, or a skip set), default all.
+            The lm head and final norm always run; no weights are copied.
+        hidden_layers: static layer indices whose output residual stream to return.
+
+        Returns logits [B, T, V] float32, the cache (lengths advanced by T), and
+        hidden [len(hidden_layers), B, T, D] (None when hidden_layers is empty).
+        """
+        cfg = self.cfg
+        layers = tuple(range(cfg.n_layers)) if layers is None else tuple(layers)
+        T = tokens.shape[1]
+        S = cache.capacity
+        # Slot s of row b is visible to new token t iff it holds an earlier token.
+        q_slot = cache.lengths[:, None] + jnp.arange(T)[None, :]  # [B, T]
+        s = jnp.arange(S)[None, None, :]
+        if mask is None:
+            visible = s <= q_slot[:, :, None]  # [B, T, S] causal
+        else:
+            offset = s - cache.lengths[:, None, None]  # slot index among the new tokens
+            in_new = jnp.take_along_axis(mask, jnp.clip(offset, 0, T - 1), axis=2)
+            visible = (offset < 0) | ((offset < T) & in_new)
+        if cfg.sliding_window is not None:
+            visible &= s > q_slot[:, :, None] - cfg.sliding_window
+        inv_freq = jnp.asarray(rope_frequencies(cfg))
+
+        x = self.embed_tokens(tokens)  # [B, T, D]
+        hidden = []
+        for cache_layer, i in enumerate(layers):
+            x, cache = self.layers[i](x, positions, cache, cache_layer, visible, inv_freq)
+            if i in hidden_layers:
+                hidden.append(x)
+        x = self.norm(x)
+        head = (self.embed_tokens if self.lm_head is None else self.lm_head).weight[...]  # [V, D]
+        logits = jnp.einsum("btd,vd->btv", x, head, preferred_element_type=jnp.float32)
+        cache = cache.with_lengths(cache.lengths + T)
+        return logits, cache, (jnp.stack(hidden) if hidden else None)

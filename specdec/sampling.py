@@ -1,0 +1,67 @@
+"""Logits -> probabilities: temperature, top-k and top-p, in one place only.
+
+The target's p and the drafter's q both go through ``probs`` with the same
+``Sampling``, so the rejection rule compares like with like.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+    """How a token is chosen. ``temperature == 0`` means greedy (argmax).
+
+    Frozen and hashable: a static argument of the compiled loop.
+    """
+
+    temperature: float = 0.0
+    top_k: int | None = None
+    top_p: float | None = None
+
+    def __post_init__(self):
+        if not self.temperature >= 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"top_k must be >= 1 or None, got {self.top_k}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1] or None, got {self.top_p}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+def probs(logits: jax.Array, sampling: Sampling) -> jax.Array:
+    """[..., V] logits -> [..., V] float32 probabilities.
+
+    Greedy gives the one-hot of the argmax, so greedy decoding is sampling from a
+    point mass and every lossless rule reduces to exact matching.
+    """
+    logits = logits.astype(jnp.float32)
+    if sampling.greedy:
+        return jax.nn.one_hot(jnp.argmax(logits, axis=-1), logits.shape[-1], dtype=jnp.float32)
+    logits = logits / sampling.temperature
+    if sampling.top_k is not None and sampling.top_k < logits.shape[-1]:
+        kth = jax.lax.top_k(logits, sampling.top_k)[0][..., -1:]  # [..., 1]
+        logits = jnp.where(logits < kth, -jnp.inf, logits)
+    p = jax.nn.softmax(logits, axis=-1)
+    if sampling.top_p is not None and sampling.top_p < 1:
+        # Keep the smallest prefix of the sorted distribution whose mass reaches top_p:
+        # a token survives iff the mass strictly before it is below top_p.
+        sorted_p = jnp.sort(p, axis=-1)[..., ::-1]
+        mass_before = jnp.cumsum(sorted_p, axis=-1) - sorted_p
+        n_keep = jnp.sum(mass_before < sampling.top_p, axis=-1, keepdims=True)  # [..., 1] >= 1
+        threshold = jnp.take_along_axis(sorted_p, n_keep - 1, axis=-1)
+        p = jnp.where(p >= threshold, p, 0.0)
+        p = p / jnp.sum(p, axis=-1, keepdims=True)
+    return p
+
+
+def sample(p: jax.Array, key: jax.Array) -> jax.Array:
+    """Draw one token per row from probabilities p [..., V] -> [...] int32."""
+    return jax.random.categorical(key, jnp.log(p), axis=-1).astype(jnp.int32)

@@ -1,0 +1,45 @@
+"""Checkpoint and tokenizer loading: the model zoo (GGUF), HF safetensors folders, GGUF files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax.numpy as jnp
+
+
+def load_model(name_or_path: str, *, dtype=jnp.float32):
+    """Load a model by zoo name (``smollm2-135m-instruct``), HF checkpoint folder or ``.gguf`` file.
+
+    Returns a ``specdec.Model`` carrying config, parameters (in ``dtype``) and tokenizer.
+    """
+    from specdec.models import Model
+    from specdec.weights import zoo
+    from specdec.weights.hf import load_hf_dir
+
+    if name_or_path in zoo.ZOO:
+        config, tensors = zoo.load_zoo_tensors(name_or_path)
+        tokenizer = zoo.load_zoo_tokenizer(name_or_path)
+        return Model.from_tensors(config, tensors, dtype=dtype, tokenizer=tokenizer, name=name_or_path)
+    path = Path(name_or_path)
+    if path.is_dir():
+        return load_hf_dir(path, dtype=dtype)
+    if path.suffix == ".gguf" and path.is_file():
+        from specdec.weights.gguf_file import read_gguf
+        from specdec.weights.tokenizer import Tokenizer
+
+        config, tensors = read_gguf(path)
+        return Model.from_tensors(
+            config,
+            tensors,
+            dtype=dtype,
+            tokenizer=Tokenizer.from_gguf(path),
+            name=path.stem,
+            source=str(path),
+        )
+    raise ValueError(
+        f"model {name_or_path!r} is neither a zoo name ({', '.join(zoo.ZOO)}), "
+        "a Hugging Face checkpoint folder nor a .gguf file"
+    )
+
+
+__all__ = ["load_model"]

@@ -1,0 +1,92 @@
+"""Hugging Face checkpoint folders: config.json + (sharded) safetensors + tokenizer.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save_file
+
+from specdec.models import Model, ModelConfig
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+
+
+def read_config(folder: Path) -> ModelConfig:
+    path = folder / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing config.json in the checkpoint folder")
+    return ModelConfig.from_hf(json.loads(path.read_text()), source=str(path))
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    if (folder / INDEX_FILE).is_file():
+        weight_map = json.loads((folder / INDEX_FILE).read_text())["weight_map"]
+        files = [folder / name for name in sorted(set(weight_map.values()))]
+    elif (folder / SINGLE_FILE).is_file():
+        files = [folder / SINGLE_FILE]
+    else:
+        raise FileNotFoundError(f"{folder}: no {SINGLE_FILE} or {INDEX_FILE} in the checkpoint folder")
+    for f in files:
+        if not f.is_file():
+            raise FileNotFoundError(f"{f}: weight shard listed in {INDEX_FILE} is missing")
+    return files
+
+
+def read_tensors(folder: Path) -> dict[str, np.ndarray]:
+    """All tensors of the folder's safetensors file(s) as numpy arrays (bf16 kept via ml_dtypes)."""
+    tensors = {}
+    for f in _weight_files(folder):
+        try:
+            with safe_open(f, framework="flax") as fh:
+                for key in fh.keys():  # noqa: SIM118 (safe_open is not a dict)
+                    tensors[key] = np.asarray(fh.get_tensor(key))
+        except (SafetensorError, OSError) as err:
+            raise ValueError(f"{f}: unreadable or truncated safetensors file ({err})") from None
+    return tensors
+
+
+def load_hf_dir(folder, *, dtype=jnp.float32) -> Model:
+    """Load a LLaMA / Mistral / Qwen2 checkpoint folder (with its tokenizer when present)."""
+    from specdec.weights.tokenizer import Tokenizer
+
+    folder = Path(folder)
+    config = read_config(folder)
+    tokenizer = Tokenizer.from_hf_dir(folder) if (folder / "tokenizer.json").is_file() else None
+    return Model.from_tensors(
+        config, read_tensors(folder), dtype=dtype, tokenizer=tokenizer, name=folder.name, source=str(folder)
+    )
+
+
+def save_hf_dir(model: Model, folder, *, max_shard_bytes: int | None = None) -> Path:
+    """Write ``model`` as an HF checkpoint folder; shards with an index when ``max_shard_bytes`` is set."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = model.config.to_hf()
+    config["torch_dtype"] = str(np.dtype(model.dtype))
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    tensors = {k: np.ascontiguousarray(v) for k, v in model.tensors().items()}
+    if max_shard_bytes is None:
+        save_file(tensors, folder / SINGLE_FILE, metadata={"format": "pt"})
+    else:
+        shards: list[dict[str, np.ndarray]] = [{}]
+        for name, array in tensors.items():
+            if shards[-1] and sum(a.nbytes for a in shards[-1].values()) + array.nbytes > max_shard_bytes:
+                shards.append({})
+            shards[-1][name] = array
+        weight_map = {}
+        for i, shard in enumerate(shards):
+            fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            save_file(shard, folder / fname, metadata={"format": "pt"})
+            weight_map.update(dict.fromkeys(shard, fname))
+        total = sum(a.nbytes for a in tensors.values())
+        (folder / INDEX_FILE).write_text(
+            json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map})
+        )
+    if model.tokenizer is not None:
+        model.tokenizer.save_hf(folder)
+    return folder

@@ -1,0 +1,176 @@
+"""The compiled loop on tiny models: greedy losslessness, batching, EOS, budgets, compiles, bad input."""
+
+import contextlib
+import itertools
+
+import jax
+import pytest
+
+import specdec
+from specdec import drafters
+from specdec.models import Model, tiny_config
+
+PROMPTS = [[1, 2, 3, 4, 5], [7, 8, 9], [3, 14, 15, 9, 2, 6, 5, 3, 5, 8, 9, 7], [5, 6]]
+
+
+@pytest.fixture(scope="module")
+def target():
+    return Model.random(tiny_config(), seed=0)
+
+
+@pytest.fixture(scope="module")
+def drafts(target):
+    """A good draft (the target's first layer), a perfect one (the target) and a useless one."""
+    return {
+        "truncated": drafters.make("draft_model", target, layers=1),
+        "perfect": drafters.make("draft_model", target),
+        "useless": drafters.make("draft_model", target, draft=Model.random(tiny_config(), seed=7)),
+    }
+
+
+@contextlib.contextmanager
+def count_compiles():
+    """Counts XLA backend compilations inside the block."""
+    counter = {"n": 0}
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            counter["n"] += 1
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield counter
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+
+
+def run(target, prompts, **kw):
+    kw.setdefault("max_new_tokens", 24)
+    return specdec.generate(target, prompts, chat=False, eos_ids=kw.pop("eos_ids", ()), **kw)
+
+
+@pytest.mark.parametrize("gamma", [1, 3, 5])
+@pytest.mark.parametrize("kind", ["truncated", "perfect", "useless"])
+def test_greedy_speculative_equals_autoregressive(target, drafts, kind, gamma):
+    auto = run(target, PROMPTS)
+    spec = run(target, PROMPTS, drafter=drafts[kind], gamma=gamma)
+    assert spec.tokens == auto.tokens
+    assert all(len(t) == 24 for t in spec.tokens)
+    alpha = [s["alpha"] for s in spec.stats]
+    if kind == "perfect":
+        assert alpha == [1.0] * 4
+    if kind == "useless":
+        assert max(alpha) < 0.5
+    # Batch of one gives the same tokens as the batch of four.
+    single = run(target, PROMPTS[2:3], drafter=drafts[kind], gamma=gamma)
+    assert single.tokens[0] == auto.tokens[2]
+
+
+def test_statistics_are_consistent(target, drafts):
+    gamma = 3
+    out = run(target, PROMPTS, drafter=drafts["truncated"], gamma=gamma, max_new_tokens=40)
+    for s in out.stats:
+        assert s["drafted"] == gamma * s["target_calls"]
+        assert sum(s["accepted_hist"]) == s["target_calls"]
+        assert sum(n * c for n, c in enumerate(s["accepted_hist"])) == s["accepted"]
+        assert s["tau"] == pytest.approx(s["new_tokens"] / s["target_calls"])
+        assert s["alpha"] == pytest.approx(s["accepted"] / s["drafted"])
+        # Position i is accepted only if every earlier one was.
+        rates = s["accept_by_position"]
+        assert all(a >= b for a, b in itertools.pairwise(rates))
+        assert s["new_tokens"] == 40
+    auto = run(target, PROMPTS, max_new_tokens=40)
+    assert [s["target_calls"] for s in auto.stats] == [40] * 4
+    assert [s["tau"] for s in auto.stats] == [1.0] * 4
+
+
+def test_eos_stops_each_row_exactly(target, drafts):
+    auto = run(target, PROMPTS, max_new_tokens=30)
+    eos = auto.tokens[0][6]  # a token row 0 emits at step 7
+    stopped = run(target, PROMPTS, drafter=drafts["perfect"], gamma=5, max_new_tokens=30, eos_ids=[eos])
+    for full, got in zip(auto.tokens, stopped.tokens, strict=True):
+        cut = full.index(eos) + 1 if eos in full else len(full)
+        assert got == full[:cut]
+    assert stopped.tokens[0][-1] == eos and len(stopped.tokens[0]) <= 7
+
+
+def test_eos_as_first_drafted_token(target, drafts):
+    auto = run(target, PROMPTS[:1], max_new_tokens=8)
+    first = auto.tokens[0][0]  # the perfect draft's first proposal is this token
+    out = run(target, PROMPTS[:1], drafter=drafts["perfect"], gamma=4, eos_ids=[first])
+    assert out.tokens == [[first]]
+    assert out.stats[0]["target_calls"] == 1
+
+
+@pytest.mark.parametrize("max_new", [1, 2])
+def test_budget_smaller_than_gamma(target, drafts, max_new):
+    auto = run(target, PROMPTS, max_new_tokens=max_new)
+    spec = run(target, PROMPTS, drafter=drafts["perfect"], gamma=5, max_new_tokens=max_new)
+    assert spec.tokens == auto.tokens
+    assert all(len(t) == max_new for t in spec.tokens)
+
+
+def test_prompt_that_nearly_fills_the_cache(target, drafts):
+    prompt = [(7 * i) % 60 + 1 for i in range(60)]  # bucket 64
+    gamma, max_new = 3, 11
+    capacity = 64 + max_new + gamma + 1  # exactly what the loop may touch
+    auto = run(target, [prompt], max_new_tokens=max_new, capacity=capacity)
+    spec = run(
+        target, [prompt], drafter=drafts["truncated"], gamma=gamma, max_new_tokens=max_new, capacity=capacity
+    )
+    assert spec.tokens == auto.tokens and len(spec.tokens[0]) == max_new
+    with pytest.raises(ValueError, match="capacity"):
+        run(
+            target,
+            [prompt],
+            drafter=drafts["truncated"],
+            gamma=gamma,
+            max_new_tokens=max_new,
+            capacity=capacity - 1,
+        )
+
+
+def test_one_compile_per_bucket(target, drafts):
+    kw = dict(drafter=drafts["truncated"], gamma=2, max_new_tokens=12)
+    with count_compiles() as compiles:
+        first = run(target, [[1, 2, 3], [4, 5, 6, 7, 8]], **kw)
+    assert compiles["n"] >= 1 and first.compile_s > 0
+    with count_compiles() as compiles:
+        again = run(target, [[9, 9, 9, 9, 9, 9, 9, 9, 9], [2]], **kw)  # same bucket (16), new prompts
+        other = drafters.make("draft_model", Model.random(tiny_config(), seed=9), layers=1)
+        useless = run(target, [[3, 3], [1, 2, 3]], **{**kw, "drafter": other})  # new draft weights
+    assert compiles["n"] == 0
+    assert again.compile_s == 0.0 and useless.compile_s == 0.0
+    with count_compiles() as compiles:
+        run(target, [list(range(1, 20))], **kw)  # bucket 32 and batch 1: a new program
+    assert compiles["n"] >= 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(gamma=0), "gamma must be >= 1"),
+        (dict(temperature=-0.5), "temperature must be >= 0"),
+        (dict(temperature=1.0, top_p=0.0), r"top_p must be in \(0, 1\]"),
+        (dict(temperature=1.0, top_p=1.5), r"top_p must be in \(0, 1\]"),
+        (dict(temperature=1.0, top_k=0), "top_k must be >= 1"),
+        (dict(max_new_tokens=0), "max_new_tokens must be >= 1"),
+        (dict(acceptance="greedy"), "acceptance must be one of"),
+        (dict(max_new_tokens=600), "max_position"),
+    ],
+)
+def test_bad_input_fails_before_compiling(target, drafts, kwargs, message):
+    with count_compiles() as compiles, pytest.raises(ValueError, match=message):
+        run(target, PROMPTS, drafter=drafts["truncated"], **kwargs)
+    assert compiles["n"] == 0
+
+
+def test_vocabulary_mismatch_is_rejected(target):
+    other = drafters.make("draft_model", Model.random(tiny_config(vocab_size=80), seed=1))
+    with pytest.raises(ValueError, match="vocab_size 80 differs from target vocab_size 64"):
+        run(target, PROMPTS, drafter=other)
+
+
+def test_unknown_drafter_name(target):
+    with pytest.raises(ValueError, match="unknown drafter 'medusa9'; allowed: none, draft_model"):
+        drafters.make("medusa9", target)

@@ -1,0 +1,128 @@
+"""The Flax transformer: cache consistency, padding, masks, layer subsets, dtypes."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from specdec.models import Model, RopeScaling, tiny_config
+
+
+def full_logits(model, tokens):
+    """Logits of one uncached forward over the whole sequence [1, T]."""
+    T = tokens.shape[1]
+    logits, _, _ = model.apply(model.params, tokens, jnp.arange(T)[None], model.init_cache(1, 64))
+    return logits
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        tiny_config(),
+        tiny_config(qkv_bias=True, architecture="Qwen2ForCausalLM", tie_embeddings=True),
+        tiny_config(sliding_window=5, architecture="MistralForCausalLM"),
+        tiny_config(rope_scaling=RopeScaling(8.0, 1.0, 4.0, 16), rope_theta=500000.0),
+    ],
+    ids=["llama", "qwen2", "mistral_window", "llama3_scaling"],
+)
+def test_incremental_decode_equals_full_forward(config):
+    model = Model.random(config, seed=3)
+    tokens = jax.random.randint(jax.random.key(0), (1, 20), 0, config.vocab_size)
+    expected = full_logits(model, tokens)
+    # Prefill 7 tokens, then chunks of 1, 3, 1, 4, 1, 3 tokens.
+    cache = model.init_cache(1, 64)
+    pieces, start = [], 0
+    for size in (7, 1, 3, 1, 4, 1, 3):
+        chunk = tokens[:, start : start + size]
+        logits, cache, _ = model.apply(model.params, chunk, jnp.arange(start, start + size)[None], cache)
+        pieces.append(logits)
+        start += size
+    assert int(cache.lengths[0]) == 20
+    np.testing.assert_allclose(np.concatenate(pieces, axis=1), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_rows_of_different_lengths_match_each_row_alone():
+    config = tiny_config()
+    model = Model.random(config, seed=1)
+    rows = [[5, 9, 3, 7, 1, 2, 8], [4, 4], [11, 12, 13, 14]]
+    T = max(len(r) for r in rows)
+    batch = np.zeros((len(rows), T), np.int32)
+    for b, r in enumerate(rows):
+        batch[b, : len(r)] = r
+    logits, cache, _ = model.apply(
+        model.params, jnp.asarray(batch), jnp.broadcast_to(jnp.arange(T), (3, T)), model.init_cache(3, 32)
+    )
+    # Roll back the padding, then decode one more token per row at its own position.
+    lengths = jnp.array([len(r) for r in rows])
+    nxt = jnp.array([[1], [2], [3]])
+    step, _, _ = model.apply(model.params, nxt, lengths[:, None], cache.with_lengths(lengths))
+    for b, r in enumerate(rows):
+        alone = full_logits(model, jnp.asarray([[*r, int(nxt[b, 0])]]))
+        np.testing.assert_allclose(logits[b, : len(r)], alone[0, : len(r)], atol=1e-5)
+        np.testing.assert_allclose(step[b, 0], alone[0, -1], atol=1e-5)
+
+
+def test_tree_mask_equals_separate_chains():
+    """Two sibling branches scored in one pass with a tree mask = each chain scored alone."""
+    model = Model.random(tiny_config(), seed=2)
+    prefix = jnp.array([[3, 1, 4, 1, 5]])
+    a, b = [9, 2], [6, 5]
+    _, cache, _ = model.apply(model.params, prefix, jnp.arange(5)[None], model.init_cache(1, 32))
+    # New tokens [a0, a1, b0, b1] at positions [5, 6, 5, 6]; a branch sees only itself.
+    mask = jnp.array([[1, 0, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 1, 1]], bool)[None]
+    tree, _, _ = model.apply(model.params, jnp.array([a + b]), jnp.array([[5, 6, 5, 6]]), cache, mask=mask)
+    for branch, got in ((a, tree[0, :2]), (b, tree[0, 2:])):
+        alone = full_logits(model, jnp.concatenate([prefix, jnp.array([branch])], axis=1))
+        np.testing.assert_allclose(got, alone[0, 5:], atol=1e-5)
+
+
+def test_layer_subset_equals_a_truncated_model():
+    config = tiny_config(n_layers=4)
+    model = Model.random(config, seed=4)
+    tokens = jnp.array([[1, 2, 3, 4, 5, 6]])
+    pos = jnp.arange(6)[None]
+    # A model built from layers 0 and 2 of the original, by copying their weights.
+    small_cfg = tiny_config(n_layers=2)
+    tensors = model.tensors()
+    renamed = {k: v for k, v in tensors.items() if ".layers." not in k}
+    for new, old in ((0, 0), (1, 2)):
+        prefix = f"model.layers.{old}."
+        for k, v in tensors.items():
+            if k.startswith(prefix):
+                renamed[f"model.layers.{new}." + k[len(prefix) :]] = v
+    small = Model.from_tensors(small_cfg, renamed)
+    got, cache, _ = model.apply(model.params, tokens, pos, model.init_cache(1, 16, n_layers=2), layers=(0, 2))
+    want, _, _ = small.apply(small.params, tokens, pos, small.init_cache(1, 16))
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    assert cache.k.shape[0] == 2
+
+
+def test_hidden_states_of_chosen_layers():
+    model = Model.random(tiny_config(n_layers=3), seed=5)
+    tokens, pos = jnp.array([[1, 2, 3]]), jnp.arange(3)[None]
+    _, _, hidden = model.apply(model.params, tokens, pos, model.init_cache(1, 8), hidden_layers=(0, 2))
+    _, _, first = model.apply(
+        model.params, tokens, pos, model.init_cache(1, 8, n_layers=1), layers=(0,), hidden_layers=(0,)
+    )
+    assert hidden.shape == (2, 1, 3, 32)
+    np.testing.assert_allclose(hidden[0], first[0], atol=1e-6)
+    assert not np.allclose(hidden[0], hidden[1])
+
+
+def test_bfloat16_model_tracks_float32():
+    config = tiny_config()
+    f32 = Model.random(config, seed=6)
+    bf16 = Model.from_tensors(config, f32.tensors(), dtype=jnp.bfloat16)
+    assert bf16.dtype == jnp.bfloat16 and bf16.init_cache(1, 8).k.dtype == jnp.bfloat16
+    tokens = jnp.array([[1, 5, 9, 13, 17]])
+    a, b = full_logits(f32, tokens), full_logits(bf16, tokens)
+    assert b.dtype == jnp.float32
+    assert float(jnp.max(jnp.abs(a - b))) < 0.1 * float(jnp.max(jnp.abs(a)))
+    assert (jnp.argmax(a, -1) == jnp.argmax(b, -1)).mean() >= 0.8
+
+
+def test_unsupported_architecture_is_rejected():
+    with pytest.raises(ValueError, match=r"GPT2LMHeadModel.*allowed: LlamaForCausalLM"):
+        from specdec.models import ModelConfig
+
+        ModelConfig.from_hf({"architectures": ["GPT2LMHeadModel"]})
