@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from specdec.drafters.base import Context, Drafter
 from specdec.drafters.draft_model import DraftModel
+from specdec.drafters.ngram import NGram
 
 
 def _draft_model(target, *, draft=None, layers=None):
@@ -12,7 +13,12 @@ def _draft_model(target, *, draft=None, layers=None):
     return DraftModel.from_model(target if draft is None else draft, layers)
 
 
-REGISTRY = {"draft_model": _draft_model}
+def _ngram(target, *, max_ngram=3, min_ngram=1):
+    """Prompt lookup: propose what followed the latest earlier match of the last n tokens."""
+    return NGram(target.config.vocab_size, max_ngram, min_ngram)
+
+
+REGISTRY = {"draft_model": _draft_model, "ngram": _ngram}
 
 
 def make(name: str | None, target, **options) -> Drafter | None:
@@ -24,4 +30,4 @@ def make(name: str | None, target, **options) -> Drafter | None:
     return REGISTRY[name](target, **options)
 
 
-__all__ = ["REGISTRY", "Context", "DraftModel", "Drafter", "make"]
+__all__ = ["REGISTRY", "Context", "DraftModel", "Drafter", "NGram", "make"]

@@ -1,0 +1,95 @@
+"""Cost of one target forward pass by the number of scored positions T, against the memory floor.
+
+For T = 1 (a decode step) and T = 2..16 (verify passes over gamma+1 positions),
+prints the median latency, its ratio to T = 1 (the verify-cost curve r(T) of
+specdec.theory) and the ratio of the T = 1 step to the memory-bandwidth floor:
+bytes of weights read per step / read bandwidth measured in this same process.
+
+    python experiments/bench_forward.py [--model smollm2-135m-instruct] [--repeats 30] [--dtype float32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import specdec
+from specdec.models import forward
+
+
+def median_s(fn, repeats: int, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        jax.block_until_ready(fn())
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def read_bandwidth(n_bytes: int = 1 << 30, repeats: int = 10) -> float:
+    """Bytes/s of the fastest of: an XLA reduction and a numpy reduction over n_bytes of float32."""
+    x = jnp.ones((n_bytes // 4,), jnp.float32)
+    total = jax.jit(jnp.sum)
+    xla = n_bytes / median_s(lambda: total(x), repeats)
+    host = np.ones(n_bytes // 4, np.float32)
+    npy = n_bytes / median_s(lambda: host.sum(), repeats)
+    return max(xla, npy)
+
+
+@functools.partial(jax.jit, static_argnums=0, donate_argnums=4)
+def score(graphdef, params, tokens, positions, cache):
+    logits, cache, _ = forward(graphdef, params, tokens, positions, cache)
+    return logits, cache
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--context", type=int, default=256, help="tokens already in the cache")
+    parser.add_argument("--capacity", type=int, default=512)
+    args = parser.parse_args()
+
+    model = specdec.load_model(args.model, dtype=jnp.dtype(args.dtype))
+    weight_bytes = sum(
+        np.asarray(v[...]).nbytes for _, v in jax.tree_util.tree_flatten_with_path(model.params)[0]
+    )
+    bandwidth = read_bandwidth()
+    print(
+        f"device: {jax.devices()[0].device_kind}, model {args.model} ({args.dtype}), "
+        f"weights {weight_bytes / 1e6:.0f} MB, read bandwidth {bandwidth / 1e9:.1f} GB/s"
+    )
+
+    cache = model.init_cache(1, args.capacity)
+    results = {}
+    for T in (1, 2, 3, 4, 5, 6, 8, 12, 16):
+        tokens = jnp.ones((1, T), jnp.int32)
+        positions = args.context + jnp.arange(T)[None]
+        state = {"cache": cache.with_lengths(args.context)}
+
+        def step(tokens=tokens, positions=positions, state=state):
+            logits, new = score(model.graphdef, model.params, tokens, positions, state["cache"])
+            state["cache"] = new.with_lengths(args.context)
+            return logits
+
+        results[T] = median_s(step, args.repeats)
+        cache = state["cache"]
+
+    floor = weight_bytes / bandwidth
+    print(f"\nmemory floor of one step: {floor * 1e3:.1f} ms; T=1 step / floor = {results[1] / floor:.2f}x\n")
+    print("| T (positions scored) | median ms | r(T) = cost / cost(T=1) |")
+    print("|---:|---:|---:|")
+    for T, seconds in results.items():
+        print(f"| {T} | {seconds * 1e3:.1f} | {seconds / results[1]:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""``ngram``: prompt lookup decoding (Saxena 2023), vectorised for the compiled loop.
+
+Find the most recent earlier occurrence of the last n tokens of the sequence
+(prompt + generated), trying n = max_ngram down to min_ngram, and propose the
+gamma tokens that followed it. Drafts are deterministic, so q is one-hot and
+speculative sampling stays exactly lossless at any temperature. When nothing
+matches, the drafter proposes the pending token repeated (the target rejects
+what it does not predict); ``state.matched`` records whether a row had a match.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from specdec.drafters.base import Context
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class NGramState:
+    matched: jax.Array  # [B] bool: the last proposal came from a match
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class NGram:
+    vocab_size: int = dataclasses.field(metadata=dict(static=True))
+    max_ngram: int = dataclasses.field(default=3, metadata=dict(static=True))
+    min_ngram: int = dataclasses.field(default=1, metadata=dict(static=True))
+    name: str = dataclasses.field(default="ngram", metadata=dict(static=True))
+
+    def __post_init__(self):
+        if not 1 <= self.min_ngram <= self.max_ngram:
+            raise ValueError(
+                "ngram: need 1 <= min_ngram <= max_ngram, "
+                f"got min_ngram={self.min_ngram}, max_ngram={self.max_ngram}"
+            )
+
+    def init(self, context: Context) -> NGramState:
+        return NGramState(jnp.zeros(context.lengths.shape, bool))
+
+    def propose(self, state: NGramState, context: Context, gamma: int, key):
+        del state, key
+        tokens, L = context.tokens, context.lengths  # [B, N], [B]
+        B, N = tokens.shape
+        j = jnp.arange(N)[None, :]  # candidate match starts
+        start = jnp.full((B,), -1, jnp.int32)  # where the continuation begins, -1: none yet
+        for n in range(self.max_ngram, self.min_ngram - 1, -1):
+            suffix = jnp.take_along_axis(tokens, jnp.clip(L[:, None] - n + jnp.arange(n), 0, N - 1), axis=1)
+            # match[b, j]: tokens[b, j:j+n] == suffix[b]; the occurrence must end before the suffix starts.
+            match = (j + n < L[:, None]) & (L[:, None] >= n + 1)
+            for k in range(n):
+                shifted = jnp.roll(tokens, -k, axis=1)  # shifted[b, j] = tokens[b, j+k]
+                match &= shifted == suffix[:, k : k + 1]
+            last = jnp.max(jnp.where(match, j, -1), axis=1)  # most recent occurrence
+            start = jnp.where((start < 0) & (last >= 0), last + n, start)
+        matched = start >= 0
+        # Continuation tokens, clipped to the known sequence (repeat the last known token).
+        idx = jnp.where(matched, start, L - 1)[:, None] + jnp.arange(gamma)[None, :]  # [B, gamma]
+        draft = jnp.take_along_axis(tokens, jnp.minimum(idx, L[:, None] - 1), axis=1)
+        q = jax.nn.one_hot(draft, self.vocab_size, dtype=jnp.float32)  # [B, gamma, V]
+        return draft, q, NGramState(matched)
+
+    def commit(self, state: NGramState, n_accepted, bonus):
+        del n_accepted, bonus
+        return state
