@@ -9,6 +9,10 @@ tokens; q[:, i] the drafter's distribution that draft[:, i] was sampled from.
 ``n_accepted`` counts the leading accepted draft tokens (0..K); ``next_token`` is
 the correction token sampled at position n (or the bonus token from p[:, K]
 when all K were accepted). With K = 0 every rule is plain sampling from p[:, 0].
+
+A drafter that stopped early leaves q[:, i] all zeros: position i was not drafted.
+Every rule rejects it, and since max(0, p - 0) = p the token sampled there is
+the bonus token from p, exactly as if the drafter had proposed only i tokens.
 """
 
 from __future__ import annotations
@@ -22,6 +26,11 @@ from specdec.sampling import sample
 def _leading(accepted: jax.Array) -> jax.Array:
     """Number of leading True values per row: [B, K] bool -> [B] int32."""
     return jnp.sum(jnp.cumprod(accepted.astype(jnp.int32), axis=-1), axis=-1)
+
+
+def _prob_of(dist: jax.Array, draft: jax.Array) -> jax.Array:
+    """dist[b, i, draft[b, i]] for dist [B, >=K, V], draft [B, K] -> [B, K]."""
+    return jnp.take_along_axis(dist[:, : draft.shape[1]], draft[..., None], axis=-1)[..., 0]
 
 
 def _at(x: jax.Array, index: jax.Array) -> jax.Array:
@@ -39,11 +48,10 @@ def speculative_sampling(p, q, draft, key):
     """
     B, K = draft.shape
     key_u, key_next = jax.random.split(key)
-    p_x = jnp.take_along_axis(p[:, :K], draft[..., None], axis=-1)[..., 0]  # [B, K]
-    q_x = jnp.take_along_axis(q, draft[..., None], axis=-1)[..., 0]  # [B, K]
+    p_x, q_x = _prob_of(p, draft), _prob_of(q, draft)  # [B, K]
     u = jax.random.uniform(key_u, (B, K))
-    # u < p/q  <=>  u * q < p, which needs no division when q_x = 0.
-    n = _leading(u * q_x < p_x)
+    # u < p/q  <=>  u * q < p; q_x = 0 only where nothing was drafted.
+    n = _leading((q_x > 0) & (u * q_x < p_x))
     residual = jnp.maximum(p[:, :K] - q, 0.0)  # [B, K, V]
     residual = jnp.concatenate([residual, p[:, K:]], axis=1)  # position K: the bonus comes from p
     dist = _at(residual, n)  # [B, V]
@@ -57,11 +65,11 @@ def greedy_match(p, q, draft, key):
     """Exact greedy verification: accept while draft == argmax p, then emit argmax p_n.
 
     Identical to speculative_sampling when p is one-hot (temperature 0), without
-    random numbers. ``q`` and ``key`` are unused.
+    random numbers. ``q`` only tells which positions were drafted; ``key`` is unused.
     """
-    del q, key
+    del key
     target = jnp.argmax(p, axis=-1).astype(jnp.int32)  # [B, K+1]
-    n = _leading(draft == target[:, : draft.shape[1]])
+    n = _leading((draft == target[:, : draft.shape[1]]) & (_prob_of(q, draft) > 0))
     return n, jnp.take_along_axis(target, n[:, None], axis=1)[:, 0]
 
 
@@ -71,12 +79,11 @@ def typical_acceptance_lossy(p, q, draft, key, *, epsilon: float = 0.09, delta: 
     Accept x_i while p_i(x_i) > min(epsilon, delta * exp(-H(p_i))); then sample the
     next token from p_n. Trades exactness for longer accepted runs at high temperature.
     """
-    del q
     K = draft.shape[1]
     p_k = p[:, :K]
     entropy = -jnp.sum(jnp.where(p_k > 0, p_k * jnp.log(jnp.where(p_k > 0, p_k, 1.0)), 0.0), axis=-1)
-    p_x = jnp.take_along_axis(p_k, draft[..., None], axis=-1)[..., 0]
-    n = _leading(p_x > jnp.minimum(epsilon, delta * jnp.exp(-entropy)))
+    typical = _prob_of(p, draft) > jnp.minimum(epsilon, delta * jnp.exp(-entropy))
+    n = _leading(typical & (_prob_of(q, draft) > 0))
     return n, sample(_at(p, n), key)
 
 

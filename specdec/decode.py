@@ -4,16 +4,23 @@ One call of ``decode_loop`` generates every token of a batch:
 
     prefill(target), drafter.init
     while any row is active and fewer than max_new_tokens steps have run:
-        draft  = drafter.propose(gamma tokens after the pending token)     # [B, K], q [B, K, V]
-        p      = target(pending, draft) at K+1 positions, one forward pass # [B, K+1, V]
+        draft  = drafter.propose(up to gamma tokens after the pending token)  # [B, K], q [B, K, V]
+        p      = target(pending, draft) over the drafted positions, one pass  # [B, K+1, V]
         n, nxt = accept(p, q, draft)          # n leading drafts kept, then the correction/bonus token
         emit draft[:n] + [nxt], cut at EOS and at the token budget
         caches roll back by moving lengths; drafter.commit(n, nxt); per-row statistics
+        adaptive gamma: the next step's per-row draft budget
 
 With no drafter (K = 0) the same loop is plain autoregressive decoding: one
 target call and one sampled token per step, the baseline of every speedup.
 No host round trip per token, no Python ``if`` on traced values; every shape is
 fixed by (batch, prompt bucket, capacity, gamma).
+
+Effective draft length: a row drafts at most its budget (gamma, or the adaptive
+schedule's value) and fewer when its drafter stops (q rows of zeros). The target
+then scores only as many positions as the longest row needs, rounded up to one of
+``verify_widths`` (each width is one compiled branch of a ``lax.switch``), so a
+step where nothing was drafted costs one ordinary decode step.
 """
 
 from __future__ import annotations
@@ -41,6 +48,12 @@ class LoopConfig:
     eos_ids: tuple[int, ...]
     prompt_len: int  # bucketed prompt length (the prefill block)
     rule: str = "speculative"  # a key of acceptance.RULES
+    schedule: str | None = None  # None: budget gamma; "heuristic": +2 after a full block, else -1
+    verify_widths: tuple[int, ...] = ()  # target pass widths to compile; () means (gamma + 1,)
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        return tuple(sorted(set(self.verify_widths) | {self.gamma + 1}))
 
     @property
     def accept(self):
@@ -54,22 +67,25 @@ class LoopConfig:
 class Stats:
     """Per-row counters gathered inside the loop (all int32).
 
-    new_tokens [B], target_calls [B], drafted [B], accepted [B],
-    accept_by_position [B, K] (times draft position i was accepted),
-    accepted_hist [B, K+1] (steps that accepted exactly n drafts).
+    new_tokens [B], target_calls [B], drafted [B] (draft tokens proposed), accepted [B],
+    verified [B] (positions the target scored), accept_by_position [B, K] (times draft
+    position i was accepted), accepted_hist [B, K+1] (steps that accepted exactly n drafts).
     """
 
     new_tokens: jax.Array
     target_calls: jax.Array
     drafted: jax.Array
     accepted: jax.Array
+    verified: jax.Array
     accept_by_position: jax.Array
     accepted_hist: jax.Array
 
     @classmethod
     def zeros(cls, batch: int, gamma: int) -> Stats:
         z = jnp.zeros((batch,), jnp.int32)
-        return cls(z, z, z, z, jnp.zeros((batch, gamma), jnp.int32), jnp.zeros((batch, gamma + 1), jnp.int32))
+        return cls(
+            z, z, z, z, z, jnp.zeros((batch, gamma), jnp.int32), jnp.zeros((batch, gamma + 1), jnp.int32)
+        )
 
 
 @jax.tree_util.register_dataclass
@@ -78,13 +94,15 @@ class LoopState:
     """The ``while_loop`` carry.
 
     tokens [B, N]: prompts then emitted tokens; lengths [B]: valid tokens per row
-    (the last is pending: emitted, not yet in any cache); done [B]: row finished.
+    (the last is pending: emitted, not yet in any cache); done [B]: row finished;
+    budget [B]: drafts allowed per row in the next step (the effective gamma).
     """
 
     step: jax.Array
     tokens: jax.Array
     lengths: jax.Array
     done: jax.Array
+    budget: jax.Array
     cache: KVCache
     drafter_state: Any
     stats: Stats
@@ -113,13 +131,14 @@ def _emit(cfg: LoopConfig, state: LoopState, prompt_lengths, draft, n, next_toke
     return tokens, lengths, count, finished
 
 
-def _update_stats(stats: Stats, active, count, n, gamma: int) -> Stats:
+def _update_stats(stats: Stats, active, count, n, n_drafted, width, gamma: int) -> Stats:
     a = active.astype(jnp.int32)
     return Stats(
         new_tokens=stats.new_tokens + count,
         target_calls=stats.target_calls + a,
-        drafted=stats.drafted + a * gamma,
+        drafted=stats.drafted + a * n_drafted,
         accepted=stats.accepted + a * n,
+        verified=stats.verified + a * width,
         accept_by_position=stats.accept_by_position + a[:, None] * (jnp.arange(gamma)[None, :] < n[:, None]),
         accepted_hist=stats.accepted_hist + a[:, None] * jax.nn.one_hot(n, gamma + 1, dtype=jnp.int32),
     )
@@ -150,12 +169,14 @@ def decode_loop(target_def, target_params, drafter, tokens, prompt_lengths, cach
         jnp.broadcast_to(jnp.arange(T), (B, T)),
         cache.with_lengths(0),
     )
-    context = Context(tokens, prompt_lengths, cfg.sampling, T)
+    budget = jnp.full((B,), K, jnp.int32)
+    context = Context(tokens, prompt_lengths, budget, cfg.sampling, T)
     state = LoopState(
         step=jnp.zeros((), jnp.int32),
         tokens=tokens,
         lengths=prompt_lengths,
         done=jnp.zeros((B,), bool),
+        budget=budget,
         cache=cache,
         drafter_state=None if drafter is None else drafter.init(context),
         stats=Stats.zeros(B, K),
@@ -164,36 +185,57 @@ def decode_loop(target_def, target_params, drafter, tokens, prompt_lengths, cach
     def active(state: LoopState):
         return (state.step < cfg.max_new_tokens) & ~jnp.all(state.done)
 
+    def verify(width, verify_tokens, positions, cache):
+        """Target pass over the first ``width`` positions -> p [B, K+1, V] (zeros past width)."""
+        logits, cache, _ = forward(
+            target_def, target_params, verify_tokens[:, :width], positions[:, :width], cache
+        )
+        p = probs(logits, cfg.sampling)
+        return jnp.pad(p, ((0, 0), (0, K + 1 - width), (0, 0))), cache
+
     def step(state: LoopState) -> LoopState:
         key_draft, key_accept = jax.random.split(jax.random.fold_in(key, state.step))
-        context = Context(state.tokens, state.lengths, cfg.sampling, T)
+        context = Context(state.tokens, state.lengths, state.budget, cfg.sampling, T)
         drafter_state = state.drafter_state
         if drafter is None:
             draft = jnp.zeros((B, 0), jnp.int32)
             q = jnp.zeros((B, 0, 1), jnp.float32)
         else:
             draft, q, drafter_state = drafter.propose(drafter_state, context, K, key_draft)  # [B,K], [B,K,V]
+        # A row's drafts end at its budget or where the drafter stopped (a zero q row).
+        drafted = jnp.arange(K)[None, :] < state.budget[:, None]
+        drafted = jnp.cumprod(drafted & jnp.any(q > 0, axis=-1), axis=1).astype(bool)  # [B, K]
+        q = jnp.where(drafted[..., None], q, 0.0)
+        n_drafted = jnp.sum(drafted, axis=1)  # [B]
 
-        # Verify: score the pending token and the K drafts in one target pass.
+        # Verify: score the pending token and the drafts in one target pass, as narrow as allowed.
         verify_tokens = jnp.concatenate([context.pending[:, None], draft], axis=1)  # [B, K+1]
         positions = state.lengths[:, None] - 1 + jnp.arange(K + 1)[None, :]  # [B, K+1]
         cache = state.cache.with_lengths(state.lengths - 1)  # roll back rejected slots
-        logits, cache, _ = forward(target_def, target_params, verify_tokens, positions, cache)
-        p = probs(logits, cfg.sampling)  # [B, K+1, V]
+        widths = cfg.widths
+        needed = jnp.max(jnp.where(state.done, 0, n_drafted)) + 1
+        branch = jnp.searchsorted(jnp.asarray(widths), needed)  # smallest width >= needed
+        branches = [functools.partial(verify, w) for w in widths]
+        p, cache = jax.lax.switch(branch, branches, verify_tokens, positions, cache)  # [B, K+1, V]
         n, next_token = cfg.accept(p, q, draft, key_accept)
         n = jnp.where(state.done, 0, n)
 
         tokens, lengths, count, finished = _emit(cfg, state, prompt_lengths, draft, n, next_token)
         if drafter is not None:
             drafter_state = drafter.commit(drafter_state, n, next_token)
+        budget = state.budget
+        if cfg.schedule == "heuristic":
+            budget = jnp.where(n == n_drafted, jnp.minimum(budget + 2, K), jnp.maximum(budget - 1, 1))
+        width = jnp.asarray(widths)[branch]
         return LoopState(
             step=state.step + 1,
             tokens=tokens,
             lengths=lengths,
             done=finished,
+            budget=budget,
             cache=cache,
             drafter_state=drafter_state,
-            stats=_update_stats(state.stats, ~state.done, count, n, K),
+            stats=_update_stats(state.stats, ~state.done, count, n, n_drafted, width, K),
         )
 
     state = jax.lax.while_loop(active, step, state)

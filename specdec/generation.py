@@ -21,6 +21,7 @@ from specdec.models import Model
 from specdec.sampling import Sampling
 
 MIN_BUCKET = 16
+SCHEDULES = (None, "heuristic")
 
 
 @dataclasses.dataclass
@@ -99,6 +100,8 @@ def generate(
     acceptance: str = "speculative",
     eos_ids: Sequence[int] | None = None,
     capacity: int | None = None,
+    schedule: str | None = None,
+    verify_widths: Sequence[int] | None = None,
 ) -> GenerationOutput:
     """Generate a continuation of every prompt in one compiled call.
 
@@ -107,6 +110,10 @@ def generate(
         or "typical_lossy" (Medusa's typical acceptance, NOT lossless).
     eos_ids: stop tokens (default: the tokenizer's). capacity: cache slots per row
         (default: just enough for the prompt bucket, the budget and one draft block).
+    schedule: None (draft gamma tokens per step) or "heuristic" (adaptive gamma: +2 after
+        a fully accepted block, -1 otherwise, between 1 and gamma).
+    verify_widths: target pass widths to compile besides gamma+1 (default (1,): a step
+        with nothing drafted, e.g. no prompt-lookup match, costs one decode step).
     Every setting is validated before anything is compiled.
     """
     sampling = Sampling(temperature, top_k, top_p)
@@ -116,6 +123,11 @@ def generate(
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if acceptance not in RULES or acceptance == "greedy":
         raise ValueError(f"acceptance must be one of speculative, typical_lossy; got {acceptance!r}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}; got {schedule!r}")
+    widths = (1,) if verify_widths is None else tuple(int(w) for w in verify_widths)
+    if any(not 1 <= w <= gamma + 1 for w in widths):
+        raise ValueError(f"verify_widths must lie in 1..gamma+1 = 1..{gamma + 1}; got {widths}")
     if drafter is not None and drafter.vocab_size != target.config.vocab_size:
         raise ValueError(
             f"drafter vocab_size {drafter.vocab_size} differs from target vocab_size "
@@ -141,7 +153,16 @@ def generate(
         )
     if eos_ids is None:
         eos_ids = target.tokenizer.eos_ids if target.tokenizer is not None else ()
-    cfg = LoopConfig(sampling, gamma, max_new_tokens, tuple(int(e) for e in eos_ids), prompt_len, acceptance)
+    cfg = LoopConfig(
+        sampling,
+        gamma,
+        max_new_tokens,
+        tuple(int(e) for e in eos_ids),
+        prompt_len,
+        acceptance,
+        schedule if drafter is not None else None,
+        tuple(w for w in widths if w <= gamma + 1),
+    )
 
     B = len(ids)
     buffer = np.zeros((B, capacity), np.int32)

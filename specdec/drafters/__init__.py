@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import jax.numpy as jnp
+
 from specdec.drafters.base import Context, Drafter
+from specdec.drafters.count_baselines import Bigram, Unigram, token_counts
 from specdec.drafters.draft_model import DraftModel
+from specdec.drafters.layer_skip import make_layer_skip
 from specdec.drafters.ngram import NGram
 
 
@@ -18,7 +22,33 @@ def _ngram(target, *, max_ngram=3, min_ngram=1):
     return NGram(target.config.vocab_size, max_ngram, min_ngram)
 
 
-REGISTRY = {"draft_model": _draft_model, "ngram": _ngram}
+def _corpus_prior(target, corpus) -> jnp.ndarray:
+    """Token counts [V] of a list of texts (or token-id lists), the prior of the count drafters."""
+    V = target.config.vocab_size
+    if not corpus:
+        return jnp.zeros((V,), jnp.float32)
+    ids = [target.tokenizer.encode(t) if isinstance(t, str) else list(t) for t in corpus]
+    flat = jnp.asarray([i for row in ids for i in row], jnp.int32)[None, :]
+    return token_counts(flat, jnp.ones(flat.shape, jnp.float32), V)[0]
+
+
+def _unigram(target, *, corpus=()):
+    """Draft i.i.d. from the token frequencies of the context (plus an optional corpus)."""
+    return Unigram(_corpus_prior(target, corpus), target.config.vocab_size)
+
+
+def _bigram(target, *, corpus=()):
+    """Draft from the bigram counts of the context, backing off to unigram counts."""
+    return Bigram(_corpus_prior(target, corpus), target.config.vocab_size)
+
+
+REGISTRY = {
+    "draft_model": _draft_model,
+    "layer_skip": make_layer_skip,
+    "ngram": _ngram,
+    "unigram": _unigram,
+    "bigram": _bigram,
+}
 
 
 def make(name: str | None, target, **options) -> Drafter | None:
@@ -30,4 +60,4 @@ def make(name: str | None, target, **options) -> Drafter | None:
     return REGISTRY[name](target, **options)
 
 
-__all__ = ["REGISTRY", "Context", "DraftModel", "Drafter", "NGram", "make"]
+__all__ = ["REGISTRY", "Bigram", "Context", "DraftModel", "Drafter", "NGram", "Unigram", "make"]

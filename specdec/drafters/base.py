@@ -18,12 +18,16 @@ class Context:
     tokens:  [B, N] int32   prompt followed by the tokens emitted so far (N = capacity)
     lengths: [B] int32      valid tokens per row; the last one, tokens[b, lengths[b]-1],
                             is the *pending* token: emitted, but not yet seen by any model
+    budget:  [B] int32      drafts wanted per row this step (<= gamma; the adaptive schedule's
+                            effective gamma). Positions past it are discarded by the loop, so a
+                            drafter may stop there; it never has to.
     sampling: static        the transform that turns logits into q (the same as the target's p)
     prompt_len: static      the bucketed prompt length: tokens[:, :prompt_len] hold every prompt
     """
 
     tokens: jax.Array
     lengths: jax.Array
+    budget: jax.Array
     sampling: Sampling = dataclasses.field(metadata=dict(static=True))
     prompt_len: int = dataclasses.field(metadata=dict(static=True))
 
@@ -50,6 +54,8 @@ class Drafter(Protocol):
 
         Returns (tokens [B, gamma] int32, q [B, gamma, V] float32, state): q[:, i] is
         the distribution tokens[:, i] was drawn from (one-hot for deterministic drafters).
+        A row of q that is all zeros means "not drafted": the drafter stopped before
+        position i (no match, low confidence, budget reached), and so did every later position.
         """
         ...
 

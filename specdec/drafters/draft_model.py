@@ -4,6 +4,11 @@ With ``layers=k`` it runs only the first k layers of the given model (plus its
 final norm and LM head) without copying weights: the stand-in draft for a target
 that has no small sibling. The drafter keeps its own KV cache, one slot per token,
 in step with the target's: before each proposal it holds every token but the pending one.
+
+Drafting stops early, per row, at the loop's budget (adaptive gamma) and, with
+``stop_below``, when the draft's confidence (its top probability before any
+sampling transform) falls below that threshold; the draft steps end when every row
+has stopped.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from specdec.sampling import probs, sample
 class DraftState:
     cache: KVCache  # [L_draft, B, Hkv, N, Dh]
     base: jax.Array  # [B] cached tokens before the last proposal (all but the pending token)
-    last_draft: jax.Array  # [B] the last proposed token (fed on a fully accepted block)
+    last_draft: jax.Array  # [B] the token sampled at the last step run (not yet fed)
 
 
 @jax.tree_util.register_dataclass
@@ -37,9 +42,16 @@ class DraftModel:
     head_dim: int = dataclasses.field(metadata=dict(static=True))
     vocab_size: int = dataclasses.field(metadata=dict(static=True))
     name: str = dataclasses.field(default="draft_model", metadata=dict(static=True))
+    stop_below: float | None = dataclasses.field(default=None, metadata=dict(static=True))
 
     @classmethod
-    def from_model(cls, model: Model, layers: int | tuple[int, ...] | None = None) -> DraftModel:
+    def from_model(
+        cls,
+        model: Model,
+        layers: int | tuple[int, ...] | None = None,
+        name: str = "draft_model",
+        stop_below: float | None = None,
+    ) -> DraftModel:
         n = model.config.n_layers
         if layers is None:
             layers = tuple(range(n))
@@ -47,8 +59,19 @@ class DraftModel:
             if not 1 <= layers <= n:
                 raise ValueError(f"layers must be between 1 and {n} (the draft model's depth), got {layers}")
             layers = tuple(range(layers))
+        if stop_below is not None and not 0 <= stop_below < 1:
+            raise ValueError(f"stop_below must be in [0, 1) or None, got {stop_below}")
         c = model.config
-        return cls(model.params, model.graphdef, tuple(layers), c.n_kv_heads, c.head_dim, c.vocab_size)
+        return cls(
+            model.params,
+            model.graphdef,
+            tuple(layers),
+            c.n_kv_heads,
+            c.head_dim,
+            c.vocab_size,
+            name,
+            stop_below,
+        )
 
     def _step(self, cache, tokens, positions):
         logits, cache, _ = forward(self.graphdef, self.params, tokens, positions, cache, layers=self.layers)
@@ -66,31 +89,47 @@ class DraftModel:
 
     def propose(self, state: DraftState, context: Context, gamma: int, key):
         # The cache holds every token but the pending one; feed the pending token,
-        # then each new draft token: gamma steps of T=1.
+        # then each new draft token, one T=1 step each, until every row has stopped.
+        B = context.lengths.shape[0]
         base = context.lengths - 1
-        cache = state.cache.with_lengths(base)
+        keys = jax.random.split(key, gamma)
 
-        def step(carry, key_i):
-            cache, token = carry
+        def more(carry):
+            i, _, _, _, _, drafting = carry
+            return (i < gamma) & jnp.any(drafting & (i < context.budget))
+
+        def step(carry):
+            i, cache, token, tokens, q_all, drafting = carry
+            drafting &= i < context.budget
             logits, cache = self._step(cache, token[:, None], cache.lengths[:, None])
             q = probs(logits[:, 0], context.sampling)  # [B, V]
-            token = sample(q, key_i)
-            return (cache, token), (token, q)
+            token = sample(q, keys[i])
+            if self.stop_below is not None:
+                drafting &= jnp.max(jax.nn.softmax(logits[:, 0]), axis=-1) >= self.stop_below
+            tokens = tokens.at[:, i].set(token)
+            q_all = q_all.at[:, i].set(jnp.where(drafting[:, None], q, 0.0))  # zero row: not drafted
+            return i + 1, cache, token, tokens, q_all, drafting
 
-        (cache, last), (tokens, q) = jax.lax.scan(
-            step, (cache, context.pending), jax.random.split(key, gamma)
+        init = (
+            jnp.zeros((), jnp.int32),
+            state.cache.with_lengths(base),
+            context.pending,
+            jnp.zeros((B, gamma), jnp.int32),
+            jnp.zeros((B, gamma, self.vocab_size), jnp.float32),
+            jnp.ones((B,), bool),
         )
-        return tokens.T, jnp.swapaxes(q, 0, 1), DraftState(cache, base, last)
+        _, cache, last, tokens, q, _ = jax.lax.while_loop(more, step, init)
+        return tokens, q, DraftState(cache, base, last)
 
     def commit(self, state: DraftState, n_accepted, bonus):
-        """A row that accepted all its drafts has not cached the last one yet: feed it.
-        Rows that rejected earlier write one stale slot past their length (harmless:
+        """A row that accepted the draft of every step run has not cached the last one
+        yet: feed it. Other rows write one stale slot past their length (harmless:
         ``propose`` resets lengths from the context)."""
         del bonus
-        gamma = state.cache.lengths - state.base  # [B]
+        steps = state.cache.lengths - state.base  # [B] draft steps run (fed tokens)
 
         def catch_up(cache):
             return self._step(cache, state.last_draft[:, None], cache.lengths[:, None])[1]
 
-        cache = jax.lax.cond(jnp.any(n_accepted == gamma), catch_up, lambda c: c, state.cache)
+        cache = jax.lax.cond(jnp.any(n_accepted == steps), catch_up, lambda c: c, state.cache)
         return dataclasses.replace(state, cache=cache)

@@ -2,10 +2,10 @@
 
 Find the most recent earlier occurrence of the last n tokens of the sequence
 (prompt + generated), trying n = max_ngram down to min_ngram, and propose the
-gamma tokens that followed it. Drafts are deterministic, so q is one-hot and
-speculative sampling stays exactly lossless at any temperature. When nothing
-matches, the drafter proposes the pending token repeated (the target rejects
-what it does not predict); ``state.matched`` records whether a row had a match.
+gamma tokens that followed it (fewer when the sequence ends sooner). Drafts are
+deterministic, so q is one-hot and speculative sampling stays exactly lossless at
+any temperature. When nothing matches the row drafts nothing (q all zeros), and
+the loop verifies with a single-position pass: no match costs one ordinary step.
 """
 
 from __future__ import annotations
@@ -16,12 +16,6 @@ import jax
 import jax.numpy as jnp
 
 from specdec.drafters.base import Context
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
-class NGramState:
-    matched: jax.Array  # [B] bool: the last proposal came from a match
 
 
 @jax.tree_util.register_dataclass
@@ -39,11 +33,11 @@ class NGram:
                 f"got min_ngram={self.min_ngram}, max_ngram={self.max_ngram}"
             )
 
-    def init(self, context: Context) -> NGramState:
-        return NGramState(jnp.zeros(context.lengths.shape, bool))
+    def init(self, context: Context):
+        return ()
 
-    def propose(self, state: NGramState, context: Context, gamma: int, key):
-        del state, key
+    def propose(self, state, context: Context, gamma: int, key):
+        del key
         tokens, L = context.tokens, context.lengths  # [B, N], [B]
         B, N = tokens.shape
         j = jnp.arange(N)[None, :]  # candidate match starts
@@ -57,13 +51,13 @@ class NGram:
                 match &= shifted == suffix[:, k : k + 1]
             last = jnp.max(jnp.where(match, j, -1), axis=1)  # most recent occurrence
             start = jnp.where((start < 0) & (last >= 0), last + n, start)
-        matched = start >= 0
-        # Continuation tokens, clipped to the known sequence (repeat the last known token).
-        idx = jnp.where(matched, start, L - 1)[:, None] + jnp.arange(gamma)[None, :]  # [B, gamma]
-        draft = jnp.take_along_axis(tokens, jnp.minimum(idx, L[:, None] - 1), axis=1)
-        q = jax.nn.one_hot(draft, self.vocab_size, dtype=jnp.float32)  # [B, gamma, V]
-        return draft, q, NGramState(matched)
+        # The continuation, as far as the sequence is known; nothing without a match.
+        idx = start[:, None] + jnp.arange(gamma)[None, :]  # [B, gamma]
+        known = (start[:, None] >= 0) & (idx < L[:, None])
+        draft = jnp.take_along_axis(tokens, jnp.clip(idx, 0, N - 1), axis=1)
+        q = jax.nn.one_hot(draft, self.vocab_size, dtype=jnp.float32) * known[..., None]  # [B, gamma, V]
+        return draft, q, state
 
-    def commit(self, state: NGramState, n_accepted, bonus):
+    def commit(self, state, n_accepted, bonus):
         del n_accepted, bonus
         return state

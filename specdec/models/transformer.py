@@ -168,6 +168,7 @@ class Transformer(nnx.Module):
         mask: jax.Array | None = None,
         layers: tuple[int, ...] | None = None,
         hidden_layers: tuple[int, ...] = (),
+        layer_mask: jax.Array | None = None,
     ):
         """Score T new tokens per row and append their keys/values to the cache.
 
@@ -178,6 +179,9 @@ class Transformer(nnx.Module):
         layers: static tuple of layer indices to run (first k, or a skip set), default all.
             The lm head and final norm always run; no weights are copied.
         hidden_layers: static layer indices whose output residual stream to return.
+        layer_mask: optional traced [n_layers] bool; a False layer passes the residual stream
+            through unchanged. The traced twin of ``layers`` for searching skip sets without
+            recompiling (every layer is still computed, so it saves no time).
 
         Returns logits [B, T, V] float32, the cache (lengths advanced by T), and
         hidden [len(hidden_layers), B, T, D] (None when hidden_layers is empty).
@@ -202,7 +206,8 @@ class Transformer(nnx.Module):
         x = self.embed_tokens(tokens)  # [B, T, D]
         hidden = []
         for cache_layer, i in enumerate(layers):
-            x, cache = self.layers[i](x, positions, cache, cache_layer, visible, inv_freq)
+            out, cache = self.layers[i](x, positions, cache, cache_layer, visible, inv_freq)
+            x = out if layer_mask is None else jnp.where(layer_mask[i], out, x)
             if i in hidden_layers:
                 hidden.append(x)
         x = self.norm(x)

@@ -1,0 +1,303 @@
+"""Append-only results store: a JSONL file with one row per (run config, prompt).
+
+Schema (``COLUMNS``, in this order; every row has exactly these keys). Non-finite floats
+(NaN, inf) are stored as null; numpy scalars and arrays are stored as plain JSON numbers/lists.
+
+    run_id                 str    one invocation of a config over a prompt set (``new_run_id``)
+    time                   str    when the row was measured, ISO-8601 UTC (``utc_now``)
+    git_commit             str    short commit of the specdec checkout, or "unknown" (``git_commit``)
+    jax_version            str    jax.__version__
+    device                 str    accelerator kind, e.g. "cpu", "NVIDIA H100 80GB HBM3"
+    target                 str    target model: zoo name or path
+    drafter                str    drafter name; "none" (``BASELINE_DRAFTER``) = autoregressive
+    drafter_params         dict   the drafter's own settings, e.g. {"layers": 8}; {} if none
+    gamma                  int    draft tokens per block (K); 0 for autoregressive decoding
+    temperature            float  sampling temperature; 0 = greedy
+    top_k                  int    top-k truncation, null = none
+    top_p                  float  nucleus truncation, null = none
+    task                   str    prompt set: "builtin" or a Spec-Bench-format file path
+    category               str    Spec-Bench category of the prompt
+    prompt_id              int    Spec-Bench question_id
+    prompt_tokens          int    prompt length in tokens after chat templating (unpadded)
+    new_tokens             int    tokens generated
+    target_calls           int    target forward passes in the decode loop (prefill not counted)
+    drafted                int    draft tokens proposed
+    accepted               int    draft tokens accepted
+    alpha                  float  accepted / drafted; null when nothing was drafted
+    tau                    float  new_tokens / target_calls, counting the bonus token (>= 1)
+    accept_by_position     list   [gamma] floats: acceptance rate of each draft position
+    wall_s                 float  seconds of the compiled call after block_until_ready, compile excluded
+    tokens_per_s           float  new_tokens / wall_s
+    baseline_tokens_per_s  float  autoregressive tokens/s of the same prompt, target, sampling and
+                                  device; null if not measured
+    speedup                float  tokens_per_s / baseline_tokens_per_s; null without a baseline
+    cost_ratio_c           float  c = drafter step time / target step time at T = 1; null if unknown
+
+Writing: ``append`` validates every row first (nothing is written if one is bad), then, under
+an exclusive ``filelock`` on the sidecar ``<path>.lock``, writes the whole block with one
+``os.write`` on an O_APPEND descriptor and fsyncs it, so concurrent writers (several processes
+of one sweep) never interleave. A row exists iff its line ends with a newline.
+
+Partial-line policy: a killed writer (or a non-atomic file system) can leave a final line
+without its newline. ``rows()`` ignores that line with a ``PartialLineWarning`` naming the file
+and line; any other malformed line is an error naming file:line. The next ``append`` removes
+such a tail (under the lock no other writer is active, so it is certainly dead) before writing.
+Complete rows of an interrupted block stay: each row stands alone, and a resumed sweep simply
+recomputes the configurations whose rows are missing.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import secrets
+import subprocess
+import warnings
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from pathlib import Path
+
+import numpy as np
+from filelock import FileLock
+
+COLUMNS = (
+    "run_id",
+    "time",
+    "git_commit",
+    "jax_version",
+    "device",
+    "target",
+    "drafter",
+    "drafter_params",
+    "gamma",
+    "temperature",
+    "top_k",
+    "top_p",
+    "task",
+    "category",
+    "prompt_id",
+    "prompt_tokens",
+    "new_tokens",
+    "target_calls",
+    "drafted",
+    "accepted",
+    "alpha",
+    "tau",
+    "accept_by_position",
+    "wall_s",
+    "tokens_per_s",
+    "baseline_tokens_per_s",
+    "speedup",
+    "cost_ratio_c",
+)
+CONFIG_COLUMNS = (
+    "target",
+    "drafter",
+    "drafter_params",
+    "gamma",
+    "temperature",
+    "top_k",
+    "top_p",
+    "task",
+    "prompt_id",
+)
+BASELINE_DRAFTER = "none"
+
+
+class PartialLineWarning(UserWarning):
+    """A final line without a newline (an interrupted write) was ignored or removed."""
+
+
+def config_key(row: Mapping) -> tuple:
+    """Stable, hashable key of a row's run configuration: the ``CONFIG_COLUMNS`` values in order,
+    with drafter_params as canonical JSON (sorted keys) so dict order does not matter."""
+    return tuple(
+        json.dumps(_clean(row[c]), sort_keys=True) if c == "drafter_params" else _clean(row[c])
+        for c in CONFIG_COLUMNS
+    )
+
+
+def git_commit() -> str:
+    """Short commit hash of the checkout holding this file, or "unknown"; never raises."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    commit = out.stdout.strip()
+    return commit if out.returncode == 0 and commit else "unknown"
+
+
+def new_run_id() -> str:
+    """A sortable, unique run id: UTC time plus random hex, e.g. "20250101-120000-3f9a1c"."""
+    return f"{datetime.datetime.now(datetime.UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+
+
+def utc_now() -> str:
+    """The current time as ISO-8601 UTC with seconds, the format of the ``time`` column."""
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+def _clean(value):
+    # numpy -> Python, tuples -> lists, non-finite floats -> None (strict JSON has no NaN).
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    elif isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    return value
+
+
+def _encode(rows: Iterable[Mapping]) -> bytes:
+    lines = []
+    for i, row in enumerate(rows):
+        missing = [c for c in COLUMNS if c not in row]
+        unknown = [c for c in row if c not in COLUMNS]
+        if missing:
+            raise ValueError(f"row {i} is missing column {missing[0]!r} (missing: {missing})")
+        if unknown:
+            raise ValueError(f"row {i} has unknown column {unknown[0]!r} (unknown: {unknown})")
+        out = {}
+        for c in COLUMNS:
+            try:
+                out[c] = _clean(row[c])
+                json.dumps(out[c], allow_nan=False)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"row {i}, column {c!r}: value {row[c]!r} is not JSON-serialisable") from e
+        lines.append(json.dumps(out, allow_nan=False, ensure_ascii=False) + "\n")
+    return "".join(lines).encode("utf-8")
+
+
+def _drop_partial_tail(fd: int, path: Path) -> None:
+    # Under the lock: if the file does not end in a newline, cut it back to its last newline.
+    size = os.fstat(fd).st_size
+    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+        return
+    end = size
+    while end > 0:
+        start = max(0, end - 65536)
+        cut = os.pread(fd, end - start, start).rfind(b"\n")
+        if cut >= 0:
+            end = start + cut + 1
+            break
+        end = start
+    warnings.warn(
+        f"{path}: removed an incomplete final line ({size - end} bytes) left by an interrupted write",
+        PartialLineWarning,
+        stacklevel=3,
+    )
+    os.ftruncate(fd, end)
+
+
+class ResultsStore:
+    """The JSONL results file at ``path`` (created with its parent folders on first append)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.lock_path = Path(f"{self.path}.lock")
+
+    def __repr__(self) -> str:
+        return f"ResultsStore({str(self.path)!r})"
+
+    def append(self, rows: Iterable[Mapping]) -> int:
+        """Append ``rows`` (dicts with exactly ``COLUMNS``) as one atomic block; returns how many.
+
+        Raises ValueError naming the row and column if any row is bad; then nothing is written.
+        """
+        rows = list(rows)
+        data = _encode(rows)
+        if not data:
+            return 0
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(self.lock_path):
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                _drop_partial_tail(fd, self.path)
+                written = os.write(fd, data)  # one write: on local file systems the block lands whole
+                while written < len(data):  # short write (disk nearly full): finish it, still under lock
+                    written += os.write(fd, data[written:])
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        return len(rows)
+
+    def rows(self) -> list[dict]:
+        """Every row, in file order; [] if the file does not exist yet.
+
+        A malformed line raises ValueError naming file:line; an incomplete final line (no
+        newline) is ignored with a PartialLineWarning.
+        """
+        if not self.path.exists():
+            return []
+        data = self.path.read_bytes()
+        lines = data.split(b"\n")
+        tail = lines.pop()  # b"" when the file ends with a newline
+        out = []
+        for n, line in enumerate(lines, start=1):
+            out.append(self._parse(line, n))
+        if tail:
+            warnings.warn(
+                f"{self.path}:{len(lines) + 1}: ignoring an incomplete final line ({len(tail)} bytes, "
+                "no newline) left by an interrupted write",
+                PartialLineWarning,
+                stacklevel=2,
+            )
+        return out
+
+    def _parse(self, line: bytes, n: int) -> dict:
+        where = f"{self.path}:{n}"
+        try:
+            row = json.loads(line)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{where}: not a valid JSON row ({e})") from e
+        if not isinstance(row, dict):
+            raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        missing = [c for c in COLUMNS if c not in row]
+        unknown = [c for c in row if c not in COLUMNS]
+        if missing or unknown:
+            col = missing[0] if missing else unknown[0]
+            kind = "missing" if missing else "unknown"
+            raise ValueError(f"{where}: {kind} column {col!r} (missing: {missing}, unknown: {unknown})")
+        return row
+
+    def to_dataframe(self):
+        """All rows as a pandas DataFrame with columns in ``COLUMNS`` order (nulls become NaN/None)."""
+        import pandas as pd
+
+        return pd.DataFrame(self.rows(), columns=list(COLUMNS))
+
+    def finished(self, key_fn: Callable[[Mapping], Hashable] = config_key) -> set:
+        """The set of ``key_fn(row)`` over all rows: configurations a resumed sweep can skip."""
+        return {key_fn(row) for row in self.rows()}
+
+    def has(self, key: tuple) -> bool:
+        """Whether a row with this ``config_key`` exists (reads the file: use ``finished`` in loops)."""
+        return key in self.finished()
+
+    def baseline(self, target, task, temperature, top_k, top_p, prompt_id, device=None) -> float | None:
+        """Measured autoregressive tokens/s for this prompt, or None: the latest matching row's
+        ``baseline_tokens_per_s``, or the ``tokens_per_s`` of an autoregressive (drafter "none")
+        row. ``device``: only rows from this device (None: any)."""
+        want = dict(target=target, task=task, temperature=temperature, top_k=top_k, top_p=top_p)
+        want["prompt_id"] = prompt_id
+        for row in reversed(self.rows()):
+            if any(row[k] != _clean(v) for k, v in want.items()):
+                continue
+            if device is not None and row["device"] != device:
+                continue
+            if row["baseline_tokens_per_s"] is not None:
+                return float(row["baseline_tokens_per_s"])
+            if row["drafter"] == BASELINE_DRAFTER and row["tokens_per_s"] is not None:
+                return float(row["tokens_per_s"])
+        return None

@@ -1,0 +1,222 @@
+"""The append-only results store: schema, atomic concurrent appends, partial lines, resume keys."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from specdec import results
+from specdec.results import COLUMNS, PartialLineWarning, ResultsStore, config_key
+
+
+def make_row(**overrides) -> dict:
+    row = dict(
+        run_id="run-0",
+        time="2025-01-01T00:00:00+00:00",
+        git_commit="abc1234",
+        jax_version="0.7.0",
+        device="cpu",
+        target="smollm2-135m-instruct",
+        drafter="ngram",
+        drafter_params={"max_ngram": 3, "min_ngram": 1},
+        gamma=4,
+        temperature=0.0,
+        top_k=None,
+        top_p=None,
+        task="builtin",
+        category="rag",
+        prompt_id=1,
+        prompt_tokens=120,
+        new_tokens=64,
+        target_calls=32,
+        drafted=128,
+        accepted=32,
+        alpha=0.25,
+        tau=2.0,
+        accept_by_position=[0.5, 0.25, 0.125, 0.125],
+        wall_s=1.6,
+        tokens_per_s=40.0,
+        baseline_tokens_per_s=20.0,
+        speedup=2.0,
+        cost_ratio_c=0.01,
+    )
+    row.update(overrides)
+    return row
+
+
+def test_columns_are_the_documented_schema():
+    assert len(COLUMNS) == len(set(COLUMNS)) == 28
+    assert COLUMNS[:3] == ("run_id", "time", "git_commit") and COLUMNS[-1] == "cost_ratio_c"
+    for c in COLUMNS:  # every column is documented in the module docstring
+        assert f"\n    {c} " in results.__doc__
+
+
+def test_round_trip_and_dataframe(tmp_path):
+    store = ResultsStore(tmp_path / "sweeps" / "results.jsonl")
+    assert store.rows() == []
+    rows = [make_row(prompt_id=i) for i in range(3)]
+    assert store.append(rows) == 3
+    assert store.append([make_row(prompt_id=3, alpha=np.float32(0.5), accept_by_position=np.ones(4))]) == 1
+    got = store.rows()
+    assert got[:3] == rows
+    assert got[3]["alpha"] == 0.5 and got[3]["accept_by_position"] == [1.0] * 4
+    assert list(got[0]) == list(COLUMNS)  # keys written in schema order
+    df = store.to_dataframe()
+    assert list(df.columns) == list(COLUMNS) and len(df) == 4
+    assert df["prompt_id"].tolist() == [0, 1, 2, 3]
+
+
+def test_non_finite_floats_are_stored_as_null(tmp_path):
+    # An autoregressive row: nothing drafted, so alpha is NaN; strict JSON has no NaN.
+    store = ResultsStore(tmp_path / "r.jsonl")
+    store.append([make_row(drafter="none", gamma=0, alpha=float("nan"), speedup=np.inf)])
+    line = (tmp_path / "r.jsonl").read_text()
+    assert "NaN" not in line and "Infinity" not in line
+    row = store.rows()[0]
+    assert row["alpha"] is None and row["speedup"] is None
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({k: v for k, v in make_row().items() if k != "tau"}, "missing column 'tau'"),
+        (make_row(extra=1), "unknown column 'extra'"),
+        (make_row(device=object()), "column 'device'"),
+    ],
+)
+def test_schema_errors_write_nothing(tmp_path, bad, message):
+    store = ResultsStore(tmp_path / "r.jsonl")
+    store.append([make_row(prompt_id=0)])
+    before = store.path.read_bytes()
+    with pytest.raises(ValueError, match=message):
+        store.append([make_row(prompt_id=1), bad])  # the good first row is not written either
+    assert store.path.read_bytes() == before
+
+
+# A writer process: loads results.py by file path (so it does not import jax through the
+# package), waits at a file barrier until every writer is ready, then appends its blocks.
+WRITER = """
+import importlib.util, json, os, sys, time
+results_file, path, writer, blocks, barrier, n, row = sys.argv[1:]
+spec = importlib.util.spec_from_file_location("results_under_test", results_file)
+results = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(results)
+row = json.loads(row)
+open(os.path.join(barrier, writer), "w").close()
+deadline = time.monotonic() + 60
+while len(os.listdir(barrier)) < int(n):
+    if time.monotonic() > deadline:
+        sys.exit("barrier timed out")
+    time.sleep(0.001)
+store = results.ResultsStore(path)
+for b in range(int(blocks)):
+    store.append([dict(row, run_id=f"w{writer}-b{b}", prompt_id=i) for i in range(3)])
+"""
+
+
+def test_concurrent_writers_never_interleave(tmp_path):
+    # 4 processes x 50 blocks x 3 rows, all released at once so their appends really overlap.
+    path, barrier = tmp_path / "r.jsonl", tmp_path / "barrier"
+    barrier.mkdir()
+    row = json.dumps(make_row())
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, results.__file__, str(path), str(w), "50", str(barrier), "4", row]
+        )
+        for w in range(4)
+    ]
+    assert [p.wait(timeout=120) for p in procs] == [0] * 4
+    lines = path.read_text().splitlines()
+    assert len(lines) == 4 * 50 * 3
+    rows = [json.loads(line) for line in lines]  # every line is valid JSON
+    for start in range(0, len(rows), 3):  # each block of 3 rows is contiguous and in order
+        block = rows[start : start + 3]
+        assert {r["run_id"] for r in block} == {block[0]["run_id"]}
+        assert [r["prompt_id"] for r in block] == [0, 1, 2]
+    for w in range(4):  # each writer's blocks appear in the order it wrote them
+        ids = [r["run_id"] for r in rows[::3] if r["run_id"].startswith(f"w{w}-")]
+        assert ids == [f"w{w}-b{b}" for b in range(50)]
+
+
+def test_partial_final_line_is_ignored_then_removed(tmp_path):
+    store = ResultsStore(tmp_path / "r.jsonl")
+    store.append([make_row(prompt_id=0), make_row(prompt_id=1)])
+    # A writer killed mid-write: half a row and no newline.
+    partial = json.dumps(make_row(prompt_id=2))[:57]
+    with open(store.path, "a") as f:
+        f.write(partial)
+    with pytest.warns(PartialLineWarning, match=r"r\.jsonl:3: ignoring an incomplete final line"):
+        assert [r["prompt_id"] for r in store.rows()] == [0, 1]
+    # The next append cuts the dead tail off before writing its own block.
+    with pytest.warns(PartialLineWarning, match="removed an incomplete final line"):
+        store.append([make_row(prompt_id=3)])
+    assert [r["prompt_id"] for r in store.rows()] == [0, 1, 3]
+    assert store.path.read_text().endswith("}\n")
+
+
+def test_corrupt_line_is_an_error_naming_file_and_line(tmp_path):
+    store = ResultsStore(tmp_path / "r.jsonl")
+    store.append([make_row(prompt_id=0)])
+    with open(store.path, "a") as f:
+        f.write("{not json\n")
+    store.append([make_row(prompt_id=1)])
+    with pytest.raises(ValueError, match=r"r\.jsonl:2: not a valid JSON row"):
+        store.rows()
+    bad = ResultsStore(tmp_path / "s.jsonl")
+    bad.path.write_text(json.dumps({k: v for k, v in make_row().items() if k != "gamma"}) + "\n")
+    with pytest.raises(ValueError, match=r"s\.jsonl:1: missing column 'gamma'"):
+        bad.rows()
+
+
+def test_resume_keys(tmp_path):
+    store = ResultsStore(tmp_path / "r.jsonl")
+    store.append([make_row(gamma=g, prompt_id=p) for g in (2, 4) for p in (0, 1)])
+    done = store.finished()
+    assert len(done) == 4
+    assert config_key(make_row(gamma=4, prompt_id=1)) in done
+    assert store.has(config_key(make_row(gamma=2, prompt_id=0)))
+    assert not store.has(config_key(make_row(gamma=8, prompt_id=0)))
+    assert not store.has(config_key(make_row(gamma=2, prompt_id=0, temperature=0.7)))
+    # Measurements and provenance do not enter the key; drafter_params key order does not either.
+    same = make_row(
+        gamma=2, prompt_id=0, run_id="other", wall_s=9.0, drafter_params={"min_ngram": 1, "max_ngram": 3}
+    )
+    assert store.has(config_key(same))
+    assert store.finished(lambda r: r["gamma"]) == {2, 4}
+    hash(config_key(make_row()))
+
+
+def test_baseline_lookup(tmp_path):
+    store = ResultsStore(tmp_path / "r.jsonl")
+    args = ("smollm2-135m-instruct", "builtin", 0.0, None, None)
+    assert store.baseline(*args, 7) is None
+    # An autoregressive row is its own baseline.
+    store.append(
+        [make_row(drafter="none", gamma=0, prompt_id=7, tokens_per_s=12.5, baseline_tokens_per_s=None)]
+    )
+    assert store.baseline(*args, 7) == 12.5
+    assert store.baseline(*args, 8) is None
+    assert store.baseline("smollm2-135m-instruct", "builtin", 0.7, None, None, 7) is None
+    # A speculative row carrying a measured baseline; the latest one wins.
+    store.append([make_row(prompt_id=8, baseline_tokens_per_s=11.0)])
+    assert store.baseline(*args, 8) == 11.0
+    assert store.baseline(*args, 8, device="cpu") == 11.0
+    assert store.baseline(*args, 8, device="NVIDIA H100") is None
+
+
+def test_git_commit_and_run_id(monkeypatch):
+    commit = results.git_commit()
+    assert commit == "unknown" or all(ch in "0123456789abcdef" for ch in commit)
+
+    def no_git(*args, **kwargs):
+        raise FileNotFoundError("git")
+
+    monkeypatch.setattr(subprocess, "run", no_git)
+    assert results.git_commit() == "unknown"
+    a, b = results.new_run_id(), results.new_run_id()
+    assert a != b and len(a) == len("20250101-120000-3f9a1c")
+    assert results.utc_now().endswith("+00:00")
