@@ -125,6 +125,7 @@ def generate(
         raise ValueError(f"acceptance must be one of speculative, typical_lossy; got {acceptance!r}")
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}; got {schedule!r}")
+    gamma = gamma if drafter is not None else 0  # autoregressive: one position per step
     widths = (1,) if verify_widths is None else tuple(int(w) for w in verify_widths)
     if any(not 1 <= w <= gamma + 1 for w in widths):
         raise ValueError(f"verify_widths must lie in 1..gamma+1 = 1..{gamma + 1}; got {widths}")
@@ -135,7 +136,6 @@ def generate(
         )
     if not prompts:
         raise ValueError("prompts is empty")
-    gamma = gamma if drafter is not None else 0
     ids = encode_prompts(target, prompts, chat)
     longest = max(len(x) for x in ids)
     prompt_len = bucket(longest)
@@ -161,7 +161,7 @@ def generate(
         prompt_len,
         acceptance,
         schedule if drafter is not None else None,
-        tuple(w for w in widths if w <= gamma + 1),
+        widths,
     )
 
     B = len(ids)

@@ -11,10 +11,11 @@ from specdec.drafters.layer_skip import make_layer_skip
 from specdec.drafters.ngram import NGram
 
 
-def _draft_model(target, *, draft=None, layers=None):
+def _draft_model(target, *, draft=None, layers=None, stop_below=None):
     """``draft``: a separate Model sharing the target's tokenizer (default: the target
-    itself); ``layers``: run only its first k layers (int) or these layer indices."""
-    return DraftModel.from_model(target if draft is None else draft, layers)
+    itself); ``layers``: run only its first k layers (int) or these layer indices;
+    ``stop_below``: stop a row's drafting when the draft's top probability is lower."""
+    return DraftModel.from_model(target if draft is None else draft, layers, stop_below=stop_below)
 
 
 def _ngram(target, *, max_ngram=3, min_ngram=1):
