@@ -17,39 +17,15 @@ All timings are medians after warm-up; compile time is excluded and printed apar
 from __future__ import annotations
 
 import argparse
-import functools
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from bench_forward import median_s
 
 import specdec
 from specdec.generation import bucket, capacity_for, encode_prompts
-from specdec.models import forward
-from specdec.sampling import Sampling, probs
+from specdec.timing import forward_s
 
 PROMPT = "Write a detailed paragraph explaining how a bicycle works, then list its main parts."
-
-
-@functools.partial(jax.jit, static_argnames=("graphdef", "layers"), donate_argnames="cache")
-def _score(graphdef, params, tokens, positions, cache, layers=None):
-    logits, cache, _ = forward(graphdef, params, tokens, positions, cache, layers=layers)
-    return jnp.argmax(probs(logits, Sampling()), axis=-1), cache
-
-
-def time_forward(target, T, start, capacity, repeats, layers=None):
-    """Median seconds of one jitted forward (plus greedy sampling) of T tokens after ``start`` cached ones."""
-    state = {"cache": target.init_cache(1, capacity, None if layers is None else len(layers))}
-    tokens = jnp.ones((1, T), jnp.int32)
-    positions = start + jnp.arange(T)[None]
-
-    def run():
-        cache = state["cache"].with_lengths(start)
-        out, state["cache"] = _score(target.graphdef, target.params, tokens, positions, cache, layers=layers)
-        return out
-
-    return median_s(run, repeats)
 
 
 def main():
@@ -86,12 +62,11 @@ def main():
         assert spec.tokens == auto.tokens, "greedy speculative output differs from autoregressive"
         s = spec.stats[0]
         capacity = capacity_for(bucket(len(ids[0])), args.max_new_tokens, gamma)
-        n, reps = len(ids[0]), 10 * args.repeats
-        draft = time_forward(target, 1, n, capacity, reps, drafter.layers)
-        verify = time_forward(target, gamma + 1, n, capacity, reps)
-        prompt_len = bucket(n)
-        prefill = time_forward(target, prompt_len, 0, capacity, reps) + time_forward(
-            target, prompt_len, 0, capacity, reps, drafter.layers
+        n, reps, T = len(ids[0]), 10 * args.repeats, bucket(len(ids[0]))
+        draft = forward_s(target, 1, context=n, capacity=capacity, layers=drafter.layers, repeats=reps)
+        verify = forward_s(target, gamma + 1, context=n, capacity=capacity, repeats=reps)
+        prefill = forward_s(target, T, context=0, capacity=capacity, repeats=reps) + forward_s(
+            target, T, context=0, capacity=capacity, layers=drafter.layers, repeats=reps
         )
         iteration = (wall - prefill) / s["target_calls"]
         full_blocks = s["accepted_hist"][-1] / s["target_calls"]

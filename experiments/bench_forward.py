@@ -11,26 +11,13 @@ bytes of weights read per step / read bandwidth measured in this same process.
 from __future__ import annotations
 
 import argparse
-import functools
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import specdec
-from specdec.models import forward
-
-
-def median_s(fn, repeats: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        jax.block_until_ready(fn())
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+from specdec.timing import median_s, verify_cost
 
 
 def read_bandwidth(n_bytes: int = 1 << 30, repeats: int = 10) -> float:
@@ -43,12 +30,6 @@ def read_bandwidth(n_bytes: int = 1 << 30, repeats: int = 10) -> float:
     return max(xla, npy)
 
 
-@functools.partial(jax.jit, static_argnums=0, donate_argnums=4)
-def score(graphdef, params, tokens, positions, cache):
-    logits, cache, _ = forward(graphdef, params, tokens, positions, cache)
-    return logits, cache
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m-instruct")
@@ -59,29 +40,14 @@ def main():
     args = parser.parse_args()
 
     model = specdec.load_model(args.model, dtype=jnp.dtype(args.dtype))
-    weight_bytes = sum(
-        np.asarray(v[...]).nbytes for _, v in jax.tree_util.tree_flatten_with_path(model.params)[0]
-    )
+    weight_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(model.params))
     bandwidth = read_bandwidth()
     print(
         f"device: {jax.devices()[0].device_kind}, model {args.model} ({args.dtype}), "
         f"weights {weight_bytes / 1e6:.0f} MB, read bandwidth {bandwidth / 1e9:.1f} GB/s"
     )
 
-    cache = model.init_cache(1, args.capacity)
-    results = {}
-    for T in (1, 2, 3, 4, 5, 6, 8, 12, 16):
-        tokens = jnp.ones((1, T), jnp.int32)
-        positions = args.context + jnp.arange(T)[None]
-        state = {"cache": cache.with_lengths(args.context)}
-
-        def step(tokens=tokens, positions=positions, state=state):
-            logits, new = score(model.graphdef, model.params, tokens, positions, state["cache"])
-            state["cache"] = new.with_lengths(args.context)
-            return logits
-
-        results[T] = median_s(step, args.repeats)
-        cache = state["cache"]
+    _, results = verify_cost(model, context=args.context, capacity=args.capacity, repeats=args.repeats)
 
     floor = weight_bytes / bandwidth
     print(f"\nmemory floor of one step: {floor * 1e3:.1f} ms; T=1 step / floor = {results[1] / floor:.2f}x\n")

@@ -92,6 +92,7 @@ COLUMNS = (
     "cost_ratio_c",
 )
 CONFIG_COLUMNS = (
+    "device",
     "target",
     "drafter",
     "drafter_params",

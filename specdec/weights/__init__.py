@@ -6,16 +6,31 @@ from pathlib import Path
 
 import jax.numpy as jnp
 
+# Tiny random-weight models with a real tokenizer, for fast experiments and tests:
+# name -> (zoo model whose tokenizer they use, tiny_config overrides).
+RANDOM_MODELS = {
+    "smollm2-tiny-random": (
+        "smollm2-135m-instruct",
+        dict(dim=64, n_layers=4, n_heads=4, n_kv_heads=2, head_dim=16, ffn_dim=128, max_position=8192),
+    ),
+}
+
 
 def load_model(name_or_path: str, *, dtype=jnp.float32):
-    """Load a model by zoo name (``smollm2-135m-instruct``), HF checkpoint folder or ``.gguf`` file.
+    """Load a model by zoo name (``smollm2-135m-instruct``), HF checkpoint folder or ``.gguf`` file,
+    or a tiny random model with a real tokenizer (``smollm2-tiny-random``).
 
     Returns a ``specdec.Model`` carrying config, parameters (in ``dtype``) and tokenizer.
     """
-    from specdec.models import Model
+    from specdec.models import Model, tiny_config
     from specdec.weights import zoo
     from specdec.weights.hf import load_hf_dir
 
+    if name_or_path in RANDOM_MODELS:
+        base, overrides = RANDOM_MODELS[name_or_path]
+        tokenizer = zoo.load_zoo_tokenizer(base)
+        config = tiny_config(vocab_size=tokenizer.vocab_size, **overrides)
+        return Model.random(config, seed=0, dtype=dtype, tokenizer=tokenizer, name=name_or_path)
     if name_or_path in zoo.ZOO:
         config, tensors = zoo.load_zoo_tensors(name_or_path)
         tokenizer = zoo.load_zoo_tokenizer(name_or_path)
@@ -37,7 +52,7 @@ def load_model(name_or_path: str, *, dtype=jnp.float32):
             source=str(path),
         )
     raise ValueError(
-        f"model {name_or_path!r} is neither a zoo name ({', '.join(zoo.ZOO)}), "
+        f"model {name_or_path!r} is neither a zoo name ({', '.join([*zoo.ZOO, *RANDOM_MODELS])}), "
         "a Hugging Face checkpoint folder nor a .gguf file"
     )
 

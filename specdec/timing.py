@@ -1,0 +1,74 @@
+"""Wall-clock measurements of the pieces of a decode step: medians after warm-up, compile excluded.
+
+- ``median_s``: the median time of a call, after warm-up, synchronised with ``block_until_ready``.
+- ``forward_s``: one target (or layer-subset) forward over T positions after a given context.
+- ``verify_cost``: the measured verify-cost curve r(T) = cost(T) / cost(1) as a ``theory.VerifyCost``.
+- ``draft_cost_ratio``: c = cost of one drafter step / cost of one target decode step.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from specdec.drafters.base import Context
+from specdec.models import Model, forward
+from specdec.sampling import Sampling, probs
+from specdec.theory import VerifyCost
+
+
+def median_s(fn, repeats: int = 20, warmup: int = 3) -> float:
+    """Median seconds of ``fn()`` over ``repeats`` calls after ``warmup`` calls."""
+    for _ in range(warmup):
+        jax.block_until_ready(fn())
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "layers"), donate_argnames="cache")
+def _score(graphdef, params, tokens, positions, cache, layers=None):
+    logits, cache, _ = forward(graphdef, params, tokens, positions, cache, layers=layers)
+    return jnp.argmax(probs(logits, Sampling()), axis=-1), cache
+
+
+def forward_s(
+    model: Model, T: int, *, context: int = 256, capacity: int = 512, layers=None, repeats=20
+) -> float:
+    """Median seconds of one jitted forward (plus greedy sampling) of T positions after
+    ``context`` cached tokens, batch 1; ``layers``: a layer subset (a self-speculative draft)."""
+    state = {"cache": model.init_cache(1, capacity, None if layers is None else len(layers))}
+    tokens = jnp.ones((1, T), jnp.int32)
+    positions = context + jnp.arange(T)[None]
+
+    def run():
+        cache = state["cache"].with_lengths(context)
+        out, state["cache"] = _score(model.graphdef, model.params, tokens, positions, cache, layers=layers)
+        return out
+
+    return median_s(run, repeats)
+
+
+def verify_cost(model: Model, widths=(1, 2, 3, 4, 5, 6, 8, 12, 16), **kw) -> tuple[VerifyCost, dict]:
+    """The measured r(T) and the raw latencies {T: seconds}."""
+    latencies = {T: forward_s(model, T, **kw) for T in widths}
+    return VerifyCost.from_latencies(latencies), latencies
+
+
+def draft_cost_ratio(target: Model, drafter, *, context: int = 256, capacity: int = 512, repeats=20) -> float:
+    """c: median seconds of one ``drafter.propose`` of one token over one target decode step."""
+    if drafter is None:
+        return 0.0
+    tokens = jnp.ones((1, capacity), jnp.int32)
+    ctx = Context(tokens, jnp.array([context]), jnp.array([1]), Sampling(), context)
+    state = jax.jit(drafter.init)(ctx)
+    propose = jax.jit(lambda d, s, c, k: d.propose(s, c, 1, k)[:2])
+    draft = median_s(lambda: propose(drafter, state, ctx, jax.random.key(0)), repeats)
+    return draft / forward_s(target, 1, context=context, capacity=capacity, repeats=repeats)
