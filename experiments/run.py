@@ -23,27 +23,11 @@ from omegaconf.errors import OmegaConfBaseException
 from tqdm import tqdm
 
 from specdec import experiment, plots, results
-from specdec.sampling import Sampling
 
 
 def to_run_config(cfg: DictConfig) -> experiment.RunConfig:
     """The Hydra config as the library's frozen dataclasses (which validate it)."""
-    c = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-    d, t, s = c["drafter"], c["task"], c["sampling"]
-    return experiment.RunConfig(
-        target=c["model"]["name"],
-        dtype=c["model"]["dtype"],
-        drafter=experiment.DrafterSpec(d["name"], d["gamma"], d["schedule"], d["options"] or {}),
-        task=experiment.TaskSpec(
-            t["name_or_path"], t["categories"] and tuple(t["categories"]), t["per_category"]
-        ),
-        sampling=Sampling(s["temperature"], s["top_k"], s["top_p"]),
-        acceptance=c["acceptance"],
-        max_new_tokens=c["max_new_tokens"],
-        results_path=c["results_path"],
-        seed=c["seed"],
-        force=c["force"],
-    )
+    return experiment.RunConfig.from_dict(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
 
 
 def print_summary(title: str, summary: dict) -> None:
@@ -63,7 +47,8 @@ def main(cfg: DictConfig) -> None:
         prepared = experiment.prepare(run_config)
     except (ValueError, FileNotFoundError, OmegaConfBaseException) as err:
         # Bad configuration: one line naming the key and what is allowed, no traceback wall.
-        print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
+        key = getattr(err, "full_key", None)
+        print(f"error: {str(err).splitlines()[0]}" + (f" (key: {key})" if key else ""), file=sys.stderr)
         sys.exit(2)
 
     title = experiment.describe(run_config)

@@ -68,6 +68,7 @@ class Stats:
     """Per-row counters gathered inside the loop (all int32).
 
     new_tokens [B], target_calls [B], drafted [B] (draft tokens proposed), accepted [B],
+    rejected [B] (steps that rejected a draft token: drafts after it are never judged),
     verified [B] (positions the target scored), accept_by_position [B, K] (times draft
     position i was accepted), accepted_hist [B, K+1] (steps that accepted exactly n drafts).
     """
@@ -76,6 +77,7 @@ class Stats:
     target_calls: jax.Array
     drafted: jax.Array
     accepted: jax.Array
+    rejected: jax.Array
     verified: jax.Array
     accept_by_position: jax.Array
     accepted_hist: jax.Array
@@ -84,7 +86,7 @@ class Stats:
     def zeros(cls, batch: int, gamma: int) -> Stats:
         z = jnp.zeros((batch,), jnp.int32)
         return cls(
-            z, z, z, z, z, jnp.zeros((batch, gamma), jnp.int32), jnp.zeros((batch, gamma + 1), jnp.int32)
+            z, z, z, z, z, z, jnp.zeros((batch, gamma), jnp.int32), jnp.zeros((batch, gamma + 1), jnp.int32)
         )
 
 
@@ -138,6 +140,7 @@ def _update_stats(stats: Stats, active, count, n, n_drafted, width, gamma: int) 
         target_calls=stats.target_calls + a,
         drafted=stats.drafted + a * n_drafted,
         accepted=stats.accepted + a * n,
+        rejected=stats.rejected + a * (n < n_drafted),
         verified=stats.verified + a * width,
         accept_by_position=stats.accept_by_position + a[:, None] * (jnp.arange(gamma)[None, :] < n[:, None]),
         accepted_hist=stats.accepted_hist + a[:, None] * jax.nn.one_hot(n, gamma + 1, dtype=jnp.int32),

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 import jax
 import numpy as np
 
-from specdec import drafters, results, tasks, timing
+from specdec import drafters, metrics, results, tasks, timing
 from specdec.generation import generate
 from specdec.sampling import Sampling
 from specdec.weights import load_model
@@ -67,6 +67,23 @@ class RunConfig:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype must be float32 or bfloat16, got {self.dtype!r}")
+
+    @classmethod
+    def from_dict(cls, c: Mapping) -> RunConfig:
+        """From the plain dictionary of a composed Hydra config (``configs/run.yaml``)."""
+        d, t, s = c["drafter"], c["task"], c["sampling"]
+        return cls(
+            target=c["model"]["name"],
+            dtype=c["model"]["dtype"],
+            drafter=DrafterSpec(d["name"], d["gamma"], d["schedule"], d["options"] or {}),
+            task=TaskSpec(t["name_or_path"], t["categories"] and tuple(t["categories"]), t["per_category"]),
+            sampling=Sampling(s["temperature"], s["top_k"], s["top_p"]),
+            acceptance=c["acceptance"],
+            max_new_tokens=c["max_new_tokens"],
+            results_path=c["results_path"],
+            seed=c["seed"],
+            force=c["force"],
+        )
 
     @property
     def loop_params(self) -> dict:
@@ -145,7 +162,7 @@ def _row(config: dict, run_id: str, question, stats: dict, **measured) -> dict:
         target_calls=stats["target_calls"],
         drafted=drafted,
         accepted=stats["accepted"],
-        alpha=stats["accepted"] / drafted if drafted else None,
+        alpha=metrics.acceptance_rate(stats["accepted"], stats["rejected"]),
         tau=stats["new_tokens"] / stats["target_calls"],
         accept_by_position=stats["accept_by_position"],
         wall_s=stats["wall_s"],

@@ -1,6 +1,11 @@
 """Per-prompt statistics from the loop's counters.
 
-alpha = accepted / drafted: the share of draft tokens the target kept.
+alpha = accepted / (accepted + rejected): the acceptance rate of the draft tokens the target
+        judged. A step judges its drafts in order up to the first rejection; later drafts are
+        discarded unjudged, so they do not count. This is the maximum-likelihood estimate of
+        Leviathan et al.'s alpha (each draft accepted independently with probability alpha),
+        so theory.expected_tokens(alpha, gamma) predicts tau. (accepted / drafted is lower:
+        about (tau - 1) / gamma.)
 mean_gamma = drafted / target_calls: the effective draft length per step.
 tau   = new_tokens / target_calls: tokens emitted per target forward pass, *counting*
         the correction or bonus token of every step (so tau >= 1, and tau = 1 for
@@ -12,8 +17,14 @@ from __future__ import annotations
 import numpy as np
 
 
+def acceptance_rate(accepted: int, rejected: int) -> float:
+    """alpha = accepted / (accepted + rejected); NaN when no draft token was judged."""
+    judged = accepted + rejected
+    return accepted / judged if judged else float("nan")
+
+
 def row_stats(stats, wall_s: float) -> list[dict]:
-    """One dict per row: new_tokens, target_calls, drafted, accepted, verified (positions
+    """One dict per row: new_tokens, target_calls, drafted, accepted, rejected, verified (positions
     the target scored), alpha, tau, mean_gamma, accept_by_position (rate per draft
     position), accepted_hist (steps per accepted length), wall_s and tokens_per_s (the
     batch's wall time, shared by its rows)."""
@@ -28,8 +39,9 @@ def row_stats(stats, wall_s: float) -> list[dict]:
                 target_calls=calls,
                 drafted=drafted,
                 accepted=int(s["accepted"][b]),
+                rejected=int(s["rejected"][b]),
                 verified=int(s["verified"][b]),
-                alpha=float(s["accepted"][b] / drafted) if drafted else float("nan"),
+                alpha=acceptance_rate(int(s["accepted"][b]), int(s["rejected"][b])),
                 tau=new / calls if calls else float("nan"),
                 mean_gamma=drafted / calls if calls else float("nan"),
                 accept_by_position=(s["accept_by_position"][b] / max(calls, 1)).tolist(),

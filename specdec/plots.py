@@ -42,32 +42,19 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import MaxNLocator, ScalarFormatter
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from specdec import theory
 from specdec.results import BASELINE_DRAFTER
 
 log = logging.getLogger(__name__)
 
-RC = {
-    "font.size": 9,
-    "axes.titlesize": 9,
-    "axes.labelsize": 9,
-    "legend.fontsize": 7.5,
-    "xtick.labelsize": 8,
-    "ytick.labelsize": 8,
-    "axes.spines.top": False,
-    "axes.spines.right": False,
-    "axes.grid": True,
-    "grid.alpha": 0.3,
-    "grid.linewidth": 0.5,
-    "lines.linewidth": 1.3,
-    "lines.markersize": 4.5,
-    "errorbar.capsize": 2,
-    "legend.frameon": False,
-    "savefig.dpi": 200,
-    "pdf.fonttype": 42,  # embed TrueType: editable text in the PDF
-    "ps.fonttype": 42,
+RC = {  # one publication style for every figure: small fonts, light grid, no top/right spines
+    **{"font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9, "legend.fontsize": 7.5},
+    **{"xtick.labelsize": 8, "ytick.labelsize": 8, "axes.spines.top": False, "axes.spines.right": False},
+    **{"axes.grid": True, "grid.alpha": 0.3, "grid.linewidth": 0.5, "legend.frameon": False},
+    **{"lines.linewidth": 1.3, "lines.markersize": 4.5, "errorbar.capsize": 2, "savefig.dpi": 200},
+    **{"pdf.fonttype": 42, "ps.fonttype": 42},  # TrueType in PDFs: text stays editable
 }
 PANEL = (3.6, 2.7)  # inches per subplot
 MARKERS = "osD^vP*Xh<>"
@@ -76,6 +63,7 @@ TAU_LABEL = "τ (tokens per target call)"
 GAMMA_LABEL = "draft length γ (tokens)"
 SPEEDUP_LABEL = "speedup vs autoregressive (×)"
 CS = (0.01, 0.05, 0.1, 0.2, 0.5)
+SUMMARY_COLS = ("alpha", "alpha_token", "tau", "speedup")
 
 
 @contextlib.contextmanager
@@ -114,7 +102,7 @@ def prepare(df: pd.DataFrame) -> pd.DataFrame:
     short = params.map(lambda s: "(" + ", ".join(f"{k}={v}" for k, v in json.loads(s).items()) + ")")
     out["label"] = out["drafter"].where(~several, out["drafter"] + " " + short)
     out["alpha_token"] = out["accept_by_position"].map(token_alpha)
-    out["category"] = out["category"].astype(str)
+    out["category"] = out["category"].fillna("unknown").astype(str)
     return out
 
 
@@ -124,10 +112,9 @@ def speculative(df: pd.DataFrame) -> pd.DataFrame:
     return d[(d["drafter"] != BASELINE_DRAFTER) & (d["gamma"] >= 1)]
 
 
-def summarize(df: pd.DataFrame, by=("label", "gamma", "temperature"), cols=("alpha", "alpha_token", "tau", "speedup")):
-    """Mean and standard error of ``cols`` per group of ``by`` over the speculative rows."""
-    d = speculative(df)
-    return d.groupby(list(by))[list(cols)].agg(["mean", "sem", "count"])
+def summarize(df: pd.DataFrame, by=("label", "gamma", "temperature"), cols=SUMMARY_COLS) -> pd.DataFrame:
+    """Mean, standard error and count of ``cols`` per group of ``by`` over the speculative rows."""
+    return speculative(df).groupby(list(by))[list(cols)].agg(["mean", "sem", "count"])
 
 
 def _rates(value) -> np.ndarray:
@@ -189,17 +176,10 @@ def _reference(ax) -> None:
     ax.axhline(1.0, color="0.4", lw=0.8, ls=":", gid="reference")
 
 
-def _title(ax, parts: list[str]) -> None:
+def _title(ax, parts: list[str], temp: float, temps: list[float]) -> None:
+    parts = parts + ([f"T = {temp:g}"] if len(temps) > 1 else [])  # name T only when it varies
     if parts:
         ax.set_title(", ".join(parts))
-
-
-def _temps(d: pd.DataFrame) -> list[float]:
-    return sorted(d["temperature"].dropna().unique())
-
-
-def _t(temp: float, temps: list[float]) -> list[str]:
-    return [f"T = {temp:g}"] if len(temps) > 1 else []
 
 
 # ---- figures ---------------------------------------------------------------------------------
@@ -248,14 +228,14 @@ def optimal_gamma_vs_alpha(
             ax.step(alphas, g, where="mid", color=color, label=f"c = {c:g}", gid="free")
             if r is not None:
                 g_r = theory.optimal_gamma(alphas, c, max_gamma, r=r)
-                ax.step(alphas, g_r, where="mid", color=color, ls="--", gid="measured_r")
+                ax.step(alphas, g_r, where="mid", color=color, ls="--", gid="measured_r", zorder=3)
         handles, labels = ax.get_legend_handles_labels()
         if r is not None:
             handles += [Line2D([], [], color="0.3"), Line2D([], [], color="0.3", ls="--")]
             labels += ["r(T) = 1 (free)", "measured r(T)"]
         ax.legend(handles, labels, loc="upper left")
-        ax.set_yscale("log")
-        ax.yaxis.set_major_formatter(ScalarFormatter())
+        ax.set_yscale("log", base=2)
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.set(xlim=(0, 1), xlabel=ALPHA_LABEL["token"], ylabel="optimal γ (tokens)")
     return fig
 
@@ -266,7 +246,7 @@ def speedup_vs_gamma(df: pd.DataFrame, r: theory.VerifyCost | None = None, alpha
     like the measurement); rows without cost_ratio_c get no prediction. ``r``: VerifyCost, default free."""
     col = _alpha_col(alpha)
     d = speculative(df).dropna(subset=["speedup"])
-    temps = _temps(d)
+    temps = sorted(d["temperature"].dropna().unique())
     colors = _colors(d["label"])
     with style():
         fig, axes = _grid(1, max(1, len(temps)))
@@ -286,11 +266,11 @@ def speedup_vs_gamma(df: pd.DataFrame, r: theory.VerifyCost | None = None, alpha
                     log.info("speedup_vs_gamma: %s has no cost_ratio_c, no prediction drawn", lab)
             _reference(ax)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            _title(ax, _t(temp, temps))
+            _title(ax, [], temp, temps)
         handles, labels = axes[0, 0].get_legend_handles_labels()
         handles += [Line2D([], [], color="0.3", marker="o"), Line2D([], [], color="0.3", ls="--")]
         labels += ["measured", "predicted" + (" (r = 1)" if r is None else " (measured r)")]
-        axes[0, 0].legend(handles, labels)
+        axes[0, -1].legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1))
         _label_outer(axes, GAMMA_LABEL, SPEEDUP_LABEL)
     return fig
 
@@ -327,7 +307,7 @@ def category_speedup_bars(df: pd.DataFrame, gamma="best") -> Figure:
     ``gamma``: "best" (each drafter at its gamma with the highest mean speedup in that panel),
     "all" (every drafter/gamma pair) or an int."""
     d = speculative(df).dropna(subset=["speedup"])
-    temps = _temps(d)
+    temps = sorted(d["temperature"].dropna().unique())
     colors = _colors(d["label"])
     with style():
         fig, axes = _grid(1, max(1, len(temps)), sharex=False)
@@ -338,16 +318,20 @@ def category_speedup_bars(df: pd.DataFrame, gamma="best") -> Figure:
             x, width = np.arange(len(cats)), 0.8 / max(1, len(methods))
             for j, (lab, g) in enumerate(methods):
                 dm = dt[(dt["label"] == lab) & (dt["gamma"] == g)]
-                ms = [_mean_se(dm["speedup"] if c == "overall" else dm.loc[dm["category"] == c, "speedup"]) for c in cats]
+                ms = [
+                    _mean_se(dm["speedup"] if c == "overall" else dm.loc[dm["category"] == c, "speedup"])
+                    for c in cats
+                ]
                 shade = sum(m[0] == lab for m in methods[:j])  # lighter for a drafter's later gammas
                 color = mpl.colors.to_rgba(colors[lab], alpha=1.0 - 0.2 * shade)
                 mean, se = np.array(ms).T
                 offset = (j - (len(methods) - 1) / 2) * width
                 ax.bar(x + offset, mean, width, yerr=se, color=color, label=f"{lab}, γ = {g}")
             ax.set_xticks(x, cats, rotation=30, ha="right")
+            ax.grid(axis="x", visible=False)
             _reference(ax)
-            _title(ax, _t(temp, temps))
-            ax.legend(fontsize=6.5)
+            _title(ax, [], temp, temps)
+            ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1))
         _label_outer(axes, "category", SPEEDUP_LABEL)
     return fig
 
@@ -356,7 +340,7 @@ def accepted_length_histogram(df: pd.DataFrame) -> Figure:
     """P(n accepted drafts per block), derived from ``accept_by_position`` (module doc): one panel
     per gamma (columns) and temperature (rows), bars per drafter, mean ± s.e. over prompts."""
     d = speculative(df)
-    temps, gammas = _temps(d), sorted(int(g) for g in d["gamma"].unique())
+    temps, gammas = sorted(d["temperature"].dropna().unique()), sorted(int(g) for g in d["gamma"].unique())
     colors = _colors(d["label"])
     with style():
         fig, axes = _grid(max(1, len(temps)), max(1, len(gammas)), sharex=False)
@@ -372,7 +356,7 @@ def accepted_length_histogram(df: pd.DataFrame) -> Figure:
                     x = np.arange(g + 1) + (k - (len(labels) - 1) / 2) * width
                     ax.bar(x, p.mean(axis=0), width, yerr=se, color=colors[lab], label=lab)
                 ax.set_xticks(np.arange(g + 1))
-                _title(ax, [f"γ = {g}", *_t(temp, temps)])
+                _title(ax, [f"γ = {g}"], temp, temps)
         axes[0, 0].legend()
         _label_outer(axes, "accepted drafts per block n", "P(n) (fraction of blocks)")
     return fig
@@ -386,7 +370,7 @@ def acceptance_by_position(df: pd.DataFrame, conditional: bool = False, show_the
     i.i.d. prediction alpha^i (dotted, alpha = mean per-token rate of the panel). ``conditional``:
     a_i / a_{i-1} = P(token i accepted | tokens 1..i-1 accepted), flat at alpha if i.i.d."""
     d = speculative(df)
-    temps, labels = _temps(d), sorted(d["label"].unique())
+    temps, labels = sorted(d["temperature"].dropna().unique()), sorted(d["label"].unique())
     gmax = int(d["gamma"].max()) if len(d) else 1
     cmap, norm = _gamma_colors(gmax)
     with style():
@@ -402,15 +386,16 @@ def acceptance_by_position(df: pd.DataFrame, conditional: bool = False, show_the
                             a = np.where(prev > 0, a / prev, np.nan)
                     ms = np.array([_mean_se(a[:, k]) for k in range(int(g))])  # [gamma, 2]
                     pos = np.arange(1, int(g) + 1)
-                    ax.errorbar(pos, ms[:, 0], yerr=ms[:, 1], marker="o", color=cmap(norm(g)), label=f"γ = {g:g}")
-                alpha = dl["alpha_token"].mean()
+                    ax.errorbar(pos, ms[:, 0], ms[:, 1], marker="o", color=cmap(norm(g)), label=f"γ = {g:g}")
+                alpha, pos = dl["alpha_token"].mean(), np.arange(1, gmax + 1)
                 if show_theory and np.isfinite(alpha):
-                    pos = np.arange(1, gmax + 1)
-                    y = np.full(gmax, alpha) if conditional else alpha**pos
-                    ax.plot(pos, y, color="black", ls=":", lw=1.0, gid="theory", label="i.i.d. α" if conditional else "α^i")
+                    y, name = (
+                        (np.full(gmax, alpha), "i.i.d. α") if conditional else (alpha**pos, r"$\alpha^i$")
+                    )
+                    ax.plot(pos, y, color="black", ls=":", lw=1.0, gid="theory", label=name)
                 ax.xaxis.set_major_locator(MaxNLocator(integer=True))
                 ax.set_ylim(0, 1.02)
-                _title(ax, [lab, *_t(temp, temps)])
+                _title(ax, [lab], temp, temps)
         axes[0, 0].legend()
         ylabel = "P(token i accepted | 1..i−1 accepted)" if conditional else "P(draft token i accepted)"
         _label_outer(axes, "draft position i", ylabel)
@@ -431,26 +416,29 @@ def save(fig: Figure, out_dir, name: str) -> list[Path]:
     return paths
 
 
+# The column each figure varies along, and whether it needs a measured speedup.
+_VARIES = {
+    "speedup_vs_gamma": ("gamma", True),
+    "category_speedup_bars": ("category", True),
+    "acceptance_vs_temperature": ("temperature", False),
+    "acceptance_by_position": ("gamma", False),
+}
+
+
 def _skip_reason(name: str, d: pd.DataFrame) -> str | None:
-    # Why the data cannot support figure ``name`` (d: speculative rows), or None.
+    # Why the data (d: speculative rows) cannot support figure ``name``, or None.
     if name == "optimal_gamma_vs_alpha":
         return None
     if d.empty:
-        return "no speculative rows (only autoregressive baselines or an empty store)"
-    with_speedup = d.dropna(subset=["speedup"])
-    needs = {
-        "speedup_vs_gamma": (with_speedup, "gamma", "speedup"),
-        "category_speedup_bars": (with_speedup, "category", "speedup"),
-        "acceptance_vs_temperature": (d, "temperature", "acceptance"),
-        "acceptance_by_position": (d, "gamma", "acceptance"),
-    }
-    if name not in needs:
-        return None
-    rows, col, what = needs[name]
+        return "no speculative rows (only autoregressive baselines, or no rows at all)"
+    col, needs_speedup = _VARIES.get(name, (None, False))
+    rows = d.dropna(subset=["speedup"]) if needs_speedup else d
     if rows.empty:
-        return f"no rows with a measured {what}"
-    if rows[col].nunique() < 2:
-        return f"only one {col} ({rows[col].iloc[0]}) among the rows with a measured {what}"
+        return "no rows with a measured speedup"
+    if col and rows[col].nunique() < 2:
+        return f"only one {col} ({rows[col].iloc[0]}) in the rows" + (
+            " with a speedup" if needs_speedup else ""
+        )
     return None
 
 
@@ -462,7 +450,7 @@ def make_all(df: pd.DataFrame, out_dir, r: theory.VerifyCost | None = None) -> l
     d = speculative(df)
     for col in ("target", "device"):
         if d[col].nunique() > 1:
-            log.warning("results mix %d %ss; figures pool them (filter the frame first)", d[col].nunique(), col)
+            log.warning("results mix %d %ss; figures pool them (filter first)", d[col].nunique(), col)
     figures = {
         "expected_tokens_vs_alpha": lambda: expected_tokens_vs_alpha(df),
         "optimal_gamma_vs_alpha": lambda: optimal_gamma_vs_alpha(r=r),

@@ -23,7 +23,8 @@ Schema (``COLUMNS``, in this order; every row has exactly these keys). Non-finit
     target_calls           int    target forward passes in the decode loop (prefill not counted)
     drafted                int    draft tokens proposed
     accepted               int    draft tokens accepted
-    alpha                  float  accepted / drafted; null when nothing was drafted
+    alpha                  float  accepted / (accepted + rejected): acceptance rate of the judged
+                                  drafts (see specdec.metrics); null when none was judged
     tau                    float  new_tokens / target_calls, counting the bonus token (>= 1)
     accept_by_position     list   [gamma] floats: acceptance rate of each draft position
     wall_s                 float  seconds of the compiled call after block_until_ready, compile excluded

@@ -74,7 +74,11 @@ def test_statistics_are_consistent(target, drafts):
         assert sum(s["accepted_hist"]) == s["target_calls"]
         assert sum(n * c for n, c in enumerate(s["accepted_hist"])) == s["accepted"]
         assert s["tau"] == pytest.approx(s["new_tokens"] / s["target_calls"])
-        assert s["alpha"] == pytest.approx(s["accepted"] / s["drafted"])
+        # Every step judges drafts up to its first rejection: one rejection per step that
+        # did not accept the whole block, and alpha is the rate over the judged drafts.
+        assert s["rejected"] == s["target_calls"] - s["accepted_hist"][gamma]
+        assert s["alpha"] == pytest.approx(s["accepted"] / (s["accepted"] + s["rejected"]))
+        assert s["alpha"] > s["accepted"] / s["drafted"]
         # Position i is accepted only if every earlier one was.
         rates = s["accept_by_position"]
         assert all(a >= b for a, b in itertools.pairwise(rates))
