@@ -1,10 +1,10 @@
 """Paper-style figures from the results store.
 
-Every figure function takes a pandas DataFrame of results-store rows
-(``ResultsStore(path).to_dataframe()``, columns ``specdec.results.COLUMNS``) and returns a
-matplotlib ``Figure`` drawn on an Agg canvas without pyplot, so the same code works headless, in
-scripts and in notebooks. ``save`` writes PNG + PDF; ``make_all`` writes every figure the data
-supports. Filter the frame first when it mixes targets or devices (e.g. ``df[df.device == "cpu"]``).
+Every figure function takes a DataFrame of results-store rows (``ResultsStore(path).to_dataframe()``,
+columns ``specdec.results.COLUMNS``) and returns a matplotlib ``Figure`` on an Agg canvas, without
+pyplot, so the same code works headless, in scripts and in notebooks. ``save`` writes PNG + PDF;
+``make_all`` writes every figure the data supports. Filter the frame first when it mixes targets or
+devices (e.g. ``df[df.device == "cpu"]``).
 
 Conventions:
 
@@ -13,19 +13,14 @@ Conventions:
 - A drafter's label is its name, plus its params when one name was run with several settings.
 - Repeats (rows of one configuration: prompts, categories) are averaged with equal weight; error
   bars are the standard error of the mean (sample std / sqrt(n); none for a single row).
-- Per-token acceptance rate. The ``alpha`` column is accepted / drafted. Drafts after the first
-  rejection are drafted but never accepted, so for i.i.d. acceptance accepted / drafted =
-  (E - 1) / gamma, below Leviathan et al.'s alpha (the chance that one draft token is accepted
-  given the earlier ones were), which is what E(alpha, gamma) and the speedup formulas take.
-  ``token_alpha`` estimates that alpha from ``accept_by_position`` as accepted / (accepted +
-  blocks with a rejection) = sum(a_i) / (sum(a_i) + 1 - a_gamma), the maximum-likelihood estimate
-  under i.i.d. acceptance (exact when a_i = alpha^i). It assumes a fixed draft length: a block
-  that drafted fewer than gamma tokens counts as one with a rejection. Figures take it by default
-  (``alpha="token"``); ``alpha="column"`` plots the stored column instead.
-- Accepted lengths. The store keeps no accepted-length histogram; ``accept_by_position`` a_i
-  (i = 1..gamma: the fraction of blocks whose draft token i was accepted) is P(n >= i) for the
-  number n of accepted drafts per block, so P(n = i) = a_i - a_{i+1}, with a_0 = 1 and
-  a_{gamma+1} = 0 (``accepted_length_distribution``).
+- Acceptance rate: every figure uses the stored ``alpha`` column, accepted / (accepted + rejected)
+  over the drafts the target judged (``specdec.metrics``). It is the maximum-likelihood estimate of
+  Leviathan et al.'s per-token alpha, so ``theory.expected_tokens(alpha, gamma)`` predicts tau and
+  the speedup formulas take it as it is.
+- Accepted lengths: the store keeps no histogram; ``accept_by_position`` a_i (i = 1..gamma: the
+  fraction of blocks whose draft i was accepted) is P(n >= i) for the number n of accepted drafts
+  per block, so P(n = i) = a_i - a_{i+1}, with a_0 = 1 and a_{gamma+1} = 0
+  (``accepted_length_distribution``).
 """
 
 from __future__ import annotations
@@ -58,17 +53,18 @@ RC = {  # one publication style for every figure: small fonts, light grid, no to
 }
 PANEL = (3.6, 2.7)  # inches per subplot
 MARKERS = "osD^vP*Xh<>"
-ALPHA_LABEL = {"token": "per-token acceptance rate α", "column": "acceptance α = accepted / drafted"}
+ALPHA_LABEL = "per-token acceptance rate α"
 TAU_LABEL = "τ (tokens per target call)"
 GAMMA_LABEL = "draft length γ (tokens)"
 SPEEDUP_LABEL = "speedup vs autoregressive (×)"
 CS = (0.01, 0.05, 0.1, 0.2, 0.5)
-SUMMARY_COLS = ("alpha", "alpha_token", "tau", "speedup")
+SUMMARY_COLS = ("alpha", "tau", "speedup")
+FACET_TITLE = {"temperature": "T = {:g}", "gamma": "γ = {:g}", "label": "{}"}  # panel title per value
 
 
 @contextlib.contextmanager
 def style():
-    """The one style of every specdec figure (a matplotlib rc context)."""
+    """The one style of every specdec figure: a matplotlib rc context, or a decorator."""
     with mpl.rc_context(RC):
         yield
 
@@ -76,24 +72,18 @@ def style():
 # ---- data helpers ----------------------------------------------------------------------------
 
 
-def token_alpha(accept_by_position) -> float:
-    """Per-token acceptance rate from one row's ``accept_by_position`` (module doc); NaN if empty."""
-    a = _rates(accept_by_position)
-    if a.size == 0:
-        return float("nan")
-    accepted, rejected = a.sum(), 1.0 - a[-1]
-    return float(accepted / (accepted + rejected)) if accepted + rejected > 0 else float("nan")
-
-
 def accepted_length_distribution(accept_by_position) -> np.ndarray:
-    """P(n = 0..gamma) accepted drafts per block, from P(n >= i) = a_i (module doc). [gamma + 1]"""
+    """P(n = 0..gamma) accepted drafts per block, from P(n >= i) = a_i (module doc). [gamma + 1]
+
+    Exact for a fixed draft length. With variable draft length (adaptive gamma, early-stopping
+    drafters) it is only approximate: gamma is then the longest draft, and a block that accepted
+    all of a shorter draft lands at the same n as one whose next draft was rejected."""
     a = np.concatenate([[1.0], _rates(accept_by_position), [0.0]])
     return np.clip(a[:-1] - a[1:], 0.0, None)
 
 
 def prepare(df: pd.DataFrame) -> pd.DataFrame:
-    """A copy with numeric columns coerced (null -> NaN), a ``label`` per drafter setting and the
-    ``alpha_token`` column (per-token acceptance rate, see the module doc)."""
+    """A copy with numeric columns coerced (null -> NaN) and a ``label`` per drafter setting."""
     out = df.copy()
     for c in ("gamma", "temperature", "alpha", "tau", "speedup", "cost_ratio_c", "tokens_per_s"):
         out[c] = pd.to_numeric(out[c], errors="coerce")
@@ -101,7 +91,6 @@ def prepare(df: pd.DataFrame) -> pd.DataFrame:
     several = params.groupby(out["drafter"]).transform("nunique") > 1
     short = params.map(lambda s: "(" + ", ".join(f"{k}={v}" for k, v in json.loads(s).items()) + ")")
     out["label"] = out["drafter"].where(~several, out["drafter"] + " " + short)
-    out["alpha_token"] = out["accept_by_position"].map(token_alpha)
     out["category"] = out["category"].fillna("unknown").astype(str)
     return out
 
@@ -121,17 +110,17 @@ def _rates(value) -> np.ndarray:
     return np.asarray(value if isinstance(value, list | tuple | np.ndarray) else [], dtype=np.float64)
 
 
-def _mean_se(values) -> tuple[float, float]:
+def _mean_se(values, axis: int = 0):
+    """Mean and standard error along ``axis``, NaN ignored (se 0 for one value, NaN for none);
+    floats for 1-d input, arrays otherwise."""
     v = np.asarray(values, dtype=np.float64)
-    v = v[np.isfinite(v)]
-    if v.size == 0:
-        return float("nan"), float("nan")
-    return float(v.mean()), float(v.std(ddof=1) / np.sqrt(v.size)) if v.size > 1 else 0.0
-
-
-def _stats(df: pd.DataFrame, by: str, col: str) -> pd.DataFrame:
-    rows = {k: _mean_se(g[col]) for k, g in df.groupby(by)}
-    return pd.DataFrame.from_dict(rows, orient="index", columns=["mean", "se"]).sort_index()
+    ok = np.isfinite(v)
+    n = ok.sum(axis)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean = np.where(ok, v, 0.0).sum(axis) / n
+        ss = (np.where(ok, v - np.expand_dims(mean, axis), 0.0) ** 2).sum(axis)
+        se = np.where(n > 1, np.sqrt(ss / (n - 1) / n), np.where(n == 1, 0.0, np.nan))
+    return (mean, se) if v.ndim > 1 else (float(mean), float(se))
 
 
 def _rate_matrix(rows: pd.Series, gamma: int) -> np.ndarray:
@@ -139,26 +128,51 @@ def _rate_matrix(rows: pd.Series, gamma: int) -> np.ndarray:
     return np.stack([np.pad(_rates(a)[:gamma], (0, max(0, gamma - len(_rates(a))))) for a in rows])
 
 
-def _alpha_col(alpha: str) -> str:
-    if alpha not in ALPHA_LABEL:
-        raise ValueError(f"alpha must be one of {sorted(ALPHA_LABEL)}, got {alpha!r}")
-    return "alpha_token" if alpha == "token" else "alpha"
-
-
 # ---- drawing helpers -------------------------------------------------------------------------
 
 
-def _grid(nrows: int, ncols: int, sharex=True, sharey=True) -> tuple[Figure, np.ndarray]:
+def _grid(nrows: int, ncols: int, xlabel: str, ylabel: str, sharex=True) -> tuple[Figure, np.ndarray]:
+    """A figure of nrows x ncols panels, labelled on the outer ones (bottom row, left column)."""
     fig = Figure(figsize=(PANEL[0] * ncols, PANEL[1] * nrows), layout="constrained")
     FigureCanvasAgg(fig)
-    return fig, fig.subplots(nrows, ncols, squeeze=False, sharex=sharex, sharey=sharey)
-
-
-def _label_outer(axes: np.ndarray, xlabel: str, ylabel: str) -> None:
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharex=sharex, sharey=True)
     for ax in axes[-1]:
         ax.set_xlabel(xlabel)
     for ax in axes[:, 0]:
         ax.set_ylabel(ylabel)
+    return fig, axes
+
+
+def _facets(d: pd.DataFrame, cols: str, rows: str | None, xlabel: str, ylabel: str, sharex=True, ref=False):
+    """``_grid`` with one panel per value of column ``cols`` (figure columns) and of ``rows``;
+    returns the figure, the axes and (axes, rows of d, value of ``cols``) per panel. Panels are
+    titled by their values (temperature only when it varies); ``ref``: a dotted line at y = 1."""
+    cv = sorted(d[cols].dropna().unique())
+    rv = sorted(d[rows].dropna().unique()) if rows else [None]
+    fig, axes = _grid(max(1, len(rv)), max(1, len(cv)), xlabel, ylabel, sharex=sharex)
+    panels = []
+    for i, r in enumerate(rv):
+        for j, c in enumerate(cv):
+            keys = [(cols, c, cv)] + ([(rows, r, rv)] if rows else [])
+            sel = np.logical_and.reduce([d[k] == v for k, v, _ in keys])
+            title = [FACET_TITLE[k].format(v) for k, v, vs in keys if k != "temperature" or len(vs) > 1]
+            axes[i, j].set_title(", ".join(title))
+            if ref:
+                axes[i, j].axhline(1.0, color="0.4", lw=0.8, ls=":", gid="reference")
+            panels.append((axes[i, j], d[sel], c))
+    return fig, axes, panels
+
+
+def _errorbar(ax, d: pd.DataFrame, by: str, col: str, **kw) -> None:
+    """Mean ± s.e. of ``col`` per value of ``by`` (sorted), as one line with error bars."""
+    s = np.array([(k, *_mean_se(g[col])) for k, g in d.groupby(by)]).reshape(-1, 3)
+    ax.errorbar(s[:, 0], s[:, 1], s[:, 2], marker="o", **kw)
+
+
+def _bars(ax, k: int, n: int, mean, se, **kw) -> None:
+    """The k-th of n side-by-side bars at x = 0, 1, ...: height ``mean``, error bar ``se``."""
+    width = 0.8 / max(1, n)
+    ax.bar(np.arange(len(mean)) + (k - (n - 1) / 2) * width, mean, width, yerr=se, **kw)
 
 
 def _colors(labels) -> dict:
@@ -168,126 +182,101 @@ def _colors(labels) -> dict:
 
 def _gamma_colors(gmax: int):
     cmap = mpl.colormaps["viridis"]
-    norm = mpl.colors.BoundaryNorm(np.arange(0.5, gmax + 1.5), cmap.N)
-    return cmap, norm
-
-
-def _reference(ax) -> None:
-    ax.axhline(1.0, color="0.4", lw=0.8, ls=":", gid="reference")
-
-
-def _title(ax, parts: list[str], temp: float, temps: list[float]) -> None:
-    parts = parts + ([f"T = {temp:g}"] if len(temps) > 1 else [])  # name T only when it varies
-    if parts:
-        ax.set_title(", ".join(parts))
+    return cmap, mpl.colors.BoundaryNorm(np.arange(0.5, gmax + 1.5), cmap.N)
 
 
 # ---- figures ---------------------------------------------------------------------------------
 
 
-def expected_tokens_vs_alpha(df: pd.DataFrame, max_gamma: int = 10, alpha: str = "token") -> Figure:
+@style()
+def expected_tokens_vs_alpha(df: pd.DataFrame, max_gamma: int = 10) -> Figure:
     """E(alpha, gamma) for gamma = 1..max_gamma (Leviathan et al. Fig. 2) with measured (alpha, tau),
     mean ± s.e. per drafter, gamma and temperature, coloured by gamma, one marker per drafter."""
-    col = _alpha_col(alpha)
-    d = speculative(df).dropna(subset=[col, "tau"])
+    d = speculative(df).dropna(subset=["alpha", "tau"])
     gmax = max(max_gamma, int(d["gamma"].max()) if len(d) else 1)
     cmap, norm = _gamma_colors(gmax)
-    with style():
-        fig, axes = _grid(1, 1)
-        ax = axes[0, 0]
-        x = np.linspace(0.0, 1.0, 201)
-        for g in range(1, gmax + 1):
-            ax.plot(x, theory.expected_tokens(x, g), color=cmap(norm(g)), lw=0.9, gid="theory")
-        labels = sorted(d["label"].unique())
-        marker = {lab: MARKERS[i % len(MARKERS)] for i, lab in enumerate(labels)}
-        for (lab, g, _), grp in d.groupby(["label", "gamma", "temperature"]):
-            (xm, xs), (ym, ys) = _mean_se(grp[col]), _mean_se(grp["tau"])
-            ax.errorbar(xm, ym, xerr=xs, yerr=ys, fmt=marker[lab], color=cmap(norm(g)), mec="black", mew=0.5)
-        handles = [Line2D([], [], marker=marker[lab], ls="none", color="0.6", mec="black") for lab in labels]
-        if handles:
-            ax.legend(handles, labels, title="measured", loc="upper left")
-        ticks = range(1, gmax + 1) if gmax <= 12 else None
-        fig.colorbar(ScalarMappable(norm, cmap), ax=ax, ticks=ticks, label="γ (curves: E(α, γ))")
-        ax.set(xlim=(0, 1), ylim=(1, gmax + 1), xlabel=ALPHA_LABEL[alpha], ylabel=TAU_LABEL)
+    fig, [[ax]] = _grid(1, 1, ALPHA_LABEL, TAU_LABEL)
+    x = np.linspace(0.0, 1.0, 201)
+    for g in range(1, gmax + 1):
+        ax.plot(x, theory.expected_tokens(x, g), color=cmap(norm(g)), lw=0.9, gid="theory")
+    labels = sorted(d["label"].unique())
+    marker = {lab: MARKERS[i % len(MARKERS)] for i, lab in enumerate(labels)}
+    for (lab, g, _), grp in d.groupby(["label", "gamma", "temperature"]):
+        (xm, xs), (ym, ys) = _mean_se(grp["alpha"]), _mean_se(grp["tau"])
+        ax.errorbar(xm, ym, xerr=xs, yerr=ys, fmt=marker[lab], color=cmap(norm(g)), mec="black", mew=0.5)
+    handles = [Line2D([], [], marker=marker[lab], ls="none", color="0.6", mec="black") for lab in labels]
+    if handles:
+        ax.legend(handles, labels, title="measured", loc="upper left")
+    ticks = range(1, gmax + 1) if gmax <= 12 else None
+    fig.colorbar(ScalarMappable(norm, cmap), ax=ax, ticks=ticks, label="γ (curves: E(α, γ))")
+    ax.set(xlim=(0, 1), ylim=(1, gmax + 1))
     return fig
 
 
+@style()
 def optimal_gamma_vs_alpha(
     cs=CS, r: theory.VerifyCost | None = None, max_gamma: int = theory.DEFAULT_MAX_GAMMA
 ) -> Figure:
     """The speedup-maximising gamma vs alpha for each cost ratio c (Leviathan et al. Fig. 3), as
     steps; with ``r`` (a measured ``VerifyCost``) also dashed for that verification cost."""
     alphas = np.linspace(0.01, 0.99, 197)
-    with style():
-        fig, axes = _grid(1, 1)
-        ax = axes[0, 0]
-        cycle = mpl.rcParams["axes.prop_cycle"].by_key()["color"]
-        for i, c in enumerate(cs):
-            color = cycle[i % len(cycle)]
-            g = theory.optimal_gamma(alphas, c, max_gamma)
-            ax.step(alphas, g, where="mid", color=color, label=f"c = {c:g}", gid="free")
-            if r is not None:
-                g_r = theory.optimal_gamma(alphas, c, max_gamma, r=r)
-                ax.step(alphas, g_r, where="mid", color=color, ls="--", gid="measured_r", zorder=3)
-        handles, labels = ax.get_legend_handles_labels()
+    fig, [[ax]] = _grid(1, 1, ALPHA_LABEL, "optimal γ (tokens)")
+    cycle = mpl.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, c in enumerate(cs):
+        color = cycle[i % len(cycle)]
+        g = theory.optimal_gamma(alphas, c, max_gamma)
+        ax.step(alphas, g, where="mid", color=color, label=f"c = {c:g}", gid="free")
         if r is not None:
-            handles += [Line2D([], [], color="0.3"), Line2D([], [], color="0.3", ls="--")]
-            labels += ["r(T) = 1 (free)", "measured r(T)"]
-        ax.legend(handles, labels, loc="upper left")
-        ax.set_yscale("log", base=2)
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.set(xlim=(0, 1), xlabel=ALPHA_LABEL["token"], ylabel="optimal γ (tokens)")
+            g_r = theory.optimal_gamma(alphas, c, max_gamma, r=r)
+            ax.step(alphas, g_r, where="mid", color=color, ls="--", gid="measured_r", zorder=3)
+    handles, labels = ax.get_legend_handles_labels()
+    if r is not None:
+        handles += [Line2D([], [], color="0.3"), Line2D([], [], color="0.3", ls="--")]
+        labels += ["r(T) = 1 (free)", "measured r(T)"]
+    ax.legend(handles, labels, loc="upper left")
+    ax.set_yscale("log", base=2)
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.set_xlim(0, 1)
     return fig
 
 
-def speedup_vs_gamma(df: pd.DataFrame, r: theory.VerifyCost | None = None, alpha: str = "token") -> Figure:
+@style()
+def speedup_vs_gamma(df: pd.DataFrame, r: theory.VerifyCost | None = None) -> Figure:
     """Measured speedup vs gamma per drafter (mean ± s.e. over prompts), one panel per temperature,
     with dashed ``theory.predicted_speedup`` from each row's alpha and cost_ratio_c (averaged
     like the measurement); rows without cost_ratio_c get no prediction. ``r``: VerifyCost, default free."""
-    col = _alpha_col(alpha)
     d = speculative(df).dropna(subset=["speedup"])
-    temps = sorted(d["temperature"].dropna().unique())
+    p = d.dropna(subset=["alpha", "cost_ratio_c"])
+    pred = theory.predicted_speedup(*(p[c].to_numpy() for c in ("alpha", "gamma", "cost_ratio_c")), r)
+    d = d.assign(predicted=pd.Series(np.atleast_1d(pred), index=p.index, dtype=np.float64))
     colors = _colors(d["label"])
-    with style():
-        fig, axes = _grid(1, max(1, len(temps)))
-        for ax, temp in zip(axes[0], temps, strict=False):
-            dt = d[d["temperature"] == temp]
-            for lab, dl in dt.groupby("label"):
-                s = _stats(dl, "gamma", "speedup")
-                ax.errorbar(s.index, s["mean"], yerr=s["se"], marker="o", color=colors[lab], label=lab)
-                p = dl.dropna(subset=[col, "cost_ratio_c"])
-                if len(p):
-                    pred = theory.predicted_speedup(
-                        p[col].to_numpy(), p["gamma"].to_numpy(), p["cost_ratio_c"].to_numpy(), r
-                    )
-                    mean = pd.Series(np.atleast_1d(pred), index=p.index).groupby(p["gamma"]).mean()
-                    ax.plot(mean.index, mean.to_numpy(), ls="--", color=colors[lab], gid="predicted")
-                else:
-                    log.info("speedup_vs_gamma: %s has no cost_ratio_c, no prediction drawn", lab)
-            _reference(ax)
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            _title(ax, [], temp, temps)
-        handles, labels = axes[0, 0].get_legend_handles_labels()
-        handles += [Line2D([], [], color="0.3", marker="o"), Line2D([], [], color="0.3", ls="--")]
-        labels += ["measured", "predicted" + (" (r = 1)" if r is None else " (measured r)")]
-        axes[0, -1].legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1))
-        _label_outer(axes, GAMMA_LABEL, SPEEDUP_LABEL)
+    fig, axes, panels = _facets(d, "temperature", None, GAMMA_LABEL, SPEEDUP_LABEL, ref=True)
+    for ax, dt, _ in panels:
+        for lab, dl in dt.groupby("label"):
+            _errorbar(ax, dl, "gamma", "speedup", color=colors[lab], label=lab)
+            if dl["predicted"].notna().any():
+                mean = dl.groupby("gamma")["predicted"].mean().dropna()
+                ax.plot(mean.index, mean.to_numpy(), ls="--", color=colors[lab], gid="predicted")
+            else:
+                log.info("speedup_vs_gamma: %s has no cost_ratio_c, no prediction drawn", lab)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    handles += [Line2D([], [], color="0.3", marker="o"), Line2D([], [], color="0.3", ls="--")]
+    labels += ["measured", "predicted" + (" (r = 1)" if r is None else " (measured r)")]
+    axes[0, -1].legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1))
     return fig
 
 
-def acceptance_vs_temperature(df: pd.DataFrame, alpha: str = "token") -> Figure:
+@style()
+def acceptance_vs_temperature(df: pd.DataFrame) -> Figure:
     """Acceptance rate vs sampling temperature per drafter (mean ± s.e. over prompts and gammas)."""
-    col = _alpha_col(alpha)
-    d = speculative(df).dropna(subset=[col])
+    d = speculative(df).dropna(subset=["alpha"])
     colors = _colors(d["label"])
-    with style():
-        fig, axes = _grid(1, 1)
-        ax = axes[0, 0]
-        for lab, dl in d.groupby("label"):
-            s = _stats(dl, "temperature", col)
-            ax.errorbar(s.index, s["mean"], yerr=s["se"], marker="o", color=colors[lab], label=lab)
-        ax.legend()
-        ax.set(ylim=(0, 1.02), xlabel="sampling temperature T", ylabel=ALPHA_LABEL[alpha])
+    fig, [[ax]] = _grid(1, 1, "sampling temperature T", ALPHA_LABEL)
+    for lab, dl in d.groupby("label"):
+        _errorbar(ax, dl, "temperature", "alpha", color=colors[lab], label=lab)
+    ax.legend()
+    ax.set_ylim(0, 1.02)
     return fig
 
 
@@ -300,6 +289,7 @@ def _methods(d: pd.DataFrame, gamma) -> list[tuple[str, int]]:
     return sorted((lab, int(gamma)) for lab in d.loc[d["gamma"] == gamma, "label"].unique())
 
 
+@style()
 def category_speedup_bars(df: pd.DataFrame, gamma="best") -> Figure:
     """Spec-Bench style grouped bars: speedup per category (and overall) for each method
     (drafter + gamma), mean ± s.e. over prompts, one panel per temperature.
@@ -307,98 +297,71 @@ def category_speedup_bars(df: pd.DataFrame, gamma="best") -> Figure:
     ``gamma``: "best" (each drafter at its gamma with the highest mean speedup in that panel),
     "all" (every drafter/gamma pair) or an int."""
     d = speculative(df).dropna(subset=["speedup"])
-    temps = sorted(d["temperature"].dropna().unique())
     colors = _colors(d["label"])
-    with style():
-        fig, axes = _grid(1, max(1, len(temps)), sharex=False)
-        for ax, temp in zip(axes[0], temps, strict=False):
-            dt = d[d["temperature"] == temp]
-            methods = _methods(dt, gamma)
-            cats = [*sorted(dt["category"].unique()), "overall"]
-            x, width = np.arange(len(cats)), 0.8 / max(1, len(methods))
-            for j, (lab, g) in enumerate(methods):
-                dm = dt[(dt["label"] == lab) & (dt["gamma"] == g)]
-                ms = [
-                    _mean_se(dm["speedup"] if c == "overall" else dm.loc[dm["category"] == c, "speedup"])
-                    for c in cats
-                ]
-                shade = sum(m[0] == lab for m in methods[:j])  # lighter for a drafter's later gammas
-                color = mpl.colors.to_rgba(colors[lab], alpha=1.0 - 0.2 * shade)
-                mean, se = np.array(ms).T
-                offset = (j - (len(methods) - 1) / 2) * width
-                ax.bar(x + offset, mean, width, yerr=se, color=color, label=f"{lab}, γ = {g}")
-            ax.set_xticks(x, cats, rotation=30, ha="right")
-            ax.grid(axis="x", visible=False)
-            _reference(ax)
-            _title(ax, [], temp, temps)
-            ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1))
-        _label_outer(axes, "category", SPEEDUP_LABEL)
+    fig, _, panels = _facets(d, "temperature", None, "category", SPEEDUP_LABEL, sharex=False, ref=True)
+    for ax, dt, _ in panels:
+        methods = _methods(dt, gamma)
+        cats = [*sorted(dt["category"].unique()), "overall"]
+        for j, (lab, g) in enumerate(methods):
+            dm = dt[(dt["label"] == lab) & (dt["gamma"] == g)]
+            ms = [_mean_se(dm["speedup"][dm["category"].eq(c) | (c == "overall")]) for c in cats]
+            shade = sum(m[0] == lab for m in methods[:j])  # lighter for a drafter's later gammas
+            color = mpl.colors.to_rgba(colors[lab], alpha=1.0 - 0.2 * shade)
+            _bars(ax, j, len(methods), *np.array(ms).T, color=color, label=f"{lab}, γ = {g}")
+        ax.set_xticks(np.arange(len(cats)), cats, rotation=30, ha="right")
+        ax.grid(axis="x", visible=False)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1))
     return fig
 
 
+@style()
 def accepted_length_histogram(df: pd.DataFrame) -> Figure:
     """P(n accepted drafts per block), derived from ``accept_by_position`` (module doc): one panel
     per gamma (columns) and temperature (rows), bars per drafter, mean ± s.e. over prompts."""
     d = speculative(df)
-    temps, gammas = sorted(d["temperature"].dropna().unique()), sorted(int(g) for g in d["gamma"].unique())
     colors = _colors(d["label"])
-    with style():
-        fig, axes = _grid(max(1, len(temps)), max(1, len(gammas)), sharex=False)
-        for i, temp in enumerate(temps):
-            for j, g in enumerate(gammas):
-                ax, dg = axes[i, j], d[(d["temperature"] == temp) & (d["gamma"] == g)]
-                labels = sorted(dg["label"].unique())
-                width = 0.8 / max(1, len(labels))
-                for k, lab in enumerate(labels):
-                    rates = _rate_matrix(dg.loc[dg["label"] == lab, "accept_by_position"], g)
-                    p = np.stack([accepted_length_distribution(a) for a in rates])  # [rows, g + 1]
-                    se = p.std(axis=0, ddof=1) / np.sqrt(len(p)) if len(p) > 1 else np.zeros(g + 1)
-                    x = np.arange(g + 1) + (k - (len(labels) - 1) / 2) * width
-                    ax.bar(x, p.mean(axis=0), width, yerr=se, color=colors[lab], label=lab)
-                ax.set_xticks(np.arange(g + 1))
-                _title(ax, [f"γ = {g}"], temp, temps)
-        axes[0, 0].legend()
-        _label_outer(axes, "accepted drafts per block n", "P(n) (fraction of blocks)")
+    xlabel, ylabel = "accepted drafts per block n", "P(n) (fraction of blocks)"
+    fig, axes, panels = _facets(d, "gamma", "temperature", xlabel, ylabel, sharex=False)
+    for ax, dg, g in panels:
+        labels = sorted(dg["label"].unique())
+        for k, lab in enumerate(labels):
+            rates = _rate_matrix(dg.loc[dg["label"] == lab, "accept_by_position"], int(g))
+            p = np.stack([accepted_length_distribution(a) for a in rates])  # [rows, g + 1]
+            _bars(ax, k, len(labels), *_mean_se(p), color=colors[lab], label=lab)
+        ax.set_xticks(np.arange(int(g) + 1))
+    axes[0, 0].legend()
     return fig
 
 
+@style()
 def acceptance_by_position(df: pd.DataFrame, conditional: bool = False, show_theory: bool = True) -> Figure:
     """Acceptance of draft position i per gamma (lines, coloured by gamma), one panel per drafter
     (columns) and temperature (rows), mean ± s.e. over prompts.
 
     Unconditional (default): a_i = P(draft token i accepted) = P(n >= i), the stored rate, with the
-    i.i.d. prediction alpha^i (dotted, alpha = mean per-token rate of the panel). ``conditional``:
+    i.i.d. prediction alpha^i (dotted, alpha = mean of the panel's alpha column). ``conditional``:
     a_i / a_{i-1} = P(token i accepted | tokens 1..i-1 accepted), flat at alpha if i.i.d."""
     d = speculative(df)
-    temps, labels = sorted(d["temperature"].dropna().unique()), sorted(d["label"].unique())
     gmax = int(d["gamma"].max()) if len(d) else 1
     cmap, norm = _gamma_colors(gmax)
-    with style():
-        fig, axes = _grid(max(1, len(temps)), max(1, len(labels)))
-        for i, temp in enumerate(temps):
-            for j, lab in enumerate(labels):
-                ax, dl = axes[i, j], d[(d["temperature"] == temp) & (d["label"] == lab)]
-                for g, dg in dl.groupby("gamma"):
-                    a = _rate_matrix(dg["accept_by_position"], int(g))  # [rows, gamma]
-                    if conditional:
-                        prev = np.concatenate([np.ones((len(a), 1)), a[:, :-1]], axis=1)
-                        with np.errstate(divide="ignore", invalid="ignore"):
-                            a = np.where(prev > 0, a / prev, np.nan)
-                    ms = np.array([_mean_se(a[:, k]) for k in range(int(g))])  # [gamma, 2]
-                    pos = np.arange(1, int(g) + 1)
-                    ax.errorbar(pos, ms[:, 0], ms[:, 1], marker="o", color=cmap(norm(g)), label=f"γ = {g:g}")
-                alpha, pos = dl["alpha_token"].mean(), np.arange(1, gmax + 1)
-                if show_theory and np.isfinite(alpha):
-                    y, name = (
-                        (np.full(gmax, alpha), "i.i.d. α") if conditional else (alpha**pos, r"$\alpha^i$")
-                    )
-                    ax.plot(pos, y, color="black", ls=":", lw=1.0, gid="theory", label=name)
-                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-                ax.set_ylim(0, 1.02)
-                _title(ax, [lab], temp, temps)
-        axes[0, 0].legend()
-        ylabel = "P(token i accepted | 1..i−1 accepted)" if conditional else "P(draft token i accepted)"
-        _label_outer(axes, "draft position i", ylabel)
+    ylabel = "P(token i accepted | 1..i−1 accepted)" if conditional else "P(draft token i accepted)"
+    fig, axes, panels = _facets(d, "label", "temperature", "draft position i", ylabel)
+    for ax, dl, _ in panels:
+        for g, dg in dl.groupby("gamma"):
+            a = _rate_matrix(dg["accept_by_position"], int(g))  # [rows, gamma]
+            if conditional:
+                prev = np.concatenate([np.ones((len(a), 1)), a[:, :-1]], axis=1)
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    a = np.where(prev > 0, a / prev, np.nan)
+            pos = np.arange(1, int(g) + 1)
+            ax.errorbar(pos, *_mean_se(a), marker="o", color=cmap(norm(g)), label=f"γ = {g:g}")
+        alpha, pos = dl["alpha"].mean(), np.arange(1, gmax + 1)
+        if show_theory and np.isfinite(alpha):
+            y, name = (np.full(gmax, alpha), "i.i.d. α") if conditional else (alpha**pos, r"$\alpha^i$")
+            ax.plot(pos, y, color="black", ls=":", lw=1.0, gid="theory", label=name)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylim(0, 1.02)
+    axes[0, 0].legend()
     return fig
 
 
@@ -416,29 +379,15 @@ def save(fig: Figure, out_dir, name: str) -> list[Path]:
     return paths
 
 
-# The column each figure varies along, and whether it needs a measured speedup.
-_VARIES = {
-    "speedup_vs_gamma": ("gamma", True),
-    "category_speedup_bars": ("category", True),
-    "acceptance_vs_temperature": ("temperature", False),
-    "acceptance_by_position": ("gamma", False),
-}
-
-
-def _skip_reason(name: str, d: pd.DataFrame) -> str | None:
-    # Why the data (d: speculative rows) cannot support figure ``name``, or None.
-    if name == "optimal_gamma_vs_alpha":
-        return None
+def _skip_reason(d: pd.DataFrame, col: str | None, needs_speedup: bool) -> str | None:
+    # Why the data (d: speculative rows) cannot support a figure varying along ``col``, or None.
     if d.empty:
         return "no speculative rows (only autoregressive baselines, or no rows at all)"
-    col, needs_speedup = _VARIES.get(name, (None, False))
     rows = d.dropna(subset=["speedup"]) if needs_speedup else d
     if rows.empty:
         return "no rows with a measured speedup"
     if col and rows[col].nunique() < 2:
-        return f"only one {col} ({rows[col].iloc[0]}) in the rows" + (
-            " with a speedup" if needs_speedup else ""
-        )
+        return f"only one {col} ({rows[col].iloc[0]}) in the rows" + " with a speedup" * needs_speedup
     return None
 
 
@@ -451,18 +400,18 @@ def make_all(df: pd.DataFrame, out_dir, r: theory.VerifyCost | None = None) -> l
     for col in ("target", "device"):
         if d[col].nunique() > 1:
             log.warning("results mix %d %ss; figures pool them (filter first)", d[col].nunique(), col)
-    figures = {
-        "expected_tokens_vs_alpha": lambda: expected_tokens_vs_alpha(df),
-        "optimal_gamma_vs_alpha": lambda: optimal_gamma_vs_alpha(r=r),
-        "speedup_vs_gamma": lambda: speedup_vs_gamma(df, r=r),
-        "acceptance_vs_temperature": lambda: acceptance_vs_temperature(df),
-        "category_speedup_bars": lambda: category_speedup_bars(df),
-        "accepted_length_histogram": lambda: accepted_length_histogram(df),
-        "acceptance_by_position": lambda: acceptance_by_position(df),
+    figures = {  # name: (draw, the column it varies along, needs a measured speedup; None: no data)
+        "expected_tokens_vs_alpha": (lambda: expected_tokens_vs_alpha(df), None, False),
+        "optimal_gamma_vs_alpha": (lambda: optimal_gamma_vs_alpha(r=r), None, None),
+        "speedup_vs_gamma": (lambda: speedup_vs_gamma(df, r=r), "gamma", True),
+        "acceptance_vs_temperature": (lambda: acceptance_vs_temperature(df), "temperature", False),
+        "category_speedup_bars": (lambda: category_speedup_bars(df), "category", True),
+        "accepted_length_histogram": (lambda: accepted_length_histogram(df), None, False),
+        "acceptance_by_position": (lambda: acceptance_by_position(df), "gamma", False),
     }
     written = []
-    for name, draw in figures.items():
-        reason = _skip_reason(name, d)
+    for name, (draw, col, needs_speedup) in figures.items():
+        reason = None if needs_speedup is None else _skip_reason(d, col, needs_speedup)
         if reason:
             log.info("skipping %s: %s", name, reason)
             continue

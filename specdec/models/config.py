@@ -71,10 +71,13 @@ class ModelConfig:
         try:
             n_heads = hf["num_attention_heads"]
             dim = hf["hidden_size"]
-            scaling = hf.get("rope_scaling")
+            # transformers >= 5 nests theta and scaling in rope_parameters; older configs don't.
+            rope = hf.get("rope_parameters") or {}
+            theta = hf.get("rope_theta", rope.get("rope_theta", 10000.0))
+            scaling = hf.get("rope_scaling") or rope
+            kind = scaling.get("rope_type", scaling.get("type", "default"))
             rope_scaling = None
-            if scaling:
-                kind = scaling.get("rope_type", scaling.get("type"))
+            if kind != "default":
                 if kind != "llama3":
                     raise ValueError(
                         f"{source}: rope_scaling type {kind!r} is not supported; allowed: llama3"
@@ -97,7 +100,7 @@ class ModelConfig:
                 head_dim=hf.get("head_dim") or dim // n_heads,
                 ffn_dim=hf["intermediate_size"],
                 norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-                rope_theta=float(hf.get("rope_theta", 10000.0)),
+                rope_theta=float(theta),
                 rope_scaling=rope_scaling,
                 max_position=hf.get("max_position_embeddings", 2048),
                 tie_embeddings=bool(hf.get("tie_word_embeddings", False)),

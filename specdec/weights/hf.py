@@ -25,7 +25,9 @@ def read_config(folder: Path) -> ModelConfig:
 
 def _weight_files(folder: Path) -> list[Path]:
     if (folder / INDEX_FILE).is_file():
-        weight_map = json.loads((folder / INDEX_FILE).read_text())["weight_map"]
+        weight_map = json.loads((folder / INDEX_FILE).read_text()).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise ValueError(f"{folder / INDEX_FILE}: no 'weight_map' object in the shard index")
         files = [folder / name for name in sorted(set(weight_map.values()))]
     elif (folder / SINGLE_FILE).is_file():
         files = [folder / SINGLE_FILE]
@@ -66,6 +68,8 @@ def save_hf_dir(model: Model, folder, *, max_shard_bytes: int | None = None) -> 
     """Write ``model`` as an HF checkpoint folder; shards with an index when ``max_shard_bytes`` is set."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    for stale in [folder / SINGLE_FILE, folder / INDEX_FILE, *folder.glob("model-*-of-*.safetensors")]:
+        stale.unlink(missing_ok=True)  # weights of an earlier save must not shadow these
     config = model.config.to_hf()
     config["torch_dtype"] = str(np.dtype(model.dtype))
     (folder / "config.json").write_text(json.dumps(config, indent=2))
