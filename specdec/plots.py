@@ -1,10 +1,9 @@
 """Paper-style figures from the results store.
 
-Every figure function takes a DataFrame of results-store rows (``ResultsStore(path).to_dataframe()``,
-columns ``specdec.results.COLUMNS``) and returns a matplotlib ``Figure`` on an Agg canvas, without
-pyplot, so the same code works headless, in scripts and in notebooks. ``save`` writes PNG + PDF;
-``make_all`` writes every figure the data supports. Filter the frame first when it mixes targets or
-devices (e.g. ``df[df.device == "cpu"]``).
+Every figure function takes a DataFrame of results-store rows (``ResultsStore(path).to_dataframe()``)
+and returns a matplotlib ``Figure`` on an Agg canvas, without pyplot, so the same code works
+headless, in scripts and in notebooks. ``save`` writes PNG + PDF; ``make_all`` writes every figure
+the data supports. Filter the frame first when it mixes targets or devices (``df[df.device == "cpu"]``).
 
 Conventions:
 
@@ -13,19 +12,16 @@ Conventions:
 - A drafter's label is its name, plus its params when one name was run with several settings.
 - Repeats (rows of one configuration: prompts, categories) are averaged with equal weight; error
   bars are the standard error of the mean (sample std / sqrt(n); none for a single row).
-- Acceptance rate: every figure uses the stored ``alpha`` column, accepted / (accepted + rejected)
-  over the drafts the target judged (``specdec.metrics``). It is the maximum-likelihood estimate of
-  Leviathan et al.'s per-token alpha, so ``theory.expected_tokens(alpha, gamma)`` predicts tau and
-  the speedup formulas take it as it is.
-- Accepted lengths: the store keeps no histogram; ``accept_by_position`` a_i (i = 1..gamma: the
-  fraction of blocks whose draft i was accepted) is P(n >= i) for the number n of accepted drafts
-  per block, so P(n = i) = a_i - a_{i+1}, with a_0 = 1 and a_{gamma+1} = 0
-  (``accepted_length_distribution``).
+- Acceptance rate: every figure uses the stored ``alpha`` column, accepted / (accepted + rejected) over
+  the drafts the target judged (``specdec.metrics``): the maximum-likelihood estimate of Leviathan et
+  al.'s per-token alpha, so E(alpha, gamma) predicts tau and ``specdec.theory`` takes it as it is.
+- Accepted lengths: the store keeps no histogram; ``accept_by_position`` a_i (the fraction of
+  blocks whose draft i was accepted) is P(n >= i) for the number n of accepted drafts per block,
+  so P(n = i) = a_i - a_{i+1} (``accepted_length_distribution``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 from pathlib import Path
@@ -59,17 +55,13 @@ GAMMA_LABEL = "draft length γ (tokens)"
 SPEEDUP_LABEL = "speedup vs autoregressive (×)"
 CS = (0.01, 0.05, 0.1, 0.2, 0.5)
 SUMMARY_COLS = ("alpha", "tau", "speedup")
+NUMERIC = ["gamma", "temperature", "alpha", "tau", "speedup", "cost_ratio_c", "tokens_per_s"]
 FACET_TITLE = {"temperature": "T = {:g}", "gamma": "γ = {:g}", "label": "{}"}  # panel title per value
 
 
-@contextlib.contextmanager
 def style():
-    """The one style of every specdec figure: a matplotlib rc context, or a decorator."""
-    with mpl.rc_context(RC):
-        yield
-
-
-# ---- data helpers ----------------------------------------------------------------------------
+    """The one style of every specdec figure: a matplotlib rc context, also usable as a decorator."""
+    return mpl.rc_context(RC)
 
 
 def accepted_length_distribution(accept_by_position) -> np.ndarray:
@@ -85,8 +77,7 @@ def accepted_length_distribution(accept_by_position) -> np.ndarray:
 def prepare(df: pd.DataFrame) -> pd.DataFrame:
     """A copy with numeric columns coerced (null -> NaN) and a ``label`` per drafter setting."""
     out = df.copy()
-    for c in ("gamma", "temperature", "alpha", "tau", "speedup", "cost_ratio_c", "tokens_per_s"):
-        out[c] = pd.to_numeric(out[c], errors="coerce")
+    out[NUMERIC] = out[NUMERIC].apply(pd.to_numeric, errors="coerce")
     params = out["drafter_params"].map(lambda p: json.dumps(p if isinstance(p, dict) else {}, sort_keys=True))
     several = params.groupby(out["drafter"]).transform("nunique") > 1
     short = params.map(lambda s: "(" + ", ".join(f"{k}={v}" for k, v in json.loads(s).items()) + ")")
@@ -110,25 +101,20 @@ def _rates(value) -> np.ndarray:
     return np.asarray(value if isinstance(value, list | tuple | np.ndarray) else [], dtype=np.float64)
 
 
-def _mean_se(values, axis: int = 0):
-    """Mean and standard error along ``axis``, NaN ignored (se 0 for one value, NaN for none);
-    floats for 1-d input, arrays otherwise."""
+def _mean_se(values):
+    """Mean and standard error over axis 0, NaN ignored (se 0 for one value, NaN for none):
+    floats for 1-d input (one sample), arrays for 2-d (rows are samples)."""
     v = np.asarray(values, dtype=np.float64)
-    ok = np.isfinite(v)
-    n = ok.sum(axis)
+    ok, n = np.isfinite(v), np.isfinite(v).sum(0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        mean = np.where(ok, v, 0.0).sum(axis) / n
-        ss = (np.where(ok, v - np.expand_dims(mean, axis), 0.0) ** 2).sum(axis)
-        se = np.where(n > 1, np.sqrt(ss / (n - 1) / n), np.where(n == 1, 0.0, np.nan))
+        mean = np.where(ok, v, 0.0).sum(0) / n
+        se = np.where(n == 1, 0.0, np.sqrt((np.where(ok, v - mean, 0.0) ** 2).sum(0) / (n - 1) / n))
     return (mean, se) if v.ndim > 1 else (float(mean), float(se))
 
 
 def _rate_matrix(rows: pd.Series, gamma: int) -> np.ndarray:
     # [n_rows, gamma]: each row's accept_by_position, padded with zeros / cut to gamma.
     return np.stack([np.pad(_rates(a)[:gamma], (0, max(0, gamma - len(_rates(a))))) for a in rows])
-
-
-# ---- drawing helpers -------------------------------------------------------------------------
 
 
 def _grid(nrows: int, ncols: int, xlabel: str, ylabel: str, sharex=True) -> tuple[Figure, np.ndarray]:
@@ -221,14 +207,13 @@ def optimal_gamma_vs_alpha(
     steps; with ``r`` (a measured ``VerifyCost``) also dashed for that verification cost."""
     alphas = np.linspace(0.01, 0.99, 197)
     fig, [[ax]] = _grid(1, 1, ALPHA_LABEL, "optimal γ (tokens)")
-    cycle = mpl.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, c in enumerate(cs):
-        color = cycle[i % len(cycle)]
-        g = theory.optimal_gamma(alphas, c, max_gamma)
-        ax.step(alphas, g, where="mid", color=color, label=f"c = {c:g}", gid="free")
+    colors = _colors(cs)
+    for c in cs:
+        kw = dict(where="mid", color=colors[c])
+        ax.step(alphas, theory.optimal_gamma(alphas, c, max_gamma), label=f"c = {c:g}", gid="free", **kw)
         if r is not None:
             g_r = theory.optimal_gamma(alphas, c, max_gamma, r=r)
-            ax.step(alphas, g_r, where="mid", color=color, ls="--", gid="measured_r", zorder=3)
+            ax.step(alphas, g_r, ls="--", gid="measured_r", zorder=3, **kw)
     handles, labels = ax.get_legend_handles_labels()
     if r is not None:
         handles += [Line2D([], [], color="0.3"), Line2D([], [], color="0.3", ls="--")]
@@ -305,8 +290,8 @@ def category_speedup_bars(df: pd.DataFrame, gamma="best") -> Figure:
         for j, (lab, g) in enumerate(methods):
             dm = dt[(dt["label"] == lab) & (dt["gamma"] == g)]
             ms = [_mean_se(dm["speedup"][dm["category"].eq(c) | (c == "overall")]) for c in cats]
-            shade = sum(m[0] == lab for m in methods[:j])  # lighter for a drafter's later gammas
-            color = mpl.colors.to_rgba(colors[lab], alpha=1.0 - 0.2 * shade)
+            shade = 1.0 - 0.2 * sum(m[0] == lab for m in methods[:j])  # lighter: a drafter's later gammas
+            color = mpl.colors.to_rgba(colors[lab], alpha=shade)
             _bars(ax, j, len(methods), *np.array(ms).T, color=color, label=f"{lab}, γ = {g}")
         ax.set_xticks(np.arange(len(cats)), cats, rotation=30, ha="right")
         ax.grid(axis="x", visible=False)
@@ -349,10 +334,9 @@ def acceptance_by_position(df: pd.DataFrame, conditional: bool = False, show_the
     for ax, dl, _ in panels:
         for g, dg in dl.groupby("gamma"):
             a = _rate_matrix(dg["accept_by_position"], int(g))  # [rows, gamma]
-            if conditional:
+            if conditional:  # a_i / a_{i-1}, NaN where a_{i-1} = 0
                 prev = np.concatenate([np.ones((len(a), 1)), a[:, :-1]], axis=1)
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    a = np.where(prev > 0, a / prev, np.nan)
+                a = np.divide(a, prev, out=np.full_like(a, np.nan), where=prev > 0)
             pos = np.arange(1, int(g) + 1)
             ax.errorbar(pos, *_mean_se(a), marker="o", color=cmap(norm(g)), label=f"γ = {g:g}")
         alpha, pos = dl["alpha"].mean(), np.arange(1, gmax + 1)
@@ -370,9 +354,8 @@ def acceptance_by_position(df: pd.DataFrame, conditional: bool = False, show_the
 
 def save(fig: Figure, out_dir, name: str) -> list[Path]:
     """Write ``fig`` as ``out_dir/name.png`` and ``out_dir/name.pdf``; returns both paths."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / f"{name}.png", out / f"{name}.pdf"]
+    paths = [Path(out_dir, f"{name}.{ext}") for ext in ("png", "pdf")]
+    paths[0].parent.mkdir(parents=True, exist_ok=True)
     with style():
         fig.savefig(paths[0])
         fig.savefig(paths[1], metadata={"CreationDate": None})  # reproducible PDF bytes

@@ -94,7 +94,7 @@ def test_layer_subset_equals_a_truncated_model():
     got, cache, _ = model.apply(model.params, tokens, pos, model.init_cache(1, 16, n_layers=2), layers=(0, 2))
     want, _, _ = small.apply(small.params, tokens, pos, small.init_cache(1, 16))
     np.testing.assert_allclose(got, want, atol=1e-6)
-    assert cache.k.shape[0] == 2
+    assert cache.n_layers == 2
 
 
 def test_hidden_states_of_chosen_layers():
@@ -113,7 +113,7 @@ def test_bfloat16_model_tracks_float32():
     config = tiny_config()
     f32 = Model.random(config, seed=6)
     bf16 = Model.from_tensors(config, f32.tensors(), dtype=jnp.bfloat16)
-    assert bf16.dtype == jnp.bfloat16 and bf16.init_cache(1, 8).k.dtype == jnp.bfloat16
+    assert bf16.dtype == jnp.bfloat16 and bf16.init_cache(1, 8).k[0].dtype == jnp.bfloat16
     tokens = jnp.array([[1, 5, 9, 13, 17]])
     a, b = full_logits(f32, tokens), full_logits(bf16, tokens)
     assert b.dtype == jnp.float32

@@ -13,33 +13,44 @@ import jax.numpy as jnp
 class KVCache:
     """Keys and values of every cached layer, written in place.
 
-    k, v:     [L, B, Hkv, S, Dh]  L cached layers, S = capacity slots per row
-    lengths:  [B] int32           valid slots per row; the next token of row b goes to slot lengths[b]
+    k, v:     tuples of L arrays [B, Hkv, S, Dh]   one per cached layer, S = capacity slots per row
+    lengths:  [B] int32                            valid slots per row; row b's next token goes to
+                                                   slot lengths[b]
 
     The model appends T tokens at slots lengths[b] .. lengths[b]+T-1 and advances
     lengths by T. Rolling back (rejected draft tokens) only moves ``lengths`` back:
     stale slots are overwritten by the next append and are never attended to,
     because a query only sees slots before its own.
+
+    One array per layer (not one stacked [L, ...] array): XLA:CPU rewrites the whole
+    operand of a scatter, so a stacked cache would copy every layer at every layer.
     """
 
-    k: jax.Array
-    v: jax.Array
+    k: tuple[jax.Array, ...]
+    v: tuple[jax.Array, ...]
     lengths: jax.Array
 
     @classmethod
     def init(
         cls, n_layers: int, batch: int, n_kv_heads: int, capacity: int, head_dim: int, dtype=jnp.float32
     ):
-        shape = (n_layers, batch, n_kv_heads, capacity, head_dim)
-        return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((batch,), jnp.int32))
+        shape = (batch, n_kv_heads, capacity, head_dim)
+        zeros = tuple(jnp.zeros(shape, dtype) for _ in range(n_layers))
+        return cls(
+            zeros, tuple(jnp.zeros(shape, dtype) for _ in range(n_layers)), jnp.zeros((batch,), jnp.int32)
+        )
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.k)
 
     @property
     def capacity(self) -> int:
-        return self.k.shape[3]
+        return self.k[0].shape[2]
 
     @property
     def batch(self) -> int:
-        return self.k.shape[1]
+        return self.lengths.shape[0]
 
     def with_lengths(self, lengths: jax.Array) -> KVCache:
         """Same buffers, new per-row lengths ([B] or a scalar for all rows): rollback, no copy."""
@@ -53,9 +64,16 @@ class KVCache:
         Does not advance lengths (the forward does that once, after all layers).
         Slots past the capacity are dropped.
         """
-        B, T = k_new.shape[:2]
-        slots = self.lengths[:, None] + jnp.arange(T)[None, :]  # [B, T]
-        rows = jnp.arange(B)[:, None]  # [B, 1]
-        k = self.k.at[layer, rows, :, slots].set(k_new.astype(self.k.dtype), mode="drop")
-        v = self.v.at[layer, rows, :, slots].set(v_new.astype(self.v.dtype), mode="drop")
-        return dataclasses.replace(self, k=k, v=v)
+        B = k_new.shape[0]
+
+        def put(buffers, new):
+            # One dynamic_update_slice per row: XLA updates those in place, where a scatter
+            # over rows would rewrite the whole buffer. A block that would run past the capacity
+            # is clamped back by XLA; rows never write there (generate sizes the capacity).
+            buffer = buffers[layer]
+            new = jnp.swapaxes(new, 1, 2).astype(buffer.dtype)  # [B, Hkv, T, Dh]
+            for b in range(B):
+                buffer = jax.lax.dynamic_update_slice(buffer, new[b : b + 1], (b, 0, self.lengths[b], 0))
+            return (*buffers[:layer], buffer, *buffers[layer + 1 :])
+
+        return dataclasses.replace(self, k=put(self.k, k_new), v=put(self.v, v_new))

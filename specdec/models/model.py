@@ -53,32 +53,35 @@ class Model:
         name="model",
         source: str = "checkpoint",
     ):
-        """Build from Hugging Face-named tensors (``model.layers.0.mlp.up_proj.weight`` ...).
+        """Build from Hugging Face-named tensors (``model.layers.0.mlp.up_proj.weight`` ...) in HF
+        layout; 2-D weights are transposed to our [in, out] storage (see ``transformer``).
 
         Raises ValueError naming ``source`` and the tensor when one is missing or has the wrong shape.
         """
         abstract = nnx.eval_shape(lambda: Transformer(config, dtype=dtype, rngs=nnx.Rngs(0)))
         graphdef, shapes = nnx.split(abstract)
-        flat = {}
-        for path, leaf in nnx.to_flat_state(shapes):
+        flat = []
+        for path, variable in nnx.to_flat_state(shapes):
             name_ = _hf_name(path)
             if name_ not in tensors:
                 raise ValueError(f"{source}: missing weight tensor {name_!r}")
-            array = tensors[name_]
-            if tuple(array.shape) != tuple(leaf.shape):
+            array = np.asarray(tensors[name_])
+            hf_shape = variable.shape[::-1] if variable.ndim == 2 else variable.shape
+            if array.shape != tuple(hf_shape):
                 raise ValueError(
-                    f"{source}: tensor {name_!r} has shape {tuple(array.shape)}, expected {leaf.shape}"
+                    f"{source}: tensor {name_!r} has shape {array.shape}, expected {tuple(hf_shape)}"
                 )
-            flat[path] = jnp.asarray(array, dtype=dtype)
-        params = nnx.to_pure_dict(shapes)
-        params = jax.tree_util.tree_map_with_path(lambda p, _: flat[tuple(k.key for k in p)], params)
-        state = nnx.State(shapes)
-        nnx.replace_by_pure_dict(state, params)
+            flat.append((path, variable.replace(jnp.asarray(array.T if array.ndim == 2 else array, dtype))))
+        state = nnx.from_flat_state(flat)
         return cls(config, graphdef, state, tokenizer, name)
 
     def tensors(self) -> dict[str, np.ndarray]:
-        """Parameters as Hugging Face-named numpy arrays (for saving)."""
-        return {_hf_name(path): np.asarray(v[...]) for path, v in nnx.to_flat_state(self.params)}
+        """Parameters as Hugging Face-named numpy arrays in HF layout (for saving)."""
+        out = {}
+        for path, v in nnx.to_flat_state(self.params):
+            array = np.asarray(v[...])
+            out[_hf_name(path)] = array.T if array.ndim == 2 else array
+        return out
 
     def init_cache(self, batch: int, capacity: int, n_layers: int | None = None) -> KVCache:
         """An empty cache for ``n_layers`` layers (default all), ``capacity`` slots per row."""

@@ -1,8 +1,11 @@
 """A Flax NNX decoder-only transformer for the LLaMA family (LLaMA 2/3, Mistral, Qwen2, SmolLM2).
 
-Weights are stored as in Hugging Face checkpoints, ``[out_features, in_features]``,
-and applied as ``x @ W.T``: on XLA:CPU that layout runs a T=1 decode step about
-3x faster than ``[in, out]`` (see README, bench_forward).
+Every 2-D weight is stored ``[in_features, out_features]`` (the transpose of Hugging
+Face checkpoints) and applied as ``x @ W``; the token embedding too is stored [D, V],
+so a tied LM head is ``x @ E``. On XLA:CPU (jax 0.10) a matrix-vector product reads
+[in, out] weights at about 32 GB/s against 14 GB/s for [out, in] applied as
+``x @ W.T``, and T = 2..16 are no slower (README, Performance). ``Model.from_tensors``
+and ``Model.tensors`` transpose at the checkpoint boundary.
 
 The forward is the contract of DESIGN.md:
 ``(tokens[B,T], positions[B,T], cache, mask?) -> (logits[B,T,V], cache, hidden?)``.
@@ -38,29 +41,29 @@ class RMSNorm(nnx.Module):
 
 
 class Embedding(nnx.Module):
-    """Token embedding [V, D]; ``attend`` reuses it as a tied output head."""
+    """Token embedding stored [D, V]: looked up by column, and used as is by a tied output head."""
 
     def __init__(self, vocab_size: int, dim: int, *, dtype, rngs: nnx.Rngs):
         self.weight = nnx.Param(
-            jax.random.normal(rngs.params(), (vocab_size, dim), jnp.float32).astype(dtype)
+            jax.random.normal(rngs.params(), (dim, vocab_size), jnp.float32).astype(dtype)
         )
 
     def __call__(self, tokens):  # [B, T] -> [B, T, D]
-        return self.weight[...][tokens]
+        return jnp.moveaxis(jnp.take(self.weight[...], tokens, axis=1), 0, -1)
 
 
 class Linear(nnx.Module):
-    """y = x @ W.T (+ b), W stored [out, in] as in HF checkpoints."""
+    """y = x @ W (+ b), W stored [in, out]."""
 
     def __init__(self, d_in: int, d_out: int, *, bias: bool, dtype, rngs: nnx.Rngs):
         scale = 1.0 / math.sqrt(d_in)
         self.weight = nnx.Param(
-            jax.random.normal(rngs.params(), (d_out, d_in), jnp.float32).astype(dtype) * scale
+            jax.random.normal(rngs.params(), (d_in, d_out), jnp.float32).astype(dtype) * scale
         )
         self.bias = nnx.Param(jnp.zeros((d_out,), dtype)) if bias else None
 
     def __call__(self, x):
-        y = x @ self.weight[...].T
+        y = x @ self.weight[...]
         return y if self.bias is None else y + self.bias[...]
 
 
@@ -211,7 +214,7 @@ class Transformer(nnx.Module):
             if i in hidden_layers:
                 hidden.append(x)
         x = self.norm(x)
-        head = (self.embed_tokens if self.lm_head is None else self.lm_head).weight[...]  # [V, D]
-        logits = jnp.einsum("btd,vd->btv", x, head, preferred_element_type=jnp.float32)
+        head = (self.embed_tokens if self.lm_head is None else self.lm_head).weight[...]  # [D, V]
+        logits = jnp.einsum("btd,dv->btv", x, head, preferred_element_type=jnp.float32)
         cache = cache.with_lengths(cache.lengths + T)
         return logits, cache, (jnp.stack(hidden) if hidden else None)
