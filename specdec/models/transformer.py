@@ -86,14 +86,17 @@ def rope_frequencies(cfg: ModelConfig) -> np.ndarray:
     return scaled.astype(np.float32)
 
 
-def apply_rope(x, positions, inv_freq):
-    """Rotate x [B, T, H, Dh] by angle positions[b,t] * inv_freq (HF "rotate_half" layout)."""
-    angles = positions[:, :, None].astype(jnp.float32) * inv_freq[None, None, :]  # [B, T, Dh/2]
-    cos = jnp.cos(angles)[:, :, None, :]
-    sin = jnp.sin(angles)[:, :, None, :]
+def rope_angles(positions, inv_freq):
+    """cos and sin [B, T, 1, Dh/2] of the rotation angles positions[b, t] * inv_freq (once per forward)."""
+    angles = positions[:, :, None, None].astype(jnp.float32) * inv_freq  # [B, T, 1, Dh/2]
+    return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rope(x, rope):
+    """Rotate x [B, T, H, Dh] by the angles ``rope = (cos, sin)`` (HF "rotate_half" layout)."""
+    cos, sin = rope
     x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
-    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-    return out.astype(x.dtype)
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
 
 
 class Attention(nnx.Module):
@@ -105,14 +108,14 @@ class Attention(nnx.Module):
         self.o_proj = Linear(q_dim, cfg.dim, bias=False, dtype=dtype, rngs=rngs)
         self.cfg = cfg
 
-    def __call__(self, x, positions, cache: KVCache, cache_layer: int, visible, inv_freq):
-        """x [B, T, D], visible [B, T, S] bool -> (out [B, T, D], cache with this layer written)."""
+    def __call__(self, x, cache: KVCache, cache_layer: int, visible, rope):
+        """x [B, T, D], visible [B, T, S] bool, rope (cos, sin) -> (out [B, T, D], cache written)."""
         cfg = self.cfg
         B, T, _ = x.shape
         q = self.q_proj(x).reshape(B, T, cfg.n_heads, cfg.head_dim)
         k = self.k_proj(x).reshape(B, T, cfg.n_kv_heads, cfg.head_dim)
         v = self.v_proj(x).reshape(B, T, cfg.n_kv_heads, cfg.head_dim)
-        q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
+        q, k = apply_rope(q, rope), apply_rope(k, rope)
         cache = cache.write(cache_layer, k, v)
         keys, values = cache.k[cache_layer], cache.v[cache_layer]  # [B, Hkv, S, Dh]
         # Grouped-query attention: G = n_heads / n_kv_heads query heads share one kv head.
@@ -142,8 +145,8 @@ class Block(nnx.Module):
         self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps, dtype)
         self.mlp = MLP(cfg, dtype=dtype, rngs=rngs)
 
-    def __call__(self, x, positions, cache, cache_layer, visible, inv_freq):
-        h, cache = self.self_attn(self.input_layernorm(x), positions, cache, cache_layer, visible, inv_freq)
+    def __call__(self, x, cache, cache_layer, visible, rope):
+        h, cache = self.self_attn(self.input_layernorm(x), cache, cache_layer, visible, rope)
         x = x + h
         return x + self.mlp(self.post_attention_layernorm(x)), cache
 
@@ -204,12 +207,12 @@ class Transformer(nnx.Module):
             visible = (offset < 0) | ((offset < T) & in_new)
         if cfg.sliding_window is not None:
             visible &= s > q_slot[:, :, None] - cfg.sliding_window
-        inv_freq = jnp.asarray(rope_frequencies(cfg))
+        rope = rope_angles(positions, jnp.asarray(rope_frequencies(cfg)))
 
         x = self.embed_tokens(tokens)  # [B, T, D]
         hidden = []
         for cache_layer, i in enumerate(layers):
-            out, cache = self.layers[i](x, positions, cache, cache_layer, visible, inv_freq)
+            out, cache = self.layers[i](x, cache, cache_layer, visible, rope)
             x = out if layer_mask is None else jnp.where(layer_mask[i], out, x)
             if i in hidden_layers:
                 hidden.append(x)
