@@ -112,8 +112,10 @@ def generate(
         (default: just enough for the prompt bucket, the budget and one draft block).
     schedule: None (draft gamma tokens per step) or "heuristic" (adaptive gamma: +2 after
         a fully accepted block, -1 otherwise, between 1 and gamma).
-    verify_widths: target pass widths to compile besides gamma+1 (default (1,): a step
-        with nothing drafted, e.g. no prompt-lookup match, costs one decode step).
+    verify_widths: target pass widths to compile besides gamma+1. Default: (1,) for drafters
+        that may draft nothing (``drafter.variable_length``, e.g. prompt lookup without a
+        match) and with a schedule, so such a step costs one decode step; otherwise none
+        (each extra width is a ``lax.switch`` branch, whose cache operands XLA copies).
     Every setting is validated before anything is compiled.
     """
     sampling = Sampling(temperature, top_k, top_p)
@@ -126,7 +128,10 @@ def generate(
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}; got {schedule!r}")
     gamma = gamma if drafter is not None else 0  # autoregressive: one position per step
-    widths = (1,) if verify_widths is None else tuple(int(w) for w in verify_widths)
+    if verify_widths is None:
+        variable = schedule is not None or getattr(drafter, "variable_length", False)
+        verify_widths = (1,) if variable and gamma > 0 else ()
+    widths = tuple(int(w) for w in verify_widths)
     if any(not 1 <= w <= gamma + 1 for w in widths):
         raise ValueError(f"verify_widths must lie in 1..gamma+1 = 1..{gamma + 1}; got {widths}")
     if drafter is not None and drafter.vocab_size != target.config.vocab_size:

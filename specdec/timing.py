@@ -33,27 +33,40 @@ def median_s(fn, repeats: int = 20, warmup: int = 3) -> float:
     return float(np.median(times))
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "layers"), donate_argnames="cache")
-def _score(graphdef, params, tokens, positions, cache, layers=None):
-    logits, cache, _ = forward(graphdef, params, tokens, positions, cache, layers=layers)
-    return jnp.argmax(probs(logits, Sampling()), axis=-1), cache
+@functools.partial(jax.jit, static_argnames=("graphdef", "layers", "steps"), donate_argnames="cache")
+def _score_steps(graphdef, params, tokens, positions, cache, layers=None, steps=1):
+    """``steps`` forward passes at the same positions inside one program (as in the decode loop)."""
+    start = cache.lengths
+
+    def step(_, carry):
+        cache, token = carry
+        logits, cache, _ = forward(
+            graphdef, params, tokens + token, positions, cache.with_lengths(start), layers=layers
+        )
+        return cache, jnp.argmax(probs(logits[:, -1:], Sampling()), axis=-1).astype(jnp.int32) % 2
+
+    return jax.lax.fori_loop(0, steps, step, (cache, jnp.zeros((1, 1), jnp.int32)))
 
 
 def forward_s(
-    model: Model, T: int, *, context: int = 256, capacity: int = 512, layers=None, repeats=20
-) -> float:
-    """Median seconds of one jitted forward (plus greedy sampling) of T positions after
-    ``context`` cached tokens, batch 1; ``layers``: a layer subset (a self-speculative draft)."""
-    state = {"cache": model.init_cache(1, capacity, None if layers is None else len(layers))}
+    model: Model, T: int, *, context: int = 256, capacity: int = 512, layers=None, steps=8, repeats=5
+):
+    """Median seconds of one forward (plus greedy sampling) of T positions after ``context`` cached
+    tokens, batch 1, measured as ``steps`` passes inside one compiled loop (no per-call dispatch,
+    as in ``decode_loop``); ``layers``: a layer subset (a self-speculative draft)."""
+    state = {
+        "cache": model.init_cache(1, capacity, None if layers is None else len(layers)).with_lengths(context)
+    }
     tokens = jnp.ones((1, T), jnp.int32)
     positions = context + jnp.arange(T)[None]
 
     def run():
-        cache = state["cache"].with_lengths(context)
-        out, state["cache"] = _score(model.graphdef, model.params, tokens, positions, cache, layers=layers)
-        return out
+        state["cache"], token = _score_steps(
+            model.graphdef, model.params, tokens, positions, state["cache"], layers=layers, steps=steps
+        )
+        return token
 
-    return median_s(run, repeats)
+    return median_s(run, repeats) / steps
 
 
 def verify_cost(model: Model, widths=(1, 2, 3, 4, 5, 6, 8, 12, 16), **kw) -> tuple[VerifyCost, dict]:

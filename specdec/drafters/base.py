@@ -44,6 +44,7 @@ class Drafter(Protocol):
 
     name: str
     vocab_size: int
+    variable_length: bool  # may draft fewer than gamma tokens (a zero q row), even none
 
     def init(self, context: Context) -> Any:
         """The drafter's state pytree after reading the prompts (e.g. a prefilled cache)."""

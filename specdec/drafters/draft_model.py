@@ -73,6 +73,11 @@ class DraftModel:
             stop_below,
         )
 
+    @property
+    def variable_length(self) -> bool:
+        """Only a confidence threshold makes it draft fewer than gamma tokens."""
+        return self.stop_below is not None
+
     def _step(self, cache, tokens, positions):
         logits, cache, _ = forward(self.graphdef, self.params, tokens, positions, cache, layers=self.layers)
         return logits, cache

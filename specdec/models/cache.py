@@ -13,9 +13,12 @@ import jax.numpy as jnp
 class KVCache:
     """Keys and values of every cached layer, written in place.
 
-    k, v:     tuples of L arrays [B, Hkv, S, Dh]   one per cached layer, S = capacity slots per row
-    lengths:  [B] int32                            valid slots per row; row b's next token goes to
-                                                   slot lengths[b]
+    k, v:     tuples of L arrays [B, Hkv, Dh, S]  keys and values, one array per cached layer,
+                                                  S = capacity slots per row; slots are the minor
+                                                  axis, the layout XLA:CPU's attention products
+                                                  read without a transpose per step
+    lengths:  [B] int32                           valid slots per row; row b's next token goes to
+                                                  slot lengths[b]
 
     The model appends T tokens at slots lengths[b] .. lengths[b]+T-1 and advances
     lengths by T. Rolling back (rejected draft tokens) only moves ``lengths`` back:
@@ -34,11 +37,10 @@ class KVCache:
     def init(
         cls, n_layers: int, batch: int, n_kv_heads: int, capacity: int, head_dim: int, dtype=jnp.float32
     ):
-        shape = (batch, n_kv_heads, capacity, head_dim)
-        zeros = tuple(jnp.zeros(shape, dtype) for _ in range(n_layers))
-        return cls(
-            zeros, tuple(jnp.zeros(shape, dtype) for _ in range(n_layers)), jnp.zeros((batch,), jnp.int32)
-        )
+        shape = (batch, n_kv_heads, head_dim, capacity)
+        k = tuple(jnp.zeros(shape, dtype) for _ in range(n_layers))
+        v = tuple(jnp.zeros(shape, dtype) for _ in range(n_layers))
+        return cls(k, v, jnp.zeros((batch,), jnp.int32))
 
     @property
     def n_layers(self) -> int:
@@ -46,7 +48,7 @@ class KVCache:
 
     @property
     def capacity(self) -> int:
-        return self.k[0].shape[2]
+        return self.v[0].shape[3]
 
     @property
     def batch(self) -> int:
@@ -71,9 +73,11 @@ class KVCache:
             # over rows would rewrite the whole buffer. A block that would run past the capacity
             # is clamped back by XLA; rows never write there (generate sizes the capacity).
             buffer = buffers[layer]
-            new = jnp.swapaxes(new, 1, 2).astype(buffer.dtype)  # [B, Hkv, T, Dh]
             for b in range(B):
-                buffer = jax.lax.dynamic_update_slice(buffer, new[b : b + 1], (b, 0, self.lengths[b], 0))
+                start = (b, 0, 0, self.lengths[b])
+                buffer = jax.lax.dynamic_update_slice(buffer, new[b : b + 1].astype(buffer.dtype), start)
             return (*buffers[:layer], buffer, *buffers[layer + 1 :])
 
-        return dataclasses.replace(self, k=put(self.k, k_new), v=put(self.v, v_new))
+        to_layout = (0, 2, 3, 1)  # [B, T, Hkv, Dh] -> [B, Hkv, Dh, T]
+        keys, values = jnp.transpose(k_new, to_layout), jnp.transpose(v_new, to_layout)
+        return dataclasses.replace(self, k=put(self.k, keys), v=put(self.v, values))

@@ -109,23 +109,31 @@ class Attention(nnx.Module):
         self.cfg = cfg
 
     def __call__(self, x, cache: KVCache, cache_layer: int, visible, rope):
-        """x [B, T, D], visible [B, T, S] bool, rope (cos, sin) -> (out [B, T, D], cache written)."""
+        """x [B, T, D]; visible = (cached [B, T, S], new [B, T, T]) bool; rope (cos, sin)
+        -> (out [B, T, D], cache with this layer's new keys and values written)."""
         cfg = self.cfg
         B, T, _ = x.shape
         q = self.q_proj(x).reshape(B, T, cfg.n_heads, cfg.head_dim)
         k = self.k_proj(x).reshape(B, T, cfg.n_kv_heads, cfg.head_dim)
         v = self.v_proj(x).reshape(B, T, cfg.n_kv_heads, cfg.head_dim)
         q, k = apply_rope(q, rope), apply_rope(k, rope)
-        cache = cache.write(cache_layer, k, v)
-        keys, values = cache.k[cache_layer], cache.v[cache_layer]  # [B, Hkv, S, Dh]
         # Grouped-query attention: G = n_heads / n_kv_heads query heads share one kv head.
-        q = q.reshape(B, T, cfg.n_kv_heads, cfg.group_size, cfg.head_dim)
-        scores = jnp.einsum("btkgd,bksd->bkgts", q, keys, preferred_element_type=jnp.float32)
-        scores = scores / math.sqrt(cfg.head_dim)
-        scores = jnp.where(visible[:, None, None, :, :], scores, _NEG_INF)
-        weights = jax.nn.softmax(scores, axis=-1).astype(values.dtype)  # [B, Hkv, G, T, S]
-        out = jnp.einsum("bkgts,bksd->btkgd", weights, values).reshape(B, T, cfg.n_heads * cfg.head_dim)
-        return self.o_proj(out), cache
+        # Attend to the cached slots and to the new tokens as two blocks under one softmax,
+        # and write the new keys and values only afterwards: the cache is then read before
+        # it is updated, which lets XLA update it in place.
+        q = q.reshape(B, T, cfg.n_kv_heads, cfg.group_size, cfg.head_dim) / math.sqrt(cfg.head_dim)
+        old_k, old_v = cache.k[cache_layer], cache.v[cache_layer]  # [B, Hkv, Dh, S]
+        s_old = jnp.einsum("btkgd,bkds->bkgts", q, old_k, preferred_element_type=jnp.float32)
+        s_new = jnp.einsum("btkgd,bukd->bkgtu", q, k, preferred_element_type=jnp.float32)
+        scores = jnp.concatenate([s_old, s_new], axis=-1)  # [B, Hkv, G, T, S+T]
+        scores = jnp.where(jnp.concatenate(visible, axis=-1)[:, None, None], scores, _NEG_INF)
+        weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+        S = old_v.shape[3]
+        out = jnp.einsum("bkgts,bkds->btkgd", weights[..., :S], old_v) + jnp.einsum(
+            "bkgtu,bukd->btkgd", weights[..., S:], v
+        )
+        out = out.reshape(B, T, cfg.n_heads * cfg.head_dim)
+        return self.o_proj(out), cache.write(cache_layer, k, v)
 
 
 class MLP(nnx.Module):
@@ -195,18 +203,17 @@ class Transformer(nnx.Module):
         cfg = self.cfg
         layers = tuple(range(cfg.n_layers)) if layers is None else tuple(layers)
         T = tokens.shape[1]
-        S = cache.capacity
-        # Slot s of row b is visible to new token t iff it holds an earlier token.
-        q_slot = cache.lengths[:, None] + jnp.arange(T)[None, :]  # [B, T]
-        s = jnp.arange(S)[None, None, :]
-        if mask is None:
-            visible = s <= q_slot[:, :, None]  # [B, T, S] causal
-        else:
-            offset = s - cache.lengths[:, None, None]  # slot index among the new tokens
-            in_new = jnp.take_along_axis(mask, jnp.clip(offset, 0, T - 1), axis=2)
-            visible = (offset < 0) | ((offset < T) & in_new)
-        if cfg.sliding_window is not None:
-            visible &= s > q_slot[:, :, None] - cfg.sliding_window
+        # New token t of row b sees the row's cached slots s < lengths[b] and, among the new
+        # tokens, those before it (or what ``mask`` allows): two boolean blocks.
+        s = jnp.arange(cache.capacity)[None, None, :]
+        lengths = cache.lengths[:, None, None]
+        t, u = jnp.arange(T)[None, :, None], jnp.arange(T)[None, None, :]
+        see_cached = jnp.broadcast_to(s < lengths, (tokens.shape[0], T, cache.capacity))  # [B, T, S]
+        see_new = jnp.broadcast_to(u <= t, (tokens.shape[0], T, T)) if mask is None else mask  # [B, T, T]
+        if cfg.sliding_window is not None:  # slot distance within the window (slots = positions in a chain)
+            see_cached &= s > lengths + t - cfg.sliding_window
+            see_new &= u > t - cfg.sliding_window
+        visible = (see_cached, see_new)
         rope = rope_angles(positions, jnp.asarray(rope_frequencies(cfg)))
 
         x = self.embed_tokens(tokens)  # [B, T, D]
