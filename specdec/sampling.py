@@ -65,3 +65,9 @@ def probs(logits: jax.Array, sampling: Sampling) -> jax.Array:
 def sample(p: jax.Array, key: jax.Array) -> jax.Array:
     """Draw one token per row from probabilities p [..., V] -> [...] int32."""
     return jax.random.categorical(key, jnp.log(p), axis=-1).astype(jnp.int32)
+
+
+def draw(p: jax.Array, key: jax.Array, sampling: Sampling) -> jax.Array:
+    """One token per row from p [..., V] under ``sampling``: the argmax when greedy (p is
+    one-hot then, and no random numbers are needed), else a sample."""
+    return jnp.argmax(p, axis=-1).astype(jnp.int32) if sampling.greedy else sample(p, key)

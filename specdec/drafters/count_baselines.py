@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from specdec.drafters.base import Context
-from specdec.sampling import probs, sample
+from specdec.sampling import draw, probs
 
 
 def token_counts(tokens, weights, vocab_size: int):
@@ -58,7 +58,7 @@ class Unigram(_Counts):
     def propose(self, state, context: Context, gamma: int, key):
         q = probs(_log(self.unigram_counts(context)), context.sampling)  # [B, V]
         keys = jax.random.split(key, gamma)
-        draft = jnp.stack([sample(q, k) for k in keys], axis=1)  # [B, gamma]
+        draft = jnp.stack([draw(q, k, context.sampling) for k in keys], axis=1)  # [B, gamma]
         return draft, jnp.broadcast_to(q[:, None], (*draft.shape, self.vocab_size)), state
 
 
@@ -79,7 +79,7 @@ class Bigram(_Counts):
             counts = token_counts(follower, after_prev, self.vocab_size)  # count(prev, v)  [B, V]
             counts = jnp.where(jnp.sum(counts, -1, keepdims=True) > 0, counts, unigram)
             q = probs(_log(counts), context.sampling)
-            token = sample(q, key_i)
+            token = draw(q, key_i, context.sampling)
             return token, (token, q)
 
         _, (draft, q) = jax.lax.scan(step, context.pending, jax.random.split(key, gamma))

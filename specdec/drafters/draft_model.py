@@ -21,7 +21,7 @@ from flax import nnx
 
 from specdec.drafters.base import Context
 from specdec.models import KVCache, Model, forward
-from specdec.sampling import probs, sample
+from specdec.sampling import draw, probs
 
 
 @jax.tree_util.register_dataclass
@@ -108,7 +108,7 @@ class DraftModel:
             drafting &= i < context.budget
             logits, cache = self._step(cache, token[:, None], cache.lengths[:, None])
             q = probs(logits[:, 0], context.sampling)  # [B, V]
-            token = sample(q, keys[i])
+            token = draw(q, keys[i], context.sampling)
             if self.stop_below is not None:
                 drafting &= jnp.max(jax.nn.softmax(logits[:, 0]), axis=-1) >= self.stop_below
             tokens = tokens.at[:, i].set(token)
