@@ -123,10 +123,8 @@ def _add(a: dict, b: dict) -> dict:
     by_pos = (np.asarray(a["accept_by_position"]) * a["target_calls"]) + (
         np.asarray(b["accept_by_position"]) * b["target_calls"]
     )
-    out = {
-        k: a[k] + b[k]
-        for k in ("new_tokens", "target_calls", "drafted", "accepted", "wall_s", "prompt_tokens")
-    }
+    summed = ("new_tokens", "target_calls", "drafted", "accepted", "rejected", "wall_s", "prompt_tokens")
+    out = {k: a[k] + b[k] for k in summed}
     out["accept_by_position"] = (by_pos / max(calls, 1)).tolist()
     return out
 
