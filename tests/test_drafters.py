@@ -35,7 +35,7 @@ def run(target, prompts, drafter=None, **kw):
     return specdec.generate(target, prompts, drafter=drafter, chat=False, eos_ids=(), **kw)
 
 
-@pytest.mark.parametrize("gamma", [1, 4])
+@pytest.mark.parametrize("gamma", [4])  # gamma 1, 3, 5 are covered for the loop itself in test_decode
 @pytest.mark.parametrize("name", list(DRAFTERS))
 def test_greedy_output_equals_autoregressive(target, name, gamma):
     kind, options, extra = DRAFTERS[name]
