@@ -7,6 +7,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+_IN_PLACE_MAX_BATCH = 16  # rows written by per-row in-place updates; larger batches scatter
+
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
@@ -63,19 +65,24 @@ class KVCache:
     def write(self, layer: int, k_new: jax.Array, v_new: jax.Array) -> KVCache:
         """Write k_new, v_new [B, T, Hkv, Dh] of one layer at slots lengths[b] + t.
 
-        Does not advance lengths (the forward does that once, after all layers).
-        Slots past the capacity are dropped.
+        Does not advance lengths (the forward does that once, after all layers). Callers keep
+        lengths[b] + T <= capacity (``generate`` sizes the capacity for it).
         """
-        B = k_new.shape[0]
+        B, T = k_new.shape[:2]
 
         def put(buffers, new):
-            # One dynamic_update_slice per row: XLA updates those in place, where a scatter
-            # over rows would rewrite the whole buffer. A block that would run past the capacity
-            # is clamped back by XLA; rows never write there (generate sizes the capacity).
             buffer = buffers[layer]
-            for b in range(B):
-                start = (b, 0, 0, self.lengths[b])
-                buffer = jax.lax.dynamic_update_slice(buffer, new[b : b + 1].astype(buffer.dtype), start)
+            new = new.astype(buffer.dtype)
+            if B <= _IN_PLACE_MAX_BATCH:
+                # One dynamic_update_slice per row: XLA updates those in place, where a scatter
+                # rewrites the whole buffer. A block that would run past the capacity is clamped
+                # back by XLA; rows never write there (generate sizes the capacity).
+                for b in range(B):
+                    buffer = jax.lax.dynamic_update_slice(buffer, new[b : b + 1], (b, 0, 0, self.lengths[b]))
+            else:  # large batches: one scatter (a per-row loop would unroll B updates per layer)
+                slots = self.lengths[:, None] + jnp.arange(T)[None, :]  # [B, T]
+                rows = jnp.arange(B)[:, None]
+                buffer = buffer.at[rows, :, :, slots].set(jnp.moveaxis(new, 3, 1), mode="drop")
             return (*buffers[:layer], buffer, *buffers[layer + 1 :])
 
         to_layout = (0, 2, 3, 1)  # [B, T, Hkv, Dh] -> [B, Hkv, Dh, T]
