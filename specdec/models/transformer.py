@@ -123,8 +123,8 @@ class Attention(nnx.Module):
         # it is updated, which lets XLA update it in place.
         q = q.reshape(B, T, cfg.n_kv_heads, cfg.group_size, cfg.head_dim) / math.sqrt(cfg.head_dim)
         old_k, old_v = cache.k[cache_layer], cache.v[cache_layer]  # [B, Hkv, Dh, S]
-        s_old = jnp.einsum("btkgd,bkds->bkgts", q, old_k, preferred_element_type=jnp.float32)
-        s_new = jnp.einsum("btkgd,bukd->bkgtu", q, k, preferred_element_type=jnp.float32)
+        s_old = jnp.einsum("btkgd,bkds->bkgts", q, old_k).astype(jnp.float32)
+        s_new = jnp.einsum("btkgd,bukd->bkgtu", q, k).astype(jnp.float32)
         scores = jnp.concatenate([s_old, s_new], axis=-1)  # [B, Hkv, G, T, S+T]
         scores = jnp.where(jnp.concatenate(visible, axis=-1)[:, None, None], scores, _NEG_INF)
         weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
@@ -225,6 +225,6 @@ class Transformer(nnx.Module):
                 hidden.append(x)
         x = self.norm(x)
         head = (self.embed_tokens if self.lm_head is None else self.lm_head).weight[...]  # [D, V]
-        logits = jnp.einsum("btd,dv->btv", x, head, preferred_element_type=jnp.float32)
+        logits = (x @ head).astype(jnp.float32)  # [B, T, V] (XLA:CPU has no bf16 x bf16 -> f32 matmul)
         cache = cache.with_lengths(cache.lengths + T)
         return logits, cache, (jnp.stack(hidden) if hidden else None)
