@@ -12,95 +12,13 @@ import pandas as pd
 import pytest
 from matplotlib.container import ErrorbarContainer
 from matplotlib.figure import Figure
+from synthetic import BLOCKS, CATEGORIES, DRAFTERS, synthetic_rows
 
 from specdec import plots, theory
 from specdec.results import COLUMNS, ResultsStore
 
 ROOT = Path(__file__).resolve().parents[1]
-# name -> (drafter_params, base per-token acceptance rate, cost ratio c)
-DRAFTERS = {
-    "draft_model": ({"layers": 8}, 0.8, 0.25),
-    "layer_skip": ({"skip": [4, 8]}, 0.7, 0.4),
-    "ngram": ({"max_ngram": 3}, 0.55, 0.01),
-}
-CATEGORIES = ("coding", "math", "rag")
 R = theory.VerifyCost((1, 2, 5), (1.0, 1.2, 1.5))  # a measured-looking verification cost
-
-
-def synthetic_rows(
-    drafters=DRAFTERS, gammas=(1, 2, 3, 4), temperatures=(0.0, 1.0), categories=CATEGORIES, prompts=3, seed=0
-) -> list[dict]:
-    """Rows with every results column, consistent with theory: acceptance i.i.d. with per-token
-    rate a (drafter base, lower at higher temperature, varying by category and prompt), so
-    accept_by_position = a^i, tau ~ E(a, gamma), speedup ~ predicted_speedup(a, gamma, c) with
-    free verification (3% noise); plus one autoregressive row per prompt and temperature."""
-    rng = np.random.default_rng(seed)
-    base = dict(
-        run_id="run-0",
-        time="2025-01-01T00:00:00+00:00",
-        git_commit="abc1234",
-        jax_version="0.7.0",
-        device="cpu",
-        target="tiny",
-        top_k=None,
-        top_p=None,
-        task="builtin",
-        prompt_tokens=50,
-        baseline_tokens_per_s=20.0,
-    )
-    rows = []
-    for temperature in temperatures:
-        for ci, category in enumerate(categories):
-            for p in range(prompts):
-                prompt = dict(base, temperature=temperature, category=category, prompt_id=ci * prompts + p)
-                rows.append(
-                    dict(
-                        prompt,
-                        drafter="none",
-                        drafter_params={},
-                        gamma=0,
-                        new_tokens=64,
-                        target_calls=64,
-                        drafted=0,
-                        accepted=0,
-                        alpha=None,
-                        tau=1.0,
-                        accept_by_position=[],
-                        wall_s=3.2,
-                        tokens_per_s=20.0,
-                        speedup=1.0,
-                        cost_ratio_c=None,
-                    )
-                )
-                for name, (params, a0, c) in drafters.items():
-                    for g in gammas:
-                        a = float(
-                            np.clip(a0 - 0.1 * temperature + 0.05 * (ci - 1) + rng.normal(0, 0.02), 0, 1)
-                        )
-                        rates = [a ** (i + 1) for i in range(g)]
-                        calls = 40
-                        accepted = round(calls * sum(rates))
-                        speedup = theory.predicted_speedup(a, g, c) * (1 + rng.normal(0, 0.03))
-                        rows.append(
-                            dict(
-                                prompt,
-                                drafter=name,
-                                drafter_params=params,
-                                gamma=g,
-                                new_tokens=calls + accepted,
-                                target_calls=calls,
-                                drafted=g * calls,
-                                accepted=accepted,
-                                alpha=accepted / (g * calls),
-                                tau=(calls + accepted) / calls,
-                                accept_by_position=rates,
-                                wall_s=(calls + accepted) / (20.0 * speedup),
-                                tokens_per_s=20.0 * speedup,
-                                speedup=speedup,
-                                cost_ratio_c=c,
-                            )
-                        )
-    return rows
 
 
 def store_frame(path: Path, rows: list[dict]):
@@ -138,23 +56,29 @@ def lines(ax, gid: str) -> list:
     return [line for line in ax.lines if line.get_gid() == gid]
 
 
-def test_synthetic_rows_have_every_column():
-    assert all(set(row) == set(COLUMNS) for row in synthetic_rows())
+def test_synthetic_rows_follow_the_alpha_definition():
+    rows = synthetic_rows()
+    assert all(set(row) == set(COLUMNS) for row in rows)
+    spec = [row for row in rows if row["drafter"] != "none"]
+    for row in spec:
+        a, g = row["accept_by_position"][0], row["gamma"]  # the row's per-token rate: a_1 = a
+        rejected = round(BLOCKS * (1 - a**g))  # blocks that ended with a rejection
+        assert row["alpha"] == row["accepted"] / (row["accepted"] + rejected)
+        assert row["alpha"] == pytest.approx(a, abs=0.01)
+        assert row["tau"] == pytest.approx(theory.expected_tokens(row["alpha"], g), abs=0.02)
+    # accepted / drafted (the old alpha) is lower than alpha once drafts after a rejection exist.
+    assert all(row["accepted"] / row["drafted"] < row["alpha"] for row in spec if row["gamma"] > 1)
 
 
-def test_token_alpha_and_accepted_lengths():
+def test_accepted_length_distribution():
     a, g = 0.7, 3
     rates = [a, a**2, a**3]  # P(n >= i) for i.i.d. acceptance
-    assert plots.token_alpha(rates) == pytest.approx(a)
-    assert plots.token_alpha([0.6]) == pytest.approx(0.6)  # gamma = 1: the stored alpha
-    assert np.isnan(plots.token_alpha([])) and np.isnan(plots.token_alpha(None))
     p = plots.accepted_length_distribution(rates)
     np.testing.assert_allclose(p, [1 - a, a - a**2, a**2 - a**3, a**3])
     assert p.sum() == pytest.approx(1.0)
     # Mean tokens per block = 1 + E[n] = E(alpha, gamma).
     assert 1 + (np.arange(g + 1) * p).sum() == pytest.approx(theory.expected_tokens(a, g))
-    # accepted / drafted = (E - 1) / gamma underestimates the per-token rate for gamma > 1.
-    assert sum(rates) / g < plots.token_alpha(rates)
+    np.testing.assert_array_equal(plots.accepted_length_distribution(None), [1.0])  # no drafts: n = 0
 
 
 def test_prepare_labels_and_speculative(frame):
@@ -175,7 +99,13 @@ def test_summarize(frame):
     table = plots.summarize(frame)
     assert len(table) == 3 * 4 * 2  # drafters x gammas x temperatures
     assert table[("speedup", "count")].eq(9).all()  # 3 categories x 3 prompts
-    assert table[("alpha_token", "mean")].between(0, 1).all()
+    assert list(table.columns.get_level_values(0).unique()) == ["alpha", "tau", "speedup"]
+    assert table[("alpha", "mean")].between(0, 1).all()
+    # The mean and standard error of the stored alpha over one group's prompts.
+    d = plots.speculative(frame)
+    group = d[(d["label"] == "ngram") & (d["gamma"] == 3) & (d["temperature"] == 1.0)]["alpha"]
+    row = table.loc[("ngram", 3, 1.0), "alpha"]
+    assert row["mean"] == pytest.approx(group.mean()) and row["sem"] == pytest.approx(group.sem())
 
 
 def test_expected_tokens_vs_alpha(frame):
@@ -185,7 +115,7 @@ def test_expected_tokens_vs_alpha(frame):
     assert len(lines(ax, "theory")) == 10
     bars = errorbars(ax)
     assert len(bars) == 3 * 4 * 2  # one point per drafter, gamma, temperature
-    # With the per-token alpha the synthetic points lie on their gamma's curve E(alpha, gamma).
+    # The stored alpha is the per-token rate: the points lie on their gamma's curve E(alpha, gamma).
     on_curve = []
     for c in bars:
         x, y = (float(v[0]) for v in c.lines[0].get_data())
@@ -225,7 +155,7 @@ def test_speedup_vs_gamma(frame):
     # The dashed line is the mean of predicted_speedup over the group's rows (draft_model, T = 0).
     d = plots.speculative(frame)
     d = d[(d["label"] == "draft_model") & (d["temperature"] == 0.0) & (d["gamma"] == 2)]
-    want = np.mean(theory.predicted_speedup(d["alpha_token"].to_numpy(), 2, d["cost_ratio_c"].to_numpy(), R))
+    want = np.mean(theory.predicted_speedup(d["alpha"].to_numpy(), 2, d["cost_ratio_c"].to_numpy(), R))
     x, y = lines(axes[0], "predicted")[0].get_data()
     assert y[list(x).index(2)] == pytest.approx(want)
 
@@ -239,12 +169,32 @@ def test_acceptance_vs_temperature(frame):
     x, y = bars[0].lines[0].get_data()
     np.testing.assert_array_equal(x, [0.0, 1.0])
     assert y[0] > y[1]  # the synthetic drafters accept less at T = 1
-    assert "per-token" in ax.get_ylabel()
-    assert (
-        "accepted / drafted" in panels(plots.acceptance_vs_temperature(frame, alpha="column"))[0].get_ylabel()
-    )
-    with pytest.raises(ValueError, match="alpha"):
-        plots.acceptance_vs_temperature(frame, alpha="bogus")
+    assert "acceptance rate" in ax.get_ylabel()
+    # Mean ± standard error of the stored alpha over prompts and gammas (draft_model, T = 0).
+    d = plots.speculative(frame)
+    alpha = d.loc[(d["label"] == "draft_model") & (d["temperature"] == 0.0), "alpha"]
+    assert y[0] == pytest.approx(alpha.mean())
+    (segments,) = [c.get_segments() for c in bars[0].lines[2]]  # vertical error bars [x, mean ± se]
+    assert (segments[0][1][1] - segments[0][0][1]) / 2 == pytest.approx(alpha.sem())
+
+
+def test_figures_use_the_stored_alpha_column(frame):
+    # accept_by_position still says alpha ~ 0.55..0.8; a figure that re-derived alpha from it
+    # (or from tau) would not put the points at the stored 0.3.
+    stored = frame.assign(alpha=frame["alpha"].where(frame["drafter"] == "none", 0.3))
+    (ax,) = panels(plots.expected_tokens_vs_alpha(stored))
+    xs = [c.lines[0].get_xdata()[0] for c in errorbars(ax)]
+    assert len(xs) == 3 * 4 * 2
+    np.testing.assert_allclose(xs, 0.3)
+    (ax,) = panels(plots.acceptance_vs_temperature(stored))
+    assert all(np.allclose(c.lines[0].get_ydata(), 0.3) for c in errorbars(ax))
+    for ax in panels(plots.acceptance_by_position(stored)):
+        x, y = lines(ax, "theory")[0].get_data()
+        np.testing.assert_allclose(y, 0.3**x)
+    d = plots.speculative(stored)
+    want = theory.predicted_speedup(0.3, 1, d.loc[d["label"] == "draft_model", "cost_ratio_c"].iloc[0])
+    x, y = lines(panels(plots.speedup_vs_gamma(stored))[0], "predicted")[0].get_data()
+    assert y[list(x).index(1)] == pytest.approx(want)
 
 
 @pytest.mark.parametrize(("gamma", "methods"), [("best", 3), ("all", 12), (2, 3)])
@@ -278,6 +228,12 @@ def test_acceptance_by_position(frame):
     assert len(axes) == 2 * 3  # temperatures x drafters
     for ax in axes:
         assert len(errorbars(ax)) == 4 and len(lines(ax, "theory")) == 1
+    # The dotted i.i.d. prediction is alpha^i with the panel's mean alpha (draft_model, T = 0).
+    d = plots.speculative(frame)
+    alpha = d.loc[(d["label"] == "draft_model") & (d["temperature"] == 0.0), "alpha"].mean()
+    x, y = lines(axes[0], "theory")[0].get_data()
+    np.testing.assert_allclose(y, alpha**x)
+    assert axes[0].get_title() == "draft_model, T = 0"
     conditional = panels(plots.acceptance_by_position(frame, conditional=True, show_theory=False))
     _, y = errorbars(conditional[0])[-1].lines[0].get_data()  # gamma = 4: flat for i.i.d. acceptance
     assert np.ptp(y) < 0.05 and not lines(conditional[0], "theory")
