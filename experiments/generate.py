@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 
 import specdec
+from specdec import metrics
 
 DEFAULT_PROMPTS = [
     "What is the capital of France?",
@@ -58,9 +59,10 @@ def main():
         (f"draft_model k={args.draft_layers} gamma={args.gamma}", spec),
     ):
         new = sum(s["new_tokens"] for s in out.stats)
-        alpha = sum(s["accepted"] for s in out.stats) / max(1, sum(s["drafted"] for s in out.stats))
+        judged = [sum(s[k] for s in out.stats) for k in ("accepted", "rejected")]
+        alpha = f"{metrics.acceptance_rate(*judged):.2f}" if sum(judged) else "-"
         tau = new / max(1, sum(s["target_calls"] for s in out.stats))
-        print(f"| {name} | {new} | {new / out.wall_s:.1f} | {alpha:.2f} | {tau:.2f} | {out.compile_s:.1f} |")
+        print(f"| {name} | {new} | {new / out.wall_s:.1f} | {alpha} | {tau:.2f} | {out.compile_s:.1f} |")
     print(f"speedup: {auto.wall_s / spec.wall_s:.2f}x")
 
 
