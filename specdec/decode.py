@@ -108,6 +108,8 @@ class LoopState:
     cache: KVCache
     drafter_state: Any
     stats: Stats
+    features: jax.Array | None  # [B, K+1, D] target top hidden states, for drafters that need them
+    features_start: jax.Array | None  # [B] position of features[:, 0]
 
 
 def _emit(cfg: LoopConfig, state: LoopState, prompt_lengths, draft, n, next_token):
@@ -164,16 +166,28 @@ def decode_loop(target_def, target_params, drafter, tokens, prompt_lengths, cach
     B = tokens.shape[0]
     K = cfg.gamma
     T = cfg.prompt_len
+    # Drafters with ``needs_features`` read the target's top hidden states: its last layer's output.
+    with_features = getattr(drafter, "needs_features", False)
+    top = (cache.n_layers - 1,) if with_features else ()
+
+    def target_pass(tokens, positions, cache):
+        """-> logits [B, W, V], cache, top hidden states [B, W, D] (or None)."""
+        logits, cache, hidden = forward(
+            target_def, target_params, tokens, positions, cache, hidden_layers=top
+        )
+        return logits, cache, hidden[0] if with_features else None
+
     # Prefill every prompt token but the last; the last one is the first pending token.
-    _, cache, _ = forward(
-        target_def,
-        target_params,
-        tokens[:, :T],
-        jnp.broadcast_to(jnp.arange(T), (B, T)),
-        cache.with_lengths(0),
+    _, cache, features = target_pass(
+        tokens[:, :T], jnp.broadcast_to(jnp.arange(T), (B, T)), cache.with_lengths(0)
     )
     budget = jnp.full((B,), K, jnp.int32)
-    context = Context(tokens, prompt_lengths, budget, cfg.sampling, T)
+    context = Context(tokens, prompt_lengths, budget, cfg.sampling, T, features, jnp.zeros((B,), jnp.int32))
+    features_start = None
+    if with_features:  # the first step's window starts at the last prompt token before the pending one
+        features_start = jnp.maximum(prompt_lengths - 2, 0)
+        window = jnp.minimum(features_start[:, None] + jnp.arange(K + 1)[None, :], T - 1)  # [B, K+1]
+        features = jnp.take_along_axis(features, window[..., None], axis=1)  # [B, K+1, D]
     state = LoopState(
         step=jnp.zeros((), jnp.int32),
         tokens=tokens,
@@ -183,22 +197,26 @@ def decode_loop(target_def, target_params, drafter, tokens, prompt_lengths, cach
         cache=cache,
         drafter_state=None if drafter is None else drafter.init(context),
         stats=Stats.zeros(B, K),
+        features=features,
+        features_start=features_start,
     )
 
     def active(state: LoopState):
         return (state.step < cfg.max_new_tokens) & ~jnp.all(state.done)
 
     def verify(width, verify_tokens, positions, cache):
-        """Target pass over the first ``width`` positions -> p [B, K+1, V] (zeros past width)."""
-        logits, cache, _ = forward(
-            target_def, target_params, verify_tokens[:, :width], positions[:, :width], cache
-        )
+        """Target pass over the first ``width`` positions -> p [B, K+1, V] (zeros past width),
+        cache, top hidden states [B, K+1, D] (zeros past width; None unless needed)."""
+        logits, cache, hidden = target_pass(verify_tokens[:, :width], positions[:, :width], cache)
+        pad = ((0, 0), (0, K + 1 - width), (0, 0))
         p = probs(logits, cfg.sampling)
-        return jnp.pad(p, ((0, 0), (0, K + 1 - width), (0, 0))), cache
+        return jnp.pad(p, pad), cache, None if hidden is None else jnp.pad(hidden, pad)
 
     def step(state: LoopState) -> LoopState:
         key_draft, key_accept = jax.random.split(jax.random.fold_in(key, state.step))
-        context = Context(state.tokens, state.lengths, state.budget, cfg.sampling, T)
+        context = Context(
+            state.tokens, state.lengths, state.budget, cfg.sampling, T, state.features, state.features_start
+        )
         drafter_state = state.drafter_state
         if drafter is None:
             draft = jnp.zeros((B, 0), jnp.int32)
@@ -219,7 +237,7 @@ def decode_loop(target_def, target_params, drafter, tokens, prompt_lengths, cach
         needed = jnp.max(jnp.where(state.done, 0, n_drafted)) + 1
         branch = jnp.searchsorted(jnp.asarray(widths), needed)  # smallest width >= needed
         branches = [functools.partial(verify, w) for w in widths]
-        p, cache = jax.lax.switch(branch, branches, verify_tokens, positions, cache)  # [B, K+1, V]
+        p, cache, features = jax.lax.switch(branch, branches, verify_tokens, positions, cache)  # [B, K+1, V]
         n, next_token = cfg.accept(p, q, draft, key_accept)
         n = jnp.where(state.done, 0, n)
 
@@ -239,6 +257,8 @@ def decode_loop(target_def, target_params, drafter, tokens, prompt_lengths, cach
             cache=cache,
             drafter_state=drafter_state,
             stats=_update_stats(state.stats, ~state.done, count, n, n_drafted, width, K),
+            features=features,
+            features_start=None if features is None else state.lengths - 1,
         )
 
     state = jax.lax.while_loop(active, step, state)

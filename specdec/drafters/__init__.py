@@ -43,12 +43,27 @@ def _bigram(target, *, corpus=()):
     return Bigram(_corpus_prior(target, corpus), target.config.vocab_size)
 
 
+def _trained(kind):
+    def make_trained(target, *, checkpoint, stop_below=None):
+        from specdec.train import load_drafter  # training code is imported only when used
+
+        return load_drafter(kind, target, checkpoint, stop_below=stop_below)
+
+    make_trained.__doc__ = (
+        f"A trained {kind} drafter: ``checkpoint`` is the run directory of experiments/train_draft.py "
+        "(or 'untrained' for the recipe's starting point); ``stop_below`` as for draft_model."
+    )
+    return make_trained
+
+
 REGISTRY = {
     "draft_model": _draft_model,
     "layer_skip": make_layer_skip,
     "ngram": _ngram,
     "unigram": _unigram,
     "bigram": _bigram,
+    "distilled": _trained("distilled"),
+    "eagle": _trained("eagle"),
 }
 
 

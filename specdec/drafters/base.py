@@ -23,6 +23,15 @@ class Context:
                             drafter may stop there; it never has to.
     sampling: static        the transform that turns logits into q (the same as the target's p)
     prompt_len: static      the bucketed prompt length: tokens[:, :prompt_len] hold every prompt
+    features: [B, W, D]     only for drafters with ``needs_features``, else None: the target's
+                            top hidden states (its last layer's output, before the final norm)
+                            from its latest pass, at positions features_start[b] + i. In
+                            ``init``: the prefill's, W = prompt_len, start 0. In ``propose``:
+                            W = gamma + 1 from the last verification, whose first position is
+                            the previous pending token (at the first step: the last prompt
+                            token before the pending one); only positions < lengths - 1 are
+                            meaningful.
+    features_start: [B]     see features
     """
 
     tokens: jax.Array
@@ -30,6 +39,8 @@ class Context:
     budget: jax.Array
     sampling: Sampling = dataclasses.field(metadata=dict(static=True))
     prompt_len: int = dataclasses.field(metadata=dict(static=True))
+    features: jax.Array | None = None
+    features_start: jax.Array | None = None
 
     @property
     def pending(self) -> jax.Array:  # [B]
@@ -45,6 +56,7 @@ class Drafter(Protocol):
     name: str
     vocab_size: int
     variable_length: bool  # may draft fewer than gamma tokens (a zero q row), even none
+    needs_features: bool  # reads the target's hidden states (Context.features), e.g. EAGLE heads
 
     def init(self, context: Context) -> Any:
         """The drafter's state pytree after reading the prompts (e.g. a prefilled cache)."""

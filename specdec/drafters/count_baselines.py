@@ -37,6 +37,7 @@ class _Counts:
     prior: jax.Array  # [V] corpus counts (zeros without a corpus)
     vocab_size: int = dataclasses.field(metadata=dict(static=True))
     variable_length = False  # always drafts gamma tokens
+    needs_features = False
 
     def unigram_counts(self, context: Context):  # [B, V]
         N = context.tokens.shape[1]

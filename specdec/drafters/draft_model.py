@@ -20,8 +20,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from specdec.drafters.base import Context
+from specdec.drafters.chain import draft_chain
 from specdec.models import KVCache, Model, forward
-from specdec.sampling import draw, probs
 
 
 @jax.tree_util.register_dataclass
@@ -73,6 +73,8 @@ class DraftModel:
             stop_below,
         )
 
+    needs_features = False
+
     @property
     def variable_length(self) -> bool:
         """Only a confidence threshold makes it draft fewer than gamma tokens."""
@@ -95,35 +97,14 @@ class DraftModel:
     def propose(self, state: DraftState, context: Context, gamma: int, key):
         # The cache holds every token but the pending one; feed the pending token,
         # then each new draft token, one T=1 step each, until every row has stopped.
-        B = context.lengths.shape[0]
         base = context.lengths - 1
-        keys = jax.random.split(key, gamma)
 
-        def more(carry):
-            i, _, _, _, _, drafting = carry
-            return (i < gamma) & jnp.any(drafting & (i < context.budget))
-
-        def step(carry):
-            i, cache, token, tokens, q_all, drafting = carry
-            drafting &= i < context.budget
+        def advance(cache, token):  # token [B] -> logits [B, V]
             logits, cache = self._step(cache, token[:, None], cache.lengths[:, None])
-            q = probs(logits[:, 0], context.sampling)  # [B, V]
-            token = draw(q, keys[i], context.sampling)
-            if self.stop_below is not None:
-                drafting &= jnp.max(jax.nn.softmax(logits[:, 0]), axis=-1) >= self.stop_below
-            tokens = tokens.at[:, i].set(token)
-            q_all = q_all.at[:, i].set(jnp.where(drafting[:, None], q, 0.0))  # zero row: not drafted
-            return i + 1, cache, token, tokens, q_all, drafting
+            return logits[:, 0], cache
 
-        init = (
-            jnp.zeros((), jnp.int32),
-            state.cache.with_lengths(base),
-            context.pending,
-            jnp.zeros((B, gamma), jnp.int32),
-            jnp.zeros((B, gamma, self.vocab_size), jnp.float32),
-            jnp.ones((B,), bool),
-        )
-        _, cache, last, tokens, q, _ = jax.lax.while_loop(more, step, init)
+        logits, cache = advance(state.cache.with_lengths(base), context.pending)
+        tokens, q, cache, last = draft_chain(logits, advance, cache, context, gamma, key, self.stop_below)
         return tokens, q, DraftState(cache, base, last)
 
     def commit(self, state: DraftState, n_accepted, bonus):

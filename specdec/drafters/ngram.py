@@ -26,6 +26,7 @@ class NGram:
     min_ngram: int = dataclasses.field(default=1, metadata=dict(static=True))
     name: str = dataclasses.field(default="ngram", metadata=dict(static=True))
     variable_length = True  # no match: nothing drafted
+    needs_features = False
 
     def __post_init__(self):
         if not 1 <= self.min_ngram <= self.max_ngram:

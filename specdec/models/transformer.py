@@ -35,9 +35,14 @@ class RMSNorm(nnx.Module):
         self.eps = eps
 
     def __call__(self, x):  # [..., D]
-        x32 = x.astype(jnp.float32)
-        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-        return (x32 * self.weight[...].astype(jnp.float32)).astype(x.dtype)
+        return rms_norm(x, self.weight[...], self.eps)
+
+
+def rms_norm(x, weight, eps: float):
+    """x / rms(x) * weight over the last axis, computed in f32, returned in x's dtype."""
+    x32 = x.astype(jnp.float32)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return (x32 * weight.astype(jnp.float32)).astype(x.dtype)
 
 
 class Embedding(nnx.Module):
@@ -49,7 +54,12 @@ class Embedding(nnx.Module):
         )
 
     def __call__(self, tokens):  # [B, T] -> [B, T, D]
-        return jnp.moveaxis(jnp.take(self.weight[...], tokens, axis=1), 0, -1)
+        return embed_lookup(self.weight[...], tokens)
+
+
+def embed_lookup(weight, tokens):
+    """Columns of an embedding stored [D, V] for tokens [B, T] -> [B, T, D]."""
+    return jnp.moveaxis(jnp.take(weight, tokens, axis=1), 0, -1)
 
 
 class Linear(nnx.Module):
@@ -97,6 +107,25 @@ def apply_rope(x, rope):
     cos, sin = rope
     x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+
+
+def attention_inputs(cfg: ModelConfig, cache: KVCache, positions, mask=None):
+    """What every layer's attention needs for T new tokens appended after ``cache.lengths``:
+    visible = (cached [B, T, S], new [B, T, T]) bool, and the RoPE angles of ``positions`` [B, T].
+
+    New token t of row b sees the row's cached slots s < lengths[b] and, among the new
+    tokens, those before it (or what ``mask`` [B, T, T] allows).
+    """
+    B, T = positions.shape
+    s = jnp.arange(cache.capacity)[None, None, :]
+    lengths = cache.lengths[:, None, None]
+    t, u = jnp.arange(T)[None, :, None], jnp.arange(T)[None, None, :]
+    see_cached = jnp.broadcast_to(s < lengths, (B, T, cache.capacity))  # [B, T, S]
+    see_new = jnp.broadcast_to(u <= t, (B, T, T)) if mask is None else mask  # [B, T, T]
+    if cfg.sliding_window is not None:  # slot distance within the window (slots = positions in a chain)
+        see_cached &= s > lengths + t - cfg.sliding_window
+        see_new &= u > t - cfg.sliding_window
+    return (see_cached, see_new), rope_angles(positions, jnp.asarray(rope_frequencies(cfg)))
 
 
 class Attention(nnx.Module):
@@ -203,19 +232,7 @@ class Transformer(nnx.Module):
         cfg = self.cfg
         layers = tuple(range(cfg.n_layers)) if layers is None else tuple(layers)
         T = tokens.shape[1]
-        # New token t of row b sees the row's cached slots s < lengths[b] and, among the new
-        # tokens, those before it (or what ``mask`` allows): two boolean blocks.
-        s = jnp.arange(cache.capacity)[None, None, :]
-        lengths = cache.lengths[:, None, None]
-        t, u = jnp.arange(T)[None, :, None], jnp.arange(T)[None, None, :]
-        see_cached = jnp.broadcast_to(s < lengths, (tokens.shape[0], T, cache.capacity))  # [B, T, S]
-        see_new = jnp.broadcast_to(u <= t, (tokens.shape[0], T, T)) if mask is None else mask  # [B, T, T]
-        if cfg.sliding_window is not None:  # slot distance within the window (slots = positions in a chain)
-            see_cached &= s > lengths + t - cfg.sliding_window
-            see_new &= u > t - cfg.sliding_window
-        visible = (see_cached, see_new)
-        rope = rope_angles(positions, jnp.asarray(rope_frequencies(cfg)))
-
+        visible, rope = attention_inputs(cfg, cache, positions, mask)
         x = self.embed_tokens(tokens)  # [B, T, D]
         hidden = []
         for cache_layer, i in enumerate(layers):

@@ -1,0 +1,161 @@
+"""``eagle``: an EAGLE-style feature head (Li et al., 2024) drafting from the target's hidden states.
+
+The head is one decoder layer. At position j it reads the target's top hidden state
+f_j (its last layer's output, before the final norm) and the embedding of the next
+token x_{j+1}, and predicts f_{j+1}; the target's own final norm and LM head turn a
+feature into a distribution over the token after x_{j+1}:
+
+    h_j = Block(W_fc [e(x_{j+1}); f_j])       ~ f_{j+1}
+    q(x_{j+2}) = softmax(LMHead(RMSNorm(h_j)))
+
+Drafting: the loop hands the head the target's features of its last verification
+(``Context.features``). The head first re-reads those positions with the true features
+(one pass over gamma + 1 positions, replacing what it wrote from its own predictions),
+which yields the first draft from the entry that read the pending token; each further
+draft feeds the head its own prediction h and the drafted token, one position at a time.
+
+The head's KV cache has one layer and one slot per target position (entry j in slot j),
+so after the re-read it holds exactly the entries for positions before the pending token,
+like the target's cache. The target's embedding, norm and LM head are shared, not copied.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from specdec.drafters.base import Context
+from specdec.drafters.chain import draft_chain
+from specdec.models import KVCache, Model, ModelConfig
+from specdec.models.transformer import Block, Linear, attention_inputs, embed_lookup, rms_norm
+
+
+class EagleHead(nnx.Module):
+    """fc [2D -> D] over (token embedding, feature), then one LLaMA decoder layer."""
+
+    def __init__(self, cfg: ModelConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
+        self.fc = Linear(2 * cfg.dim, cfg.dim, bias=True, dtype=dtype, rngs=rngs)
+        self.layer = Block(cfg, dtype=dtype, rngs=rngs)
+        self.cfg = cfg
+
+    def __call__(self, features, embeds, positions, cache: KVCache):
+        """features, embeds [B, T, D]; positions [B, T]; cache: one layer, entries appended at
+        ``cache.lengths`` -> (predicted next features [B, T, D], cache advanced by T)."""
+        visible, rope = attention_inputs(self.cfg, cache, positions)
+        x = self.fc(jnp.concatenate([embeds, features], axis=-1).astype(features.dtype))
+        x, cache = self.layer(x, cache, 0, visible, rope)
+        return x, cache.with_lengths(cache.lengths + features.shape[1])
+
+
+def head_config(target: ModelConfig) -> ModelConfig:
+    """The head's layer has the target's shapes; one layer."""
+    return dataclasses.replace(target, n_layers=1)
+
+
+def target_readout(model: Model) -> dict:
+    """The target's arrays the head shares (no copies): embedding [D, V], final norm [D], LM head [D, V]."""
+    p = model.params
+    embed = p["embed_tokens"]["weight"][...]
+    head = embed if model.config.tie_embeddings else p["lm_head"]["weight"][...]
+    return dict(embed=embed, norm=p["norm"]["weight"][...], head=head)
+
+
+def readout_logits(h, norm, head, eps: float):
+    """Features [..., D] -> logits [..., V] through the target's final norm and LM head (f32)."""
+    return (rms_norm(h, norm, eps) @ head).astype(jnp.float32)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Eagle:
+    """The drafter: head parameters plus the target's shared embedding, norm and LM head."""
+
+    params: nnx.State
+    embed: jax.Array  # [D, V]
+    norm: jax.Array  # [D]
+    head: jax.Array  # [D, V]
+    graphdef: nnx.GraphDef = dataclasses.field(metadata=dict(static=True))
+    config: ModelConfig = dataclasses.field(metadata=dict(static=True))  # the head's
+    name: str = dataclasses.field(default="eagle", metadata=dict(static=True))
+    stop_below: float | None = dataclasses.field(default=None, metadata=dict(static=True))
+
+    needs_features = True
+
+    @classmethod
+    def from_params(cls, target: Model, graphdef, params, stop_below: float | None = None) -> Eagle:
+        if stop_below is not None and not 0 <= stop_below < 1:
+            raise ValueError(f"stop_below must be in [0, 1) or None, got {stop_below}")
+        return cls(
+            params,
+            **target_readout(target),
+            graphdef=graphdef,
+            config=head_config(target.config),
+            stop_below=stop_below,
+        )
+
+    @classmethod
+    def random(cls, target: Model, seed: int = 0) -> Eagle:
+        """An untrained head (fc random, decoder layer copied from the target's last layer)."""
+        graphdef, params = nnx.split(
+            EagleHead(head_config(target.config), dtype=target.dtype, rngs=nnx.Rngs(seed))
+        )
+        last = target.params["layers"][target.config.n_layers - 1]
+        params["layer"] = jax.tree.map(jnp.copy, last)
+        return cls.from_params(target, graphdef, params)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    @property
+    def variable_length(self) -> bool:
+        return self.stop_below is not None
+
+    def run_head(self, cache, features, tokens, positions):
+        """features [B, T, D], next tokens [B, T], positions [B, T] -> (h [B, T, D], cache)."""
+        head = nnx.merge(self.graphdef, self.params)
+        return head(features, embed_lookup(self.embed, tokens), positions, cache)
+
+    def logits(self, h):  # [B, D] -> [B, V]
+        return readout_logits(h, self.norm, self.head, self.config.norm_eps)
+
+    def init(self, context: Context) -> KVCache:
+        """Read the prompt: entries j = 0..T-1 from the prefill's features and tokens j+1."""
+        B, N = context.tokens.shape
+        T = context.prompt_len
+        c = self.config
+        cache = KVCache.init(1, B, c.n_kv_heads, N, c.head_dim, self.norm.dtype)
+        positions = jnp.broadcast_to(jnp.arange(T), (B, T))
+        _, cache = self.run_head(cache, context.features, context.tokens[:, 1 : T + 1], positions)
+        return cache  # lengths are set by every proposal
+
+    def propose(self, cache: KVCache, context: Context, gamma: int, key):
+        N = context.tokens.shape[1]
+        start = context.features_start  # [B]
+        W = context.features.shape[1]
+        j = start[:, None] + jnp.arange(W)[None, :]  # [B, W] positions re-read with true features
+        next_tokens = jnp.take_along_axis(context.tokens, jnp.minimum(j + 1, N - 1), axis=1)
+        h, cache = self.run_head(cache.with_lengths(start), context.features, next_tokens, j)
+        pending_entry = jnp.clip(
+            context.lengths - 2 - start, 0, W - 1
+        )  # the entry that read the pending token
+        h = jnp.take_along_axis(h, pending_entry[:, None, None], axis=1)[:, 0]  # [B, D]
+        cache = cache.with_lengths(context.lengths - 1)
+
+        def advance(carry, token):  # feed (h, drafted token) at the next position
+            cache, h = carry
+            h, cache = self.run_head(cache, h[:, None], token[:, None], cache.lengths[:, None])
+            return self.logits(h[:, 0]), (cache, h[:, 0])
+
+        tokens, q, (cache, _), _ = draft_chain(
+            self.logits(h), advance, (cache, h), context, gamma, key, self.stop_below
+        )
+        return tokens, q, cache
+
+    def commit(self, cache, n_accepted, bonus):
+        """Nothing to do: the next proposal re-reads the verified positions from the features."""
+        del n_accepted, bonus
+        return cache

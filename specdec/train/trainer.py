@@ -1,0 +1,286 @@
+"""The optax training loop for drafters: batches, updates, held-out acceptance, checkpoints, resume.
+
+A run directory holds ``checkpoint/`` (``drafter.json``: kind, recipe options, training
+config, step, target shape; ``weights.safetensors``: the trainable parameters;
+``optimizer.safetensors``: the optimiser state), ``log.jsonl`` (loss every ``log_every``
+steps, held-out acceptance every ``eval_every``) and ``curves.png``. A checkpoint is
+written to ``checkpoint.tmp/`` and swapped in whole, so an interrupted run resumes from
+the last complete one with the same batches it would have seen (batch order depends only
+on the seed and the step).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import shutil
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from safetensors.numpy import load_file, save_file
+from tqdm import tqdm
+
+from specdec.drafters.eagle import target_readout
+from specdec.models import Model
+from specdec.train.data import Corpus
+from specdec.train.losses import DIVERGENCES
+from specdec.train.recipes import RECIPES, agreement
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """kind: "distilled" or "eagle"; recipe: that recipe's options (see ``specdec.train.recipes``)."""
+
+    kind: str = "eagle"
+    recipe: dict = dataclasses.field(default_factory=dict)
+    steps: int = 300
+    batch_size: int = 8
+    learning_rate: float = 1e-3
+    warmup_steps: int = 20
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    log_every: int = 10
+    eval_every: int = 100
+    checkpoint_every: int = 100
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.kind not in RECIPES:
+            raise ValueError(f"train.kind must be one of {', '.join(RECIPES)}; got {self.kind!r}")
+        fields = {f.name for f in dataclasses.fields(RECIPES[self.kind])}
+        unknown = sorted(set(self.recipe) - fields)
+        if unknown:
+            raise ValueError(
+                f"train.recipe: unknown option {unknown[0]!r} for {self.kind}; allowed: {sorted(fields)}"
+            )
+        if self.recipe.get("divergence", "tvd") not in DIVERGENCES:
+            raise ValueError(f"train.recipe.divergence must be one of {', '.join(DIVERGENCES)}")
+        for name in ("steps", "batch_size", "log_every", "eval_every", "checkpoint_every"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"train.learning_rate must be > 0, got {self.learning_rate}")
+        if not 0 <= self.warmup_steps < self.steps:
+            raise ValueError(f"train.warmup_steps must be in [0, steps), got {self.warmup_steps}")
+
+    def make_recipe(self):
+        options = {k: tuple(v) if isinstance(v, list) else v for k, v in self.recipe.items()}
+        return RECIPES[self.kind](**options)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _optimizer(cfg: TrainConfig):
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, cfg.learning_rate, cfg.warmup_steps, cfg.steps, end_value=0.1 * cfg.learning_rate
+    )
+    return optax.chain(
+        optax.clip_by_global_norm(cfg.grad_clip), optax.adamw(schedule, weight_decay=cfg.weight_decay)
+    )
+
+
+def batch_indices(n: int, batch_size: int, step: int, seed: int) -> np.ndarray:
+    """Rows of step ``step``: consecutive slices of one shuffle per epoch (deterministic for resume)."""
+    per_epoch = max(n // batch_size, 1)
+    epoch, i = divmod(step, per_epoch)
+    order = np.random.default_rng([seed, epoch]).permutation(n)
+    return order[i * batch_size : (i + 1) * batch_size]
+
+
+def _batch(corpus: Corpus, rows) -> dict:
+    return {
+        "tokens": jnp.asarray(corpus.tokens[rows]),
+        "mask": jnp.asarray(corpus.mask[rows]),
+        "features": jnp.asarray(corpus.features[rows]),
+    }
+
+
+def _flat(state) -> dict[str, np.ndarray]:
+    return {".".join(map(str, path)): np.asarray(v[...]) for path, v in nnx.to_flat_state(state)}
+
+
+def _unflat(state, tensors: dict, source: str):
+    flat = []
+    for path, v in nnx.to_flat_state(state):
+        key = ".".join(map(str, path))
+        if key not in tensors or tensors[key].shape != v.shape:
+            raise ValueError(f"{source}: missing or misshapen tensor {key!r} (expected shape {v.shape})")
+        flat.append((path, v.replace(jnp.asarray(tensors[key], v.dtype))))
+    return nnx.from_flat_state(flat)
+
+
+def save_checkpoint(run_dir: Path, cfg: TrainConfig, target: Model, trainable, opt_state, step: int) -> Path:
+    """Write run_dir/checkpoint/ atomically (a complete new folder swapped in)."""
+    final, tmp, old = run_dir / "checkpoint", run_dir / "checkpoint.tmp", run_dir / "checkpoint.old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(_flat(trainable), tmp / "weights.safetensors")
+    save_file(
+        {str(i): np.asarray(x) for i, x in enumerate(jax.tree.leaves(opt_state))},
+        tmp / "optimizer.safetensors",
+    )
+    c = target.config
+    meta = {
+        "kind": cfg.kind,
+        "train": cfg.to_dict(),
+        "step": step,
+        "target": {"name": target.name, "vocab_size": c.vocab_size, "dim": c.dim, "n_layers": c.n_layers},
+    }
+    (tmp / "drafter.json").write_text(json.dumps(meta, indent=1))
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def checkpoint_folder(path) -> Path:
+    """A run directory or its checkpoint/ folder -> the folder holding drafter.json."""
+    path = Path(path)
+    for candidate in (path, path / "checkpoint", path / "checkpoint.old"):
+        if (candidate / "drafter.json").is_file():
+            return candidate
+    raise FileNotFoundError(f"{path}: no drafter checkpoint (drafter.json) here or in {path / 'checkpoint'}")
+
+
+def read_checkpoint(path, target: Model):
+    """-> (meta, TrainConfig, recipe, graphdef, trainable, frozen), checked against the target."""
+    folder = checkpoint_folder(path)
+    meta = json.loads((folder / "drafter.json").read_text())
+    cfg = TrainConfig(**meta["train"])
+    c, want = target.config, meta["target"]
+    if (c.vocab_size, c.dim) != (want["vocab_size"], want["dim"]):
+        raise ValueError(
+            f"{folder / 'drafter.json'}: trained for a target with vocab_size {want['vocab_size']} and dim "
+            f"{want['dim']}, not {target.name!r} (vocab_size {c.vocab_size}, dim {c.dim})"
+        )
+    recipe = cfg.make_recipe()
+    graphdef, trainable, frozen = recipe.init(target)
+    trainable = _unflat(
+        trainable, load_file(str(folder / "weights.safetensors")), str(folder / "weights.safetensors")
+    )
+    return meta, cfg, recipe, graphdef, trainable, frozen
+
+
+def load_drafter(kind: str, target: Model, checkpoint, stop_below: float | None = None):
+    """The drafter of a training run (``checkpoint``: its run directory), or ``"untrained"``:
+    the recipe's starting point (distilled: copied target layers; eagle: a fresh head)."""
+    if checkpoint == "untrained":
+        recipe = RECIPES[kind]()
+        graphdef, trainable, frozen = recipe.init(target)
+    else:
+        meta, _, recipe, graphdef, trainable, frozen = read_checkpoint(checkpoint, target)
+        if meta["kind"] != kind:
+            raise ValueError(
+                f"{checkpoint_folder(checkpoint) / 'drafter.json'}: a {meta['kind']} drafter, not {kind}"
+            )
+    return recipe.drafter(target, graphdef, trainable, frozen, stop_below=stop_below)
+
+
+def _log(run_dir: Path, entry: dict) -> None:
+    with open(run_dir / "log.jsonl", "a") as f:
+        f.write(json.dumps(entry) + "\n")
+
+
+def read_log(run_dir) -> list[dict]:
+    path = Path(run_dir) / "log.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def train(
+    target: Model,
+    corpus: Corpus,
+    heldout: Corpus,
+    cfg: TrainConfig,
+    run_dir,
+    *,
+    resume: bool = True,
+    progress: bool = True,
+) -> Path:
+    """Train a drafter for ``target`` on ``corpus``; evaluate on ``heldout``; return the checkpoint folder.
+
+    With ``resume`` and a checkpoint of the same config in ``run_dir``, training continues
+    from its step (log entries after it are dropped); a checkpoint of another config is an error.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    recipe = cfg.make_recipe()
+    teacher = target_readout(target)
+    optimizer = _optimizer(cfg)
+    graphdef, trainable, frozen = recipe.init(target)
+    opt_state = optimizer.init(trainable)
+    step = 0
+    if resume and (run_dir / "checkpoint" / "drafter.json").is_file():
+        meta, saved, _, _, trainable, _ = read_checkpoint(run_dir, target)
+        if json.loads(json.dumps(cfg.to_dict())) != saved.to_dict():
+            raise ValueError(
+                f"{run_dir}: has a checkpoint of another training config; use another run_dir or resume=false"
+            )
+        leaves = load_file(str(checkpoint_folder(run_dir) / "optimizer.safetensors"))
+        treedef = jax.tree.structure(opt_state)
+        opt_state = jax.tree.unflatten(
+            treedef, [jnp.asarray(leaves[str(i)]) for i in range(treedef.num_leaves)]
+        )
+        step = meta["step"]
+        (run_dir / "log.jsonl").write_text(
+            "".join(json.dumps(e) + "\n" for e in read_log(run_dir) if e["step"] <= step)
+        )
+    elif (run_dir / "log.jsonl").exists():
+        (run_dir / "log.jsonl").unlink()
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    def update(trainable, opt_state, frozen, teacher, batch, key):
+        loss, grads = jax.value_and_grad(lambda t: recipe.loss(graphdef, t, frozen, teacher, batch, key))(
+            trainable
+        )
+        updates, opt_state = optimizer.update(grads, opt_state, trainable)
+        return optax.apply_updates(trainable, updates), opt_state, loss
+
+    @jax.jit
+    def evaluate(trainable, frozen, teacher, batch):
+        return agreement(recipe, graphdef, trainable, frozen, teacher, batch)
+
+    def held_out(trainable) -> dict:
+        rows = np.arange(len(heldout))
+        parts = [
+            evaluate(trainable, frozen, teacher, _batch(heldout, rows[i : i + cfg.batch_size]))
+            for i in range(0, len(heldout), cfg.batch_size)
+        ]
+        return {k: float(np.mean([p[k] for p in parts])) for k in parts[0]}
+
+    if step == 0:
+        _log(run_dir, {"step": 0, **{f"heldout_{k}": v for k, v in held_out(trainable).items()}})
+    key = jax.random.key(cfg.seed)
+    losses = []
+    start = time.perf_counter()
+    with tqdm(
+        total=cfg.steps, initial=step, desc=f"train {cfg.kind}", unit="step", disable=not progress
+    ) as bar:
+        while step < cfg.steps:
+            batch = _batch(corpus, batch_indices(len(corpus), cfg.batch_size, step, cfg.seed))
+            trainable, opt_state, loss = update(
+                trainable, opt_state, frozen, teacher, batch, jax.random.fold_in(key, step)
+            )
+            step += 1
+            losses.append(float(loss))
+            bar.update(1)
+            if step % cfg.log_every == 0:
+                bar.set_postfix(loss=f"{np.mean(losses):.4f}")
+                _log(
+                    run_dir,
+                    {"step": step, "loss": float(np.mean(losses)), "elapsed_s": time.perf_counter() - start},
+                )
+                losses = []
+            if step % cfg.eval_every == 0 or step == cfg.steps:
+                _log(run_dir, {"step": step, **{f"heldout_{k}": v for k, v in held_out(trainable).items()}})
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                save_checkpoint(run_dir, cfg, target, trainable, opt_state, step)
+    return checkpoint_folder(run_dir)
