@@ -400,3 +400,29 @@ def make_all(df: pd.DataFrame, out_dir, r: theory.VerifyCost | None = None) -> l
             continue
         written += save(draw(), out_dir, name)
     return written
+
+
+def training_curves(log: list[dict], out_path) -> list[Path]:
+    """Training loss and held-out acceptance against step, from a run's ``log.jsonl`` entries
+    (``specdec.train.read_log``); writes ``out_path`` .png and .pdf."""
+    fig = Figure(figsize=(PANEL[0] * 2, PANEL[1]), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    for ax in (ax_loss, ax_acc):
+        ax.set_xlabel("training step")
+    losses = [(e["step"], e["loss"]) for e in log if "loss" in e]
+    if losses:
+        ax_loss.plot(*zip(*losses, strict=True), color="C0")
+    ax_loss.set_ylabel("training loss")
+    for key, label, color in (
+        ("heldout_accept", "1 - TVD (sampling)", "C1"),
+        ("heldout_top1", "top-1 (greedy)", "C2"),
+    ):
+        points = [(e["step"], e[key]) for e in log if key in e]
+        if points:
+            ax_acc.plot(*zip(*points, strict=True), marker="o", color=color, label=label)
+    ax_acc.set_ylabel("held-out acceptance rate")
+    ax_acc.set_ylim(0, 1)
+    ax_acc.legend()
+    path = Path(out_path)
+    return save(fig, path.parent, path.name)

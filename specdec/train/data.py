@@ -15,6 +15,7 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 from safetensors.numpy import load_file, save_file
+from tqdm import tqdm
 
 import specdec
 from specdec.models import Model
@@ -61,13 +62,15 @@ def user_turn_prefix(target: Model) -> str:
     return rendered.split(_SENTINEL)[0]
 
 
-def sample_prompts(target: Model, n: int, max_tokens: int = 48, batch: int = 16, seed: int = 0) -> list[str]:
+def sample_prompts(
+    target: Model, n: int, max_tokens: int = 48, batch: int = 16, seed: int = 0, progress: bool = False
+) -> list[str]:
     """n user messages written by the target itself (temperature 1 from a user turn's opening)."""
     if target.tokenizer is None:
         raise ValueError(f"model {target.name!r} has no tokenizer; pass token-id prompts instead")
     prefix = target.tokenizer.encode(user_turn_prefix(target))
     texts = []
-    for i in range(0, n, batch):
+    for i in tqdm(range(0, n, batch), desc="target prompts", unit="batch", disable=not progress):
         out = specdec.generate(
             target,
             [prefix] * min(batch, n - i),
@@ -103,10 +106,11 @@ def self_distillation_corpus(
     chat: bool = True,
     batch: int = 16,
     seed: int = 0,
+    progress: bool = False,
 ) -> Corpus:
     """The target answers every prompt (text or token ids); sequences = prompt + answer, padded."""
     rows = []
-    for i in range(0, len(prompts), batch):
+    for i in tqdm(range(0, len(prompts), batch), desc="target answers", unit="batch", disable=not progress):
         out = specdec.generate(
             target,
             prompts[i : i + batch],

@@ -1,0 +1,231 @@
+"""Training drafters: objectives, the self-distillation corpus, the feature plumbing of the loop,
+checkpoints and resume, bad configuration, and a tiny end-to-end training run."""
+
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import specdec
+from specdec import drafters
+from specdec.drafters import DraftModel
+from specdec.models import Model, tiny_config
+from specdec.train import TrainConfig, losses, read_log, self_distillation_corpus, train, trainer
+from specdec.train.data import Corpus, top_features
+
+rng = np.random.default_rng(0)
+PROMPTS = [rng.integers(1, 64, size=n).tolist() for n in rng.integers(4, 12, size=72)]
+EVAL_PROMPTS = [rng.integers(1, 64, size=8).tolist() for _ in range(16)]
+
+
+@pytest.fixture(scope="module")
+def target():
+    return Model.random(tiny_config(n_layers=4), seed=0)
+
+
+@pytest.fixture(scope="module")
+def corpus(target):
+    return self_distillation_corpus(
+        target, PROMPTS, response_tokens=48, temperature=1.0, chat=False, batch=24
+    )
+
+
+def measured_alpha(target, drafter, temperature) -> float:
+    """alpha of generate on held-out prompts (none of them in the training corpus)."""
+    out = specdec.generate(
+        target, EVAL_PROMPTS, drafter, 4, temperature, chat=False, eos_ids=(), max_new_tokens=48, seed=1
+    )
+    return float(np.mean([s["alpha"] for s in out.stats]))
+
+
+# --- objectives -----------------------------------------------------------------------------
+
+
+def test_divergences_match_hand_computed_values():
+    p, q = np.array([0.5, 0.25, 0.25]), np.array([0.25, 0.25, 0.5])
+    pl, ql = jnp.log(jnp.asarray(p))[None], jnp.log(jnp.asarray(q))[None]
+    one = jnp.ones((1,), bool)
+    kl_pq = 0.5 * np.log(2) + 0.25 * np.log(0.5)  # sum p log(p/q) = 0.25 log 2
+    assert float(losses.forward_kl(pl, ql, one)) == pytest.approx(kl_pq, abs=1e-6)
+    assert float(losses.reverse_kl(pl, ql, one)) == pytest.approx(0.25 * np.log(2), abs=1e-6)
+    # TVD = 1/2 (0.25 + 0 + 0.25) = 0.25, and 1 - TVD = sum min(p, q) = the acceptance rate.
+    assert float(losses.total_variation(pl, ql, one)) == pytest.approx(0.25, abs=1e-6)
+    assert np.minimum(p, q).sum() == pytest.approx(1 - 0.25)
+    # The mask averages over chosen positions only.
+    both = jnp.concatenate([pl, pl])
+    assert float(losses.total_variation(both, jnp.concatenate([ql, pl]), jnp.array([False, True]))) == 0.0
+    d = jnp.array([[0.5, 3.0]])
+    assert float(losses.smooth_l1(d, jnp.zeros_like(d), one)) == pytest.approx((0.125 + 2.5) / 2)
+
+
+# --- data -------------------------------------------------------------------------------------
+
+
+def test_corpus_holds_the_targets_own_continuations_and_top_features(target, corpus, tmp_path):
+    assert corpus.tokens.shape[0] == len(PROMPTS)
+    greedy = self_distillation_corpus(target, PROMPTS[:3], response_tokens=8, chat=False)
+    auto = specdec.generate(target, PROMPTS[:3], chat=False, eos_ids=(), max_new_tokens=8)
+    for b in range(3):
+        row = greedy.tokens[b][greedy.mask[b]].tolist()
+        assert row == PROMPTS[b] + auto.tokens[b]
+    # Features are the last layer's output: the final norm + LM head of them give the target's logits.
+    ids = jnp.asarray(greedy.tokens)
+    logits, _, _ = target.apply(
+        target.params,
+        ids,
+        jnp.broadcast_to(jnp.arange(ids.shape[1]), ids.shape),
+        target.init_cache(3, ids.shape[1]),
+    )
+    readout = drafters.eagle.target_readout(target)
+    again = drafters.eagle.readout_logits(
+        jnp.asarray(greedy.features), readout["norm"], readout["head"], 1e-5
+    )
+    np.testing.assert_allclose(np.asarray(again), np.asarray(logits), atol=1e-4)
+    corpus.save(tmp_path / "c.safetensors")
+    loaded = Corpus.load(tmp_path / "c.safetensors")
+    assert np.array_equal(loaded.tokens, corpus.tokens) and np.array_equal(loaded.mask, corpus.mask)
+    np.testing.assert_array_equal(loaded.features, corpus.features)
+    train_part, held = corpus.split(8)
+    assert len(train_part) == len(PROMPTS) - 8 and len(held) == 8
+
+
+# --- the loop hands feature drafters the target's hidden states --------------------------------
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class FeatureProbe:
+    """The target drafting for itself (every draft accepted), recording what the loop gives it
+    (test-only, through a host callback)."""
+
+    inner: DraftModel
+    name = "probe"
+    variable_length = False
+    needs_features = True
+
+    @property
+    def vocab_size(self):
+        return self.inner.vocab_size
+
+    def init(self, context):
+        return self.inner.init(context)
+
+    def propose(self, state, context, gamma, key):
+        record = lambda *a: SEEN.append([np.asarray(x) for x in a])
+        jax.debug.callback(record, context.features, context.features_start, context.lengths, context.tokens)
+        return self.inner.propose(state, context, gamma, key)
+
+    def commit(self, state, n_accepted, bonus):
+        return self.inner.commit(state, n_accepted, bonus)
+
+
+SEEN = []
+
+
+def test_loop_gives_drafters_the_top_hidden_states_of_verified_positions(target):
+    SEEN.clear()
+    out = specdec.generate(
+        target,
+        PROMPTS[:3],
+        drafter=FeatureProbe(DraftModel.from_model(target)),
+        gamma=2,
+        chat=False,
+        eos_ids=(),
+        max_new_tokens=12,
+    )
+    checked, longest = 0, 0
+    for features, start, lengths, tokens in SEEN:
+        for b in range(3):
+            seq = tokens[b, : lengths[b]]
+            truth = top_features(target, seq[None])[0]  # [len, D] from a plain forward pass
+            valid = [i for i in range(features.shape[1]) if start[b] + i < lengths[b] - 1]
+            assert valid, "the position before the pending token is always given"
+            longest = max(longest, len(valid))
+            for i in valid:
+                np.testing.assert_allclose(features[b, i], truth[start[b] + i], atol=1e-4)
+                checked += 1
+    assert longest == 3  # whole windows (pending + 2 accepted drafts) were checked
+    assert checked > len(SEEN) * 3 and all(s["new_tokens"] == 12 for s in out.stats)
+
+
+# --- training ---------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("kind", "recipe"), [("distilled", {"layers": [0]}), ("eagle", {})])
+def test_training_raises_the_measured_acceptance_rate(target, corpus, kind, recipe, tmp_path):
+    train_part, held = corpus.split(8)
+    cfg = TrainConfig(kind=kind, recipe=recipe, steps=200, learning_rate=3e-3, eval_every=100)
+    folder = train(target, train_part, held, cfg, tmp_path, progress=False)
+    untrained = drafters.make(kind, target, checkpoint="untrained")
+    trained = drafters.make(kind, target, checkpoint=tmp_path)
+    # Measured 0.25 -> 0.37 (distilled) and 0.02 -> 0.29 (eagle) greedy; 0.72 -> 0.83 and 0.50 -> 0.78 at T=1.
+    for temperature, gain in ((0.0, 0.08), (1.0, 0.06)):
+        before, after = (measured_alpha(target, d, temperature) for d in (untrained, trained))
+        assert after > before + gain, (temperature, before, after)
+    curve = [e["heldout_accept"] for e in read_log(tmp_path) if "heldout_accept" in e]
+    assert len(curve) == 3 and curve[-1] > curve[0] + 0.05
+    assert (tmp_path / "checkpoint" / "weights.safetensors").is_file() and folder == tmp_path / "checkpoint"
+    assert json.loads((folder / "drafter.json").read_text())["step"] == 200
+
+
+def test_interrupted_training_resumes_to_the_same_weights(target, corpus, tmp_path, monkeypatch):
+    train_part, held = corpus.split(8)
+    cfg = TrainConfig(kind="eagle", steps=12, warmup_steps=2, checkpoint_every=5, eval_every=6, log_every=2)
+    train(target, train_part, held, cfg, tmp_path / "whole", progress=False)
+
+    real = trainer.batch_indices
+
+    def dies_at_step_8(n, batch_size, step, seed):
+        if step == 8:
+            raise KeyboardInterrupt
+        return real(n, batch_size, step, seed)
+
+    monkeypatch.setattr(trainer, "batch_indices", dies_at_step_8)
+    with pytest.raises(KeyboardInterrupt):
+        train(target, train_part, held, cfg, tmp_path / "cut", progress=False)
+    monkeypatch.setattr(trainer, "batch_indices", real)
+    assert json.loads((tmp_path / "cut/checkpoint/drafter.json").read_text())["step"] == 5
+    train(target, train_part, held, cfg, tmp_path / "cut", progress=False)
+
+    whole = trainer.read_checkpoint(tmp_path / "whole", target)[4]
+    cut = trainer.read_checkpoint(tmp_path / "cut", target)[4]
+    for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(cut), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    steps = [e["step"] for e in read_log(tmp_path / "cut") if "loss" in e]
+    assert steps == [2, 4, 6, 8, 10, 12]  # no duplicated or missing log entries
+    with pytest.raises(ValueError, match="another training config"):
+        train(target, train_part, held, dataclasses.replace(cfg, steps=20), tmp_path / "cut", progress=False)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(kind="medusa"), "train.kind must be one of distilled, eagle"),
+        (dict(kind="eagle", recipe={"layers": [0]}), "unknown option 'layers' for eagle"),
+        (dict(kind="distilled", recipe={"divergence": "js"}), "divergence must be one of"),
+        (dict(steps=0), "train.steps must be >= 1"),
+        (dict(learning_rate=0.0), "learning_rate must be > 0"),
+        (dict(steps=10, warmup_steps=10), "warmup_steps must be in"),
+    ],
+)
+def test_bad_training_config_is_one_clear_error(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**kwargs)
+
+
+def test_bad_checkpoints_are_named(target, corpus, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no drafter checkpoint"):
+        drafters.make("eagle", target, checkpoint=tmp_path / "nothing")
+    train_part, held = corpus.split(8)
+    train(
+        target, train_part, held, TrainConfig(kind="eagle", steps=2, warmup_steps=0), tmp_path, progress=False
+    )
+    with pytest.raises(ValueError, match="an eagle drafter, not distilled"):
+        drafters.make("distilled", target, checkpoint=tmp_path)
+    other = Model.random(tiny_config(vocab_size=80), seed=1)
+    with pytest.raises(ValueError, match="trained for a target with vocab_size 64"):
+        drafters.make("eagle", other, checkpoint=tmp_path)
