@@ -155,7 +155,9 @@ def test_loop_gives_drafters_the_top_hidden_states_of_verified_positions(target)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("kind", "recipe"), [("distilled", {"layers": [0]}), ("eagle", {})])
+@pytest.mark.parametrize(
+    ("kind", "recipe"), [("distilled", {"layers": [0]}), ("eagle", {}), ("eagle", {"vocab": 40})]
+)
 def test_training_raises_the_measured_acceptance_rate(target, corpus, kind, recipe, tmp_path):
     train_part, held = corpus.split(8)
     cfg = TrainConfig(kind=kind, recipe=recipe, steps=200, learning_rate=3e-3, eval_every=100)
@@ -169,6 +171,15 @@ def test_training_raises_the_measured_acceptance_rate(target, corpus, kind, reci
     curve = [e["heldout_accept"] for e in read_log(tmp_path) if "heldout_accept" in e]
     assert len(curve) == 3 and curve[-1] > curve[0] + 0.05
     assert (tmp_path / "checkpoint" / "weights.safetensors").is_file() and folder == tmp_path / "checkpoint"
+    auto = specdec.generate(target, EVAL_PROMPTS, chat=False, eos_ids=(), max_new_tokens=48)
+    spec = specdec.generate(target, EVAL_PROMPTS, trained, 4, chat=False, eos_ids=(), max_new_tokens=48)
+    assert spec.tokens == auto.tokens
+    if "vocab" in recipe:  # drafts only the 40 most frequent corpus tokens
+        frequent = set(np.argsort(-trainer.token_counts(train_part, 64), kind="stable")[:40].tolist())
+        assert set(np.asarray(trained.vocab_ids).tolist()) == frequent
+        logits = np.asarray(trained.logits(jax.random.normal(jax.random.key(0), (3, 32))))  # [3, V]
+        outside = np.setdiff1d(np.arange(64), sorted(frequent))
+        assert np.isneginf(logits[:, outside]).all() and np.isfinite(logits[:, sorted(frequent)]).all()
     assert json.loads((folder / "drafter.json").read_text())["step"] == 200
 
 
@@ -224,7 +235,7 @@ def test_bad_checkpoints_are_named(target, corpus, tmp_path):
     train(
         target, train_part, held, TrainConfig(kind="eagle", steps=2, warmup_steps=0), tmp_path, progress=False
     )
-    with pytest.raises(ValueError, match="an eagle drafter, not distilled"):
+    with pytest.raises(ValueError, match="holds eagle weights, not distilled"):
         drafters.make("distilled", target, checkpoint=tmp_path)
     other = Model.random(tiny_config(vocab_size=80), seed=1)
     with pytest.raises(ValueError, match="trained for a target with vocab_size 64"):

@@ -25,6 +25,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from specdec.drafters.base import Context
@@ -55,17 +56,25 @@ def head_config(target: ModelConfig) -> ModelConfig:
     return dataclasses.replace(target, n_layers=1)
 
 
-def target_readout(model: Model) -> dict:
-    """The target's arrays the head shares (no copies): embedding [D, V], final norm [D], LM head [D, V]."""
+def target_readout(model: Model, vocab_ids=None) -> dict:
+    """The target's arrays the head uses: embedding [D, V], final norm [D] (shared, not copied) and
+    LM head [D, V], or with ``vocab_ids`` [V_s] only those columns [D, V_s] (a copy, V_s / V of it)."""
     p = model.params
     embed = p["embed_tokens"]["weight"][...]
     head = embed if model.config.tie_embeddings else p["lm_head"]["weight"][...]
+    if vocab_ids is not None:
+        head = jnp.take(head, jnp.asarray(vocab_ids), axis=1)
     return dict(embed=embed, norm=p["norm"]["weight"][...], head=head)
 
 
 def readout_logits(h, norm, head, eps: float):
     """Features [..., D] -> logits [..., V] through the target's final norm and LM head (f32)."""
     return (rms_norm(h, norm, eps) @ head).astype(jnp.float32)
+
+
+def frequent_tokens(counts, n: int) -> np.ndarray:
+    """The ``n`` most frequent token ids [n] (sorted ids) of token counts [V]."""
+    return np.sort(np.argsort(-np.asarray(counts), kind="stable")[:n]).astype(np.int32)
 
 
 @jax.tree_util.register_dataclass
@@ -76,7 +85,8 @@ class Eagle:
     params: nnx.State
     embed: jax.Array  # [D, V]
     norm: jax.Array  # [D]
-    head: jax.Array  # [D, V]
+    head: jax.Array  # [D, V], or [D, V_s] when drafting over a vocabulary subset
+    vocab_ids: jax.Array | None  # [V_s] token ids the head drafts over (None: all)
     graphdef: nnx.GraphDef = dataclasses.field(metadata=dict(static=True))
     config: ModelConfig = dataclasses.field(metadata=dict(static=True))  # the head's
     name: str = dataclasses.field(default="eagle", metadata=dict(static=True))
@@ -85,26 +95,30 @@ class Eagle:
     needs_features = True
 
     @classmethod
-    def from_params(cls, target: Model, graphdef, params, stop_below: float | None = None) -> Eagle:
+    def from_params(
+        cls, target: Model, graphdef, params, vocab_ids=None, stop_below: float | None = None
+    ) -> Eagle:
         if stop_below is not None and not 0 <= stop_below < 1:
             raise ValueError(f"stop_below must be in [0, 1) or None, got {stop_below}")
+        ids = None if vocab_ids is None else jnp.asarray(vocab_ids, jnp.int32)
         return cls(
             params,
-            **target_readout(target),
+            **target_readout(target, ids),
+            vocab_ids=ids,
             graphdef=graphdef,
             config=head_config(target.config),
             stop_below=stop_below,
         )
 
     @classmethod
-    def random(cls, target: Model, seed: int = 0) -> Eagle:
+    def random(cls, target: Model, seed: int = 0, vocab_ids=None) -> Eagle:
         """An untrained head (fc random, decoder layer copied from the target's last layer)."""
         graphdef, params = nnx.split(
             EagleHead(head_config(target.config), dtype=target.dtype, rngs=nnx.Rngs(seed))
         )
         last = target.params["layers"][target.config.n_layers - 1]
         params["layer"] = jax.tree.map(jnp.copy, last)
-        return cls.from_params(target, graphdef, params)
+        return cls.from_params(target, graphdef, params, vocab_ids)
 
     @property
     def vocab_size(self) -> int:
@@ -120,7 +134,14 @@ class Eagle:
         return head(features, embed_lookup(self.embed, tokens), positions, cache)
 
     def logits(self, h):  # [B, D] -> [B, V]
-        return readout_logits(h, self.norm, self.head, self.config.norm_eps)
+        logits = readout_logits(h, self.norm, self.head, self.config.norm_eps)
+        if self.vocab_ids is None:
+            return logits
+        # Drafting over a subset of frequent tokens (FR-Spec): the LM head product, most of a
+        # draft step's cost, shrinks by V_s / V; tokens outside get probability 0 in q, which
+        # the acceptance rule handles like any other draft distribution (still lossless).
+        full = jnp.full((*logits.shape[:-1], self.vocab_size), -jnp.inf, jnp.float32)
+        return full.at[..., self.vocab_ids].set(logits)
 
     def init(self, context: Context) -> KVCache:
         """Read the prompt: entries j = 0..T-1 from the prefill's features and tokens j+1."""

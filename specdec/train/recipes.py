@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from specdec.drafters.draft_model import DraftModel
-from specdec.drafters.eagle import Eagle, readout_logits, target_readout
+from specdec.drafters.eagle import Eagle, frequent_tokens, readout_logits, target_readout
 from specdec.models import KVCache, Model
 from specdec.models.transformer import Transformer, embed_lookup
 from specdec.train.losses import DIVERGENCES, forward_kl, smooth_l1, total_variation
@@ -39,7 +39,9 @@ class Distilled:
     layers: tuple[int, ...] = (0, -1)  # target layers the draft's layers start from
     divergence: str = "tvd"  # a key of losses.DIVERGENCES
 
-    def init(self, target: Model):
+    def init(self, target: Model, counts=None):
+        """-> (graphdef, trainable, frozen, teacher); ``counts`` [V] (corpus token counts) unused."""
+        del counts
         n = target.config.n_layers
         picked = [i % n for i in self.layers]
         config = dataclasses.replace(target.config, n_layers=len(picked))
@@ -52,7 +54,7 @@ class Distilled:
         if module.lm_head is not None:
             module.lm_head = source.lm_head
         trainable_filter = nnx.Any(nnx.PathContains("layers"), nnx.PathContains("norm"))
-        return nnx.split(module, trainable_filter, ...)  # graphdef, trainable, frozen
+        return (*nnx.split(module, trainable_filter, ...), target_readout(target))
 
     def pairs(self, graphdef, trainable, frozen, teacher, batch, key=None):
         """(p logits, q logits [B, T-1, V], mask [B, T-1]) at the positions that predict a real token."""
@@ -81,14 +83,29 @@ class Distilled:
 
 @dataclasses.dataclass(frozen=True)
 class EagleRecipe:
-    """EAGLE's head; ``feature_noise``: uniform noise added to the input features (EAGLE uses 0.1x)."""
+    """EAGLE's head. ``feature_noise``: uniform noise added to the input features (EAGLE's
+    robustness trick); ``vocab``: draft (and train the classification loss) over only the
+    ``vocab`` most frequent tokens of the corpus (FR-Spec), None for the whole vocabulary."""
 
     cls_weight: float = 0.1
     feature_noise: float = 0.0
+    vocab: int | None = None
 
-    def init(self, target: Model):
-        eagle = Eagle.random(target)
-        return eagle.graphdef, eagle.params, target_readout(target)
+    def init(self, target: Model, counts=None):
+        """-> (graphdef, trainable, frozen, teacher); ``counts`` [V]: corpus token counts (for ``vocab``)."""
+        ids = None
+        if self.vocab is not None:
+            if not 1 <= self.vocab <= target.config.vocab_size:
+                raise ValueError(
+                    f"train.recipe.vocab must be in 1..{target.config.vocab_size}, got {self.vocab}"
+                )
+            if counts is None:
+                raise ValueError("the eagle recipe's vocab subset needs the corpus token counts")
+            ids = frequent_tokens(counts, self.vocab)
+        eagle = Eagle.random(target, vocab_ids=ids)
+        readout = target_readout(target, ids)  # the teacher's p is restricted to the same tokens
+        frozen = readout if ids is None else {**readout, "vocab_ids": jnp.asarray(ids)}
+        return eagle.graphdef, eagle.params, frozen, readout
 
     def pairs(self, graphdef, trainable, frozen, teacher, batch, key=None):
         """(p, q logits [B, T-1, V], mask [B, T-1], (predicted, true next features [B, T-1, D]))."""
@@ -113,7 +130,7 @@ class EagleRecipe:
         return smooth_l1(h, f, m) + self.cls_weight * forward_kl(p, q, m)
 
     def drafter(self, target: Model, graphdef, trainable, frozen, stop_below=None) -> Eagle:
-        return Eagle.from_params(target, graphdef, trainable, stop_below=stop_below)
+        return Eagle.from_params(target, graphdef, trainable, frozen.get("vocab_ids"), stop_below=stop_below)
 
 
 RECIPES = {"distilled": Distilled, "eagle": EagleRecipe}

@@ -26,11 +26,12 @@ from flax import nnx
 from safetensors.numpy import load_file, save_file
 from tqdm import tqdm
 
-from specdec.drafters.eagle import target_readout
 from specdec.models import Model
 from specdec.train.data import Corpus
 from specdec.train.losses import DIVERGENCES
 from specdec.train.recipes import RECIPES, agreement
+
+COUNTS = "token_counts"  # the corpus token counts [V], stored with the weights (vocabulary subsets)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,12 +117,19 @@ def _unflat(state, tensors: dict, source: str):
     return nnx.from_flat_state(flat)
 
 
-def save_checkpoint(run_dir: Path, cfg: TrainConfig, target: Model, trainable, opt_state, step: int) -> Path:
+def token_counts(corpus: Corpus, vocab_size: int) -> np.ndarray:
+    """How often each token id occurs in the corpus [V] (float32)."""
+    return np.bincount(corpus.tokens[corpus.mask], minlength=vocab_size).astype(np.float32)
+
+
+def save_checkpoint(
+    run_dir: Path, cfg: TrainConfig, target: Model, trainable, opt_state, step: int, counts
+) -> Path:
     """Write run_dir/checkpoint/ atomically (a complete new folder swapped in)."""
     final, tmp, old = run_dir / "checkpoint", run_dir / "checkpoint.tmp", run_dir / "checkpoint.old"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file(_flat(trainable), tmp / "weights.safetensors")
+    save_file({**_flat(trainable), COUNTS: np.asarray(counts)}, tmp / "weights.safetensors")
     save_file(
         {str(i): np.asarray(x) for i, x in enumerate(jax.tree.leaves(opt_state))},
         tmp / "optimizer.safetensors",
@@ -163,10 +171,9 @@ def read_checkpoint(path, target: Model):
             f"{want['dim']}, not {target.name!r} (vocab_size {c.vocab_size}, dim {c.dim})"
         )
     recipe = cfg.make_recipe()
-    graphdef, trainable, frozen = recipe.init(target)
-    trainable = _unflat(
-        trainable, load_file(str(folder / "weights.safetensors")), str(folder / "weights.safetensors")
-    )
+    tensors = load_file(str(folder / "weights.safetensors"))
+    graphdef, trainable, frozen, _ = recipe.init(target, tensors.get(COUNTS))
+    trainable = _unflat(trainable, tensors, str(folder / "weights.safetensors"))
     return meta, cfg, recipe, graphdef, trainable, frozen
 
 
@@ -175,12 +182,12 @@ def load_drafter(kind: str, target: Model, checkpoint, stop_below: float | None 
     the recipe's starting point (distilled: copied target layers; eagle: a fresh head)."""
     if checkpoint == "untrained":
         recipe = RECIPES[kind]()
-        graphdef, trainable, frozen = recipe.init(target)
+        graphdef, trainable, frozen, _ = recipe.init(target)
     else:
         meta, _, recipe, graphdef, trainable, frozen = read_checkpoint(checkpoint, target)
         if meta["kind"] != kind:
             raise ValueError(
-                f"{checkpoint_folder(checkpoint) / 'drafter.json'}: a {meta['kind']} drafter, not {kind}"
+                f"{checkpoint_folder(checkpoint) / 'drafter.json'}: holds {meta['kind']} weights, not {kind}"
             )
     return recipe.drafter(target, graphdef, trainable, frozen, stop_below=stop_below)
 
@@ -213,9 +220,9 @@ def train(
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     recipe = cfg.make_recipe()
-    teacher = target_readout(target)
     optimizer = _optimizer(cfg)
-    graphdef, trainable, frozen = recipe.init(target)
+    counts = token_counts(corpus, target.config.vocab_size)
+    graphdef, trainable, frozen, teacher = recipe.init(target, counts)
     opt_state = optimizer.init(trainable)
     step = 0
     if resume and (run_dir / "checkpoint" / "drafter.json").is_file():
@@ -282,5 +289,5 @@ def train(
             if step % cfg.eval_every == 0 or step == cfg.steps:
                 _log(run_dir, {"step": step, **{f"heldout_{k}": v for k, v in held_out(trainable).items()}})
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                save_checkpoint(run_dir, cfg, target, trainable, opt_state, step)
+                save_checkpoint(run_dir, cfg, target, trainable, opt_state, step, counts)
     return checkpoint_folder(run_dir)
