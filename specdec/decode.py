@@ -154,7 +154,9 @@ def decode_loop(target_def, target_params, drafter, tokens, prompt_lengths, cach
     """Generate up to ``cfg.max_new_tokens`` tokens per row in one program.
 
     target_def: static nnx GraphDef; target_params: its parameter pytree.
-    drafter: a Drafter pytree, or None for autoregressive decoding (cfg.gamma must be 0).
+    drafter: a Drafter pytree, or None for autoregressive decoding (cfg.gamma must be 0). If it
+        ``needs_features``, every target pass also returns its last layer's hidden states, handed
+        to the drafter in ``Context.features`` (see ``drafters.base.Context``).
     tokens [B, N] int32 (donated): prompts, right-padded to cfg.prompt_len, zeros after.
     prompt_lengths [B] int32: true prompt lengths (>= 1).
     cache (donated): the target's KVCache with capacity N.
@@ -167,7 +169,7 @@ def decode_loop(target_def, target_params, drafter, tokens, prompt_lengths, cach
     K = cfg.gamma
     T = cfg.prompt_len
     # Drafters with ``needs_features`` read the target's top hidden states: its last layer's output.
-    with_features = getattr(drafter, "needs_features", False)
+    with_features = drafter is not None and drafter.needs_features
     top = (cache.n_layers - 1,) if with_features else ()
 
     def target_pass(tokens, positions, cache):
@@ -182,8 +184,8 @@ def decode_loop(target_def, target_params, drafter, tokens, prompt_lengths, cach
         tokens[:, :T], jnp.broadcast_to(jnp.arange(T), (B, T)), cache.with_lengths(0)
     )
     budget = jnp.full((B,), K, jnp.int32)
-    context = Context(tokens, prompt_lengths, budget, cfg.sampling, T, features, jnp.zeros((B,), jnp.int32))
-    features_start = None
+    features_start = jnp.zeros((B,), jnp.int32) if with_features else None
+    context = Context(tokens, prompt_lengths, budget, cfg.sampling, T, features, features_start)
     if with_features:  # the first step's window starts at the last prompt token before the pending one
         features_start = jnp.maximum(prompt_lengths - 2, 0)
         window = jnp.minimum(features_start[:, None] + jnp.arange(K + 1)[None, :], T - 1)  # [B, K+1]
