@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 
@@ -81,7 +82,14 @@ def draft_cost_ratio(target: Model, drafter, *, context: int = 256, capacity: in
         return 0.0
     tokens = jnp.ones((1, capacity), jnp.int32)
     ctx = Context(tokens, jnp.array([context]), jnp.array([1]), Sampling(), context)
-    state = jax.jit(drafter.init)(ctx)
+    if drafter.needs_features:  # hidden states of the prompt (init), then of one verified block of 2
+        zeros = lambda T: jnp.zeros((1, T, target.config.dim), target.dtype)
+        state = jax.jit(drafter.init)(
+            dataclasses.replace(ctx, features=zeros(context), features_start=jnp.zeros(1, int))
+        )
+        ctx = dataclasses.replace(ctx, features=zeros(2), features_start=jnp.array([context - 2]))
+    else:
+        state = jax.jit(drafter.init)(ctx)
     propose = jax.jit(lambda d, s, c, k: d.propose(s, c, 1, k)[:2])
     draft = median_s(lambda: propose(drafter, state, ctx, jax.random.key(0)), repeats)
     return draft / forward_s(target, 1, context=context, capacity=capacity, repeats=repeats)

@@ -3,16 +3,23 @@ checkpoints and resume, bad configuration, and a tiny end-to-end training run.""
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 import specdec
 from specdec import drafters
 from specdec.drafters import DraftModel
 from specdec.models import Model, tiny_config
+from specdec.results import ResultsStore
 from specdec.train import TrainConfig, losses, read_log, self_distillation_corpus, train, trainer
 from specdec.train.data import Corpus, top_features
 
@@ -240,3 +247,82 @@ def test_bad_checkpoints_are_named(target, corpus, tmp_path):
     other = Model.random(tiny_config(vocab_size=80), seed=1)
     with pytest.raises(ValueError, match="trained for a target with vocab_size 64"):
         drafters.make("eagle", other, checkpoint=tmp_path)
+
+
+# --- Hydra: configs/train/, experiments/train_draft.py, then run.py by name -------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def script(name, *overrides, cwd):
+    return subprocess.run(
+        [sys.executable, str(ROOT / "experiments" / name), *overrides],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, HYDRA_FULL_ERROR="0"),
+        timeout=900,
+    )
+
+
+@pytest.mark.parametrize("option", ["eagle", "distilled"])
+def test_train_configs_compose(option):
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
+        cfg = compose(config_name="train_draft", overrides=[f"train={option}"])
+        run = compose(config_name="run", overrides=[f"drafter={option}"])
+    assert TrainConfig(**OmegaConf.to_container(cfg.train, resolve=True)).kind == option
+    # The drafter config finds what train_draft.py writes by default.
+    assert cfg.run_dir == run.drafter.options.checkpoint == f"checkpoints/{option}-smollm2-135m-instruct"
+
+
+@pytest.mark.slow
+def test_train_draft_makes_a_drafter_that_run_py_uses_by_name(tmp_path):
+    trained = script(
+        "train_draft.py",
+        "model=tiny",
+        "train.steps=20",
+        "train.warmup_steps=2",
+        "train.eval_every=10",
+        "train.recipe.vocab=2048",
+        "data.prompts=12",
+        "data.heldout=2",
+        "data.prompt_tokens=8",
+        "data.response_tokens=16",
+        f"run_dir={tmp_path}/eagle",
+        cwd=tmp_path,
+    )
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert "held-out acceptance" in trained.stdout
+    assert (tmp_path / "eagle/curves.png").is_file() and (tmp_path / "eagle/corpus.safetensors").is_file()
+    assert [e["step"] for e in read_log(tmp_path / "eagle") if "heldout_accept" in e] == [0, 10, 20]
+    measured = script(
+        "run.py",
+        "model=tiny",
+        "drafter=eagle",
+        f"drafter.options.checkpoint={tmp_path}/eagle",
+        "task.per_category=1",
+        "task.categories=[qa]",
+        "max_new_tokens=8",
+        f"results_path={tmp_path}/r.jsonl",
+        f"runs_dir={tmp_path}/runs",
+        f"figures_dir={tmp_path}/figures",
+        cwd=tmp_path,
+    )
+    assert measured.returncode == 0, measured.stderr[-3000:]
+    rows = [r for r in ResultsStore(tmp_path / "r.jsonl").rows() if r["drafter"] == "eagle"]
+    assert len(rows) == 1 and rows[0]["tau"] >= 1.0 and rows[0]["target_calls"] >= 1
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["train.steps=0"], "error: train.steps must be >= 1"),
+        (["train.recipe.divergence=js"], "error: train.recipe: unknown option 'divergence' for eagle"),
+        (["data.heldout=0"], "error: data.heldout must be between 1"),
+        (["train=medusa"], "Could not find 'train/medusa'"),
+    ],
+)
+def test_train_draft_bad_configuration_is_one_clear_line(tmp_path, overrides, message):
+    proc = script("train_draft.py", "model=tiny", f"run_dir={tmp_path}/run", *overrides, cwd=tmp_path)
+    assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "run" / "checkpoint").exists()
