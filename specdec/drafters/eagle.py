@@ -160,9 +160,8 @@ class Eagle:
         j = start[:, None] + jnp.arange(W)[None, :]  # [B, W] positions re-read with true features
         next_tokens = jnp.take_along_axis(context.tokens, jnp.minimum(j + 1, N - 1), axis=1)
         h, cache = self.run_head(cache.with_lengths(start), context.features, next_tokens, j)
-        pending_entry = jnp.clip(
-            context.lengths - 2 - start, 0, W - 1
-        )  # the entry that read the pending token
+        # The entry that read the pending token (at position lengths - 2) gives the first draft.
+        pending_entry = jnp.clip(context.lengths - 2 - start, 0, W - 1)  # [B]
         h = jnp.take_along_axis(h, pending_entry[:, None, None], axis=1)[:, 0]  # [B, D]
         cache = cache.with_lengths(context.lengths - 1)
 
