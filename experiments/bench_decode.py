@@ -22,7 +22,7 @@ import jax
 import numpy as np
 
 import specdec
-from specdec.generation import bucket, capacity_for, encode_prompts
+from specdec.generation import bucket, capacity_for, encode_prompts, generate_warm
 from specdec.timing import forward_s
 
 PROMPT = "Write a detailed paragraph explaining how a bicycle works, then list its main parts."
@@ -42,12 +42,8 @@ def main():
     ids = encode_prompts(target, [PROMPT], chat=True)
     kw = dict(max_new_tokens=args.max_new_tokens, eos_ids=())
 
-    def timed_generate(**extra):
-        out = specdec.generate(target, ids, chat=False, **kw, **extra)  # compiles
-        walls = [specdec.generate(target, ids, chat=False, **kw, **extra).wall_s for _ in range(args.repeats)]
-        return out, float(np.median(walls))
-
-    auto, auto_wall = timed_generate()  # the compile, then the autoregressive rate
+    auto = generate_warm(target, ids, chat=False, repeats=args.repeats, **kw)  # median of warm calls
+    auto_wall = auto.wall_s
     print(
         f"device: {jax.devices()[0].device_kind}; {args.model}, draft = first {args.draft_layers} layers, "
         f"prompt {len(ids[0])} tokens, {args.max_new_tokens} new tokens, greedy, batch 1"

@@ -4,7 +4,7 @@
                                    [--max-new-tokens 64] [--temperature 0] [prompt ...]
 
 Both runs use the same compiled loop; the first call of each compiles (reported
-separately), the timed call reuses the program.
+separately), the timed call reuses the program (``specdec.generation.generate_warm``).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import argparse
 
 import specdec
 from specdec import metrics
+from specdec.generation import generate_warm
 
 DEFAULT_PROMPTS = [
     "What is the capital of France?",
@@ -20,14 +21,6 @@ DEFAULT_PROMPTS = [
     "Explain in two sentences why the sky is blue.",
     "List three prime numbers greater than 10.",
 ]
-
-
-def timed(target, prompts, **kw):
-    """Generate twice: the first call compiles, the second is timed."""
-    first = specdec.generate(target, prompts, **kw)
-    out = specdec.generate(target, prompts, **kw)
-    out.compile_s = first.compile_s
-    return out
 
 
 def main():
@@ -45,8 +38,8 @@ def main():
     target = specdec.load_model(args.model)
     drafter = specdec.drafters.make("draft_model", target, layers=args.draft_layers)
     kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature)
-    auto = timed(target, args.prompts, **kw)
-    spec = timed(target, args.prompts, drafter=drafter, gamma=args.gamma, **kw)
+    auto = generate_warm(target, args.prompts, **kw)
+    spec = generate_warm(target, args.prompts, drafter=drafter, gamma=args.gamma, **kw)
 
     for prompt, text in zip(args.prompts, spec.texts, strict=True):
         print(f"\n> {prompt}\n{text}")

@@ -6,6 +6,9 @@ draft's match rate with the target highest (the greedy acceptance rate; see
 specdec.drafters.layer_skip). The chosen set is written as JSON for the drafter:
 
     python experiments/search_layer_skip.py --n-skip 12 --out results/layer_skip.json
+
+Each candidate costs one teacher-forced pass over the calibration batch (padded to its longest
+sequence), so short-prompt categories (``--categories qa math_reasoning``) make it much cheaper.
     python experiments/run.py drafter=layer_skip_searched    # reads results/layer_skip.json
 """
 
@@ -26,12 +29,15 @@ def main():
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--n-skip", type=int, default=12)
     parser.add_argument("--per-category", type=int, default=1)
+    parser.add_argument(
+        "--categories", nargs="+", default=None, help="calibration categories (default: every built-in one)"
+    )
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--out", default="results/layer_skip.json")
     args = parser.parse_args()
 
     target = specdec.load_model(args.model)
-    questions = tasks.load_task(per_category=args.per_category)
+    questions = tasks.load_task(categories=args.categories, per_category=args.per_category)
     prompts = [q.turns[0] for q in questions]
     out = specdec.generate(target, prompts, max_new_tokens=args.max_new_tokens, eos_ids=())
     # One calibration batch: prompt + the target's own continuation, right-padded.

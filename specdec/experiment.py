@@ -20,7 +20,7 @@ import jax
 import numpy as np
 
 from specdec import drafters, metrics, results, tasks, timing
-from specdec.generation import generate
+from specdec.generation import generate_warm
 from specdec.sampling import Sampling
 from specdec.weights import load_model
 
@@ -107,9 +107,7 @@ def generate_turns(target, question: tasks.Question, **kw) -> dict:
     for turn in question.turns:
         messages.append({"role": "user", "content": turn})
         ids = target.tokenizer.encode(target.tokenizer.apply_chat_template(messages))
-        out = generate(target, [ids], chat=False, **kw)
-        if out.compile_s > 0:  # first call of this shape: time a warm second call
-            out = generate(target, [ids], chat=False, **kw)
+        out = generate_warm(target, [ids], chat=False, **kw)  # compile time excluded
         stats = dict(out.stats[0], prompt_tokens=len(ids))
         answers.append(out.texts[0])
         messages.append({"role": "assistant", "content": out.texts[0]})

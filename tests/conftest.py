@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -36,3 +40,61 @@ def smollm2_hf(smollm2_gguf):
         smollm2_gguf.parent, gguf_file=smollm2_gguf.name, dtype=torch.float32
     )
     return model.eval()
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_experiment(*overrides, cwd) -> subprocess.CompletedProcess:
+    """``experiments/run.py`` with Hydra overrides, as a user runs it (no HYDRA_FULL_ERROR)."""
+    env = dict(os.environ, HYDRA_FULL_ERROR="0")
+    return subprocess.run(
+        [sys.executable, str(ROOT / "experiments" / "run.py"), *overrides],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
+
+
+def store_overrides(folder: Path) -> list[str]:
+    """Overrides that put a run's results store, figures and Hydra run directories in ``folder``."""
+    return [
+        f"results_path={folder}/results.jsonl",
+        f"figures_dir={folder}/figures",
+        f"runs_dir={folder}/runs",
+    ]
+
+
+@dataclasses.dataclass(frozen=True)
+class TinySweep:
+    """A finished sweep: its folder (results.jsonl, figures/, runs/), its overrides besides
+    ``store_overrides(out)``, and its process."""
+
+    out: Path
+    overrides: tuple[str, ...]
+    proc: subprocess.CompletedProcess
+
+    @property
+    def results_path(self) -> Path:
+        return self.out / "results.jsonl"
+
+
+@pytest.fixture(scope="session")
+def tiny_sweep(tmp_path_factory) -> TinySweep:
+    """A real two-job multirun of experiments/run.py on the tiny random model (ngram at gamma 1
+    and 3, one built-in prompt per category, 8 new tokens), made once per session and shared by
+    the experiment and notebook tests. Read-only: a test that appends copies the store first."""
+    out = tmp_path_factory.mktemp("tiny_sweep")
+    overrides = (
+        "-m",
+        "model=tiny",
+        "drafter=ngram",
+        "drafter.gamma=1,3",
+        "task.per_category=1",
+        "max_new_tokens=8",
+    )
+    proc = run_experiment(*overrides, *store_overrides(out), cwd=out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return TinySweep(out, overrides, proc)

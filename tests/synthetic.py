@@ -1,4 +1,4 @@
-"""Synthetic results-store rows for the plot and notebook tests (a helper module, not tests)."""
+"""Synthetic results-store rows for the results-store and plot tests (a helper module, not tests)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,42 @@ CATEGORIES = ("coding", "math", "rag")
 BLOCKS = 100  # target calls (draft-verify blocks) per speculative row
 
 
+def make_row(**overrides) -> dict:
+    """One complete row (every results column): a prompt-lookup measurement, changed by ``overrides``."""
+    row = dict(
+        run_id="run-0",
+        time="2025-01-01T00:00:00+00:00",
+        git_commit="abc1234",
+        jax_version="0.7.0",
+        device="cpu",
+        target="smollm2-135m-instruct",
+        drafter="ngram",
+        drafter_params={"max_ngram": 3, "min_ngram": 1},
+        gamma=4,
+        temperature=0.0,
+        top_k=None,
+        top_p=None,
+        task="builtin",
+        category="rag",
+        prompt_id=1,
+        prompt_tokens=120,
+        new_tokens=64,
+        target_calls=32,
+        drafted=128,
+        accepted=32,
+        alpha=0.25,
+        tau=2.0,
+        accept_by_position=[0.5, 0.25, 0.125, 0.125],
+        wall_s=1.6,
+        tokens_per_s=40.0,
+        baseline_tokens_per_s=20.0,
+        speedup=2.0,
+        cost_ratio_c=0.01,
+    )
+    row.update(overrides)
+    return row
+
+
 def synthetic_rows(
     drafters=DRAFTERS, gammas=(1, 2, 3, 4), temperatures=(0.0, 1.0), categories=CATEGORIES, prompts=3, seed=0
 ) -> list[dict]:
@@ -28,27 +64,15 @@ def synthetic_rows(
     predicted_speedup(a, gamma, c) with free verification (3% noise). Plus one autoregressive
     row per prompt and temperature."""
     rng = np.random.default_rng(seed)
-    base = dict(
-        run_id="run-0",
-        time="2025-01-01T00:00:00+00:00",
-        git_commit="abc1234",
-        jax_version="0.7.0",
-        device="cpu",
-        target="tiny",
-        top_k=None,
-        top_p=None,
-        task="builtin",
-        prompt_tokens=50,
-        baseline_tokens_per_s=20.0,
-    )
+    base = dict(target="tiny", prompt_tokens=50, baseline_tokens_per_s=20.0)
     rows = []
     for temperature in temperatures:
         for ci, category in enumerate(categories):
             for p in range(prompts):
                 prompt = dict(base, temperature=temperature, category=category, prompt_id=ci * prompts + p)
                 rows.append(
-                    dict(
-                        prompt,
+                    make_row(
+                        **prompt,
                         drafter="none",
                         drafter_params={},
                         gamma=0,
@@ -73,8 +97,8 @@ def synthetic_rows(
                         accepted, rejected = round(BLOCKS * sum(rates)), round(BLOCKS * (1 - a**g))
                         speedup = theory.predicted_speedup(a, g, c) * (1 + rng.normal(0, 0.03))
                         rows.append(
-                            dict(
-                                prompt,
+                            make_row(
+                                **prompt,
                                 drafter=name,
                                 drafter_params=params,
                                 gamma=g,

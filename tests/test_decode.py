@@ -7,7 +7,7 @@ import jax
 import pytest
 
 import specdec
-from specdec import drafters
+from specdec import drafters, generation
 from specdec.models import Model, tiny_config
 
 PROMPTS = [[1, 2, 3, 4, 5], [7, 8, 9], [3, 14, 15, 9, 2, 6, 5, 3, 5, 8, 9, 7], [5, 6]]
@@ -180,3 +180,28 @@ def test_unknown_drafter_name(target):
         ValueError, match="unknown drafter 'medusa9'; allowed: none, bigram, draft_model, layer_skip"
     ):
         drafters.make("medusa9", target)
+
+
+def test_generate_warm_times_a_call_that_did_not_compile(target, drafts, monkeypatch):
+    calls = []
+    real = generation.generate
+
+    def counting(*args, **kw):
+        calls.append(real(*args, **kw))
+        return calls[-1]
+
+    monkeypatch.setattr(generation, "generate", counting)
+    # max_new_tokens=19: a loop shape no other test compiles, so the first call compiles.
+    kw = dict(chat=False, eos_ids=(), max_new_tokens=19, drafter=drafts["truncated"], gamma=2)
+    out = generation.generate_warm(target, PROMPTS[:2], **kw)
+    assert len(calls) == 2 and calls[0].compile_s > 0 and calls[1].compile_s == 0
+    assert out.wall_s == calls[1].wall_s and out.stats == calls[1].stats  # the warm call's timing
+    assert out.compile_s == calls[0].compile_s and out.tokens == calls[0].tokens
+
+    calls.clear()
+    out = generation.generate_warm(target, PROMPTS[:2], repeats=3, **kw)
+    assert len(calls) == 3 and out.compile_s == 0  # already compiled: the first call is warm
+    assert out.wall_s == sorted(c.wall_s for c in calls)[1]  # the median call
+    assert out.stats == next(c.stats for c in calls if c.wall_s == out.wall_s)
+    with pytest.raises(ValueError, match="repeats must be >= 1"):
+        generation.generate_warm(target, PROMPTS[:2], repeats=0, **kw)

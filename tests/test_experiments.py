@@ -1,12 +1,11 @@
 """Hydra configs and experiments/run.py end to end, on the tiny random model."""
 
 import json
-import os
-import subprocess
-import sys
+import shutil
 from pathlib import Path
 
 import pytest
+from conftest import run_experiment, store_overrides
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -19,18 +18,6 @@ CONFIGS = ROOT / "configs"
 
 def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
-
-
-def run_script(*overrides, cwd):
-    env = dict(os.environ, HYDRA_FULL_ERROR="0")
-    return subprocess.run(
-        [sys.executable, str(ROOT / "experiments" / "run.py"), *overrides],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=900,
-    )
 
 
 @pytest.mark.parametrize(
@@ -55,29 +42,9 @@ def test_every_config_composes(group, option):
         assert run_config.drafter.name == option.removesuffix("_searched")
 
 
-@pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
-    """A two-job multirun on the tiny model: ngram at gamma 1 and 3, one prompt per category."""
-    out = tmp_path_factory.mktemp("sweep")
-    args = [
-        "-m",
-        "model=tiny",
-        "drafter=ngram",
-        "drafter.gamma=1,3",
-        "task.per_category=1",
-        "max_new_tokens=8",
-        f"results_path={out}/results.jsonl",
-        f"figures_dir={out}/figures",
-        f"runs_dir={out}/runs",
-    ]
-    proc = run_script(*args, cwd=out)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out, args, proc
-
-
-def test_sweep_writes_one_row_per_prompt_and_config(sweep):
-    out, _, proc = sweep
-    rows = ResultsStore(out / "results.jsonl").rows()
+def test_sweep_writes_one_row_per_prompt_and_config(tiny_sweep):
+    out, proc = tiny_sweep.out, tiny_sweep.proc
+    rows = ResultsStore(tiny_sweep.results_path).rows()
     baseline = [r for r in rows if r["drafter"] == "none"]
     method = [r for r in rows if r["drafter"] == "ngram"]
     assert len(baseline) == 6  # measured once per prompt, not once per gamma
@@ -102,17 +69,22 @@ def test_sweep_writes_one_row_per_prompt_and_config(sweep):
     assert list((out / "figures").glob("*.png"))
 
 
-def test_rerunning_a_sweep_skips_finished_configurations(sweep):
-    out, args, _ = sweep
-    before = ResultsStore(out / "results.jsonl").rows()
-    proc = run_script(*args, cwd=out)
+def test_rerunning_a_sweep_skips_finished_configurations(tiny_sweep, tmp_path):
+    # On a copy of the shared sweep's store, so the other tests see it unchanged.
+    shutil.copy(tiny_sweep.results_path, tmp_path / "results.jsonl")
+    args = [*tiny_sweep.overrides, *store_overrides(tmp_path)]
+    before = ResultsStore(tmp_path / "results.jsonl").rows()
+    proc = run_experiment(*args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert len(ResultsStore(out / "results.jsonl").rows()) == len(before)
-    forced = run_script(
-        *[a for a in args if not a.startswith("drafter.gamma")], "drafter.gamma=3", "force=true", cwd=out
+    assert len(ResultsStore(tmp_path / "results.jsonl").rows()) == len(before)
+    forced = run_experiment(
+        *[a for a in args if not a.startswith("drafter.gamma")], "drafter.gamma=3", "force=true", cwd=tmp_path
     )
     assert forced.returncode == 0, forced.stderr[-3000:]
-    assert len(ResultsStore(out / "results.jsonl").rows()) == len(before) + 6
+    after = ResultsStore(tmp_path / "results.jsonl").rows()
+    assert len(after) == len(before) + 6
+    assert {r["gamma"] for r in after[len(before) :]} == {3}
+    assert ResultsStore(tiny_sweep.results_path).rows() == before  # the shared store is untouched
 
 
 @pytest.mark.parametrize(
@@ -129,7 +101,7 @@ def test_rerunning_a_sweep_skips_finished_configurations(sweep):
     ],
 )
 def test_bad_configuration_is_one_clear_line(tmp_path, overrides, message):
-    proc = run_script(
+    proc = run_experiment(
         "model=tiny",
         f"results_path={tmp_path}/r.jsonl",
         f"runs_dir={tmp_path}/runs",

@@ -1,4 +1,4 @@
-"""The exploration notebooks execute top to bottom on a small results store."""
+"""The exploration notebooks execute top to bottom on a real tiny sweep (the ``tiny_sweep`` fixture)."""
 
 from __future__ import annotations
 
@@ -8,27 +8,14 @@ import sys
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pytest
 from nbclient import NotebookClient
-from synthetic import DRAFTERS, synthetic_rows
 
+from specdec import plots, theory
 from specdec.results import ResultsStore
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
-
-
-@pytest.fixture(scope="module")
-def small_results(tmp_path_factory) -> Path:
-    """A small results store the notebooks read through $SPECDEC_RESULTS.
-
-    Synthetic rows for now (3 drafters, gammas 1..4, 2 temperatures, 3 categories x 3 prompts),
-    appended through ResultsStore like a sweep would. To test on real measurements, replace the
-    body with a tiny sweep (e.g. experiments/run.py with results_path pointing here) and keep the
-    returned path: the tests below only rely on the drafters' names and the store's schema.
-    """
-    path = tmp_path_factory.mktemp("sweep") / "results.jsonl"
-    ResultsStore(path).append(synthetic_rows())
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -81,30 +68,54 @@ def images(nb) -> int:
     )
 
 
-def test_explore_sweep(small_results, python3_kernel, monkeypatch):
-    texts, nb = run_notebook("explore_sweep.ipynb", small_results, python3_kernel, monkeypatch)
+def store_frames(path: Path):
+    """The store as the notebooks read it: every row, and the speculative rows with alpha and tau."""
+    df = plots.prepare(ResultsStore(path).to_dataframe())
+    spec = plots.speculative(df).dropna(subset=["alpha", "tau"])
+    return df, spec
+
+
+def printed(everything: str, pattern: str) -> float:
+    return float(re.search(pattern + r" = ([\d.]+)", everything).group(1))
+
+
+def test_explore_sweep(tiny_sweep, python3_kernel, monkeypatch):
+    path = tiny_sweep.results_path
+    texts, nb = run_notebook("explore_sweep.ipynb", path, python3_kernel, monkeypatch)
     everything = "\n".join(texts)
-    assert f"rows from {small_results}" in everything
+    df, _ = store_frames(path)
+    n_base = int((df["drafter"] == "none").sum())
+    assert f"{len(df)} rows from {path}" in everything
+    assert f"{len(df) - n_base} speculative rows, {n_base} autoregressive rows" in everything
     summary = next(t for t in texts if "alpha" in t and "sem" in t)  # the plots.summarize table
-    assert all(name in summary for name in DRAFTERS) and "tau" in summary
-    assert "alpha_token" not in everything
-    assert "coding" in everything and "rag" in everything  # the per-category table
+    assert "ngram" in summary and "tau" in summary
+    per_category = next(t for t in texts if "category" in t and "multi_turn" in t)
+    assert all(c in per_category for c in set(df["category"]))  # every built-in category swept
     assert images(nb) == 3
 
 
-def test_theory_vs_measurement(small_results, python3_kernel, monkeypatch):
-    texts, nb = run_notebook("theory_vs_measurement.ipynb", small_results, python3_kernel, monkeypatch)
+def test_theory_vs_measurement(tiny_sweep, python3_kernel, monkeypatch):
+    path = tiny_sweep.results_path
+    texts, nb = run_notebook("theory_vs_measurement.ipynb", path, python3_kernel, monkeypatch)
     everything = "\n".join(texts)
     for column in ("alpha_from_tau", "E(alpha)", "tau / E", "measured / predicted", "optimal gamma (theory)"):
         assert column in everything
-    assert all(name in everything for name in DRAFTERS) and "alpha_token" not in everything
+    assert "ngram" in everything
 
-    def printed(pattern: str) -> float:
-        return float(re.search(pattern + r" = ([\d.]+)", everything).group(1))
-
-    # The synthetic store follows the theory (i.i.d. acceptance, free verification): the stored
-    # alpha predicts tau, agrees with alpha_from_tau, and predicts the speedup.
-    assert printed(r"median tau / E\(alpha\)") == pytest.approx(1.0, abs=0.01)
-    assert printed(r"median \|alpha - alpha_from_tau\|") < 0.01
-    assert printed(r"median measured / predicted speedup") == pytest.approx(1.0, abs=0.05)
+    # The printed medians are those of the sweep's rows, recomputed here from the store.
+    _, spec = store_frames(path)
+    gamma = spec["gamma"].to_numpy()
+    from_tau = theory.alpha_from_tau(spec["tau"].clip(1, spec["gamma"] + 1).to_numpy(), gamma)
+    gap = float(np.median(np.abs(spec["alpha"].to_numpy() - from_tau)))
+    assert printed(everything, r"median \|alpha - alpha_from_tau\|") == pytest.approx(gap, abs=1e-4)
+    means = spec.assign(E=theory.expected_tokens(spec["alpha"].to_numpy(), gamma))
+    means = means.groupby(["label", "gamma", "temperature"])[["tau", "E"]].mean()
+    ratio = float((means["tau"] / means["E"]).median())
+    assert printed(everything, r"median tau / E\(alpha\)") == pytest.approx(ratio, abs=1e-3)
+    timed = spec.dropna(subset=["speedup", "cost_ratio_c"])
+    args = (timed["alpha"].to_numpy(), timed["gamma"].to_numpy(), timed["cost_ratio_c"].to_numpy())
+    timed = timed.assign(predicted=theory.predicted_speedup(*args, theory.VerifyCost.free()))
+    means = timed.groupby(["label", "gamma", "temperature"])[["speedup", "predicted"]].mean()
+    ratio = float((means["speedup"] / means["predicted"]).median())
+    assert printed(everything, r"median measured / predicted speedup") == pytest.approx(ratio, abs=1e-3)
     assert images(nb) == 3

@@ -8,44 +8,10 @@ import sys
 
 import numpy as np
 import pytest
+from synthetic import make_row
 
 from specdec import results
 from specdec.results import COLUMNS, PartialLineWarning, ResultsStore, config_key
-
-
-def make_row(**overrides) -> dict:
-    row = dict(
-        run_id="run-0",
-        time="2025-01-01T00:00:00+00:00",
-        git_commit="abc1234",
-        jax_version="0.7.0",
-        device="cpu",
-        target="smollm2-135m-instruct",
-        drafter="ngram",
-        drafter_params={"max_ngram": 3, "min_ngram": 1},
-        gamma=4,
-        temperature=0.0,
-        top_k=None,
-        top_p=None,
-        task="builtin",
-        category="rag",
-        prompt_id=1,
-        prompt_tokens=120,
-        new_tokens=64,
-        target_calls=32,
-        drafted=128,
-        accepted=32,
-        alpha=0.25,
-        tau=2.0,
-        accept_by_position=[0.5, 0.25, 0.125, 0.125],
-        wall_s=1.6,
-        tokens_per_s=40.0,
-        baseline_tokens_per_s=20.0,
-        speedup=2.0,
-        cost_ratio_c=0.01,
-    )
-    row.update(overrides)
-    return row
 
 
 def test_columns_are_the_documented_schema():

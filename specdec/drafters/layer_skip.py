@@ -16,7 +16,7 @@ every layer set, at the cost of k/L of the target's cache memory.)
 calibration sequences: for greedy decoding the acceptance rate of a draft equals
 the rate at which its argmax matches the target's along the target's own output,
 which one teacher-forced forward pass per candidate measures (a traced layer
-mask, so the search compiles once).
+mask, so the search compiles once; the full target's pass is shared by all candidates).
 """
 
 from __future__ import annotations
@@ -56,38 +56,44 @@ def make_layer_skip(target: Model, *, skip=None, first=None, skip_file=None) -> 
     return DraftModel.from_model(target, keep, name="layer_skip")
 
 
-def match_rate(target: Model, sequences, n_prompt, keep_mask) -> float:
+def match_rate(target: Model, sequences, n_prompt, keep_mask, reference=None) -> float:
     """Share of generated positions where the masked model's argmax equals the target's.
 
     sequences: [B, T] int32 target-generated sequences; n_prompt: [B] prompt lengths in them;
-    keep_mask: [n_layers] bool, the layers the draft runs.
+    keep_mask: [n_layers] bool, the layers the draft runs; reference: the full target's
+    argmax on ``sequences`` ([B, T], from ``argmax_tokens`` with every layer kept), computed
+    here when None (a search passes it once for all candidates).
     """
+    sequences = np.asarray(sequences)
+    if reference is None:
+        reference = argmax_tokens(target, sequences, np.ones(target.config.n_layers, bool))
+    draft = argmax_tokens(target, sequences, keep_mask)
+    positions = np.arange(sequences.shape[1])[None, :]  # [1, T]
+    # Position t predicts token t+1: score the predictions of generated tokens only.
+    scored = (positions >= np.asarray(n_prompt)[:, None] - 1) & (positions < sequences.shape[1] - 1)  # [B, T]
+    return float(np.sum((np.asarray(reference) == draft) & scored) / np.sum(scored))
+
+
+def argmax_tokens(target: Model, sequences, keep_mask) -> np.ndarray:
+    """[B, T] argmax of the target run with the layers in ``keep_mask`` ([n_layers] bool), teacher-forced
+    on ``sequences`` [B, T]; the mask is traced, so every layer set shares one compiled program."""
     B, T = np.shape(sequences)
-    cache = target.init_cache(B, T)
-    rate = _match_rate(
+    tokens = _argmax_tokens(
         target.graphdef,
         target.params,
-        jnp.asarray(sequences),
-        jnp.asarray(n_prompt),
+        jnp.asarray(sequences, jnp.int32),
         jnp.asarray(keep_mask, bool),
-        cache,
+        target.init_cache(B, T),
     )
-    return float(rate)
+    return np.asarray(tokens)
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _match_rate(graphdef, params, sequences, n_prompt, keep_mask, cache):
+def _argmax_tokens(graphdef, params, sequences, keep_mask, cache):
     B, T = sequences.shape
     positions = jnp.broadcast_to(jnp.arange(T), (B, T))
-
-    def argmax(mask):
-        logits, _, _ = forward(graphdef, params, sequences, positions, cache, layer_mask=mask)
-        return jnp.argmax(logits, axis=-1)  # [B, T]
-
-    full, draft = argmax(jnp.ones_like(keep_mask)), argmax(keep_mask)
-    # Position t predicts token t+1: score the predictions of generated tokens only.
-    scored = (positions >= n_prompt[:, None] - 1) & (positions < T - 1)
-    return jnp.sum((full == draft) & scored) / jnp.sum(scored)
+    logits, _, _ = forward(graphdef, params, sequences, positions, cache, layer_mask=keep_mask)
+    return jnp.argmax(logits, axis=-1)  # [B, T]
 
 
 def search_skip_set(target: Model, sequences, n_prompt, n_skip: int, *, protect=(0,), progress=None):
@@ -98,12 +104,13 @@ def search_skip_set(target: Model, sequences, n_prompt, n_skip: int, *, protect=
     """
     n = target.config.n_layers
     keep = np.ones(n, bool)
+    reference = argmax_tokens(target, sequences, keep)  # [B, T] the full target, once
     rates = []
     for _ in range(n_skip):
         best = None
         for layer in (i for i in range(n) if keep[i] and i not in protect):
             keep[layer] = False
-            rate = match_rate(target, sequences, n_prompt, keep)
+            rate = match_rate(target, sequences, n_prompt, keep, reference)
             keep[layer] = True
             if best is None or rate > best[1]:
                 best = (layer, rate)
