@@ -237,12 +237,15 @@ def _bench_dtype(args, dtype: str, prompts_cache: dict) -> dict:
             if hf is not None and hf_kw is not None:
                 m["hf_tokens"], m["hf_first_s"] = hf.run(ids, N, **hf_kw)
             row["m"][name] = m
+        row["costs"] = []
         for _ in range(args.repeats):
             for name, (drafter, gamma, hf_kw) in table.items():
                 m = row["m"][name]
                 m["ours_s"].append(ours(ids, drafter, gamma)[1])
                 if "hf_tokens" in m:
                     m["hf_s"].append(hf.run(ids, N, **hf_kw)[1])
+            if not args.no_theory:  # c and r(T) in the same minutes as the runs they predict
+                row["costs"].append(measure_costs(target, table))
         results.append(row)
         print(
             f"  q{p['question_id']} {p['category']}: "
@@ -306,19 +309,44 @@ def print_peer_table(results, table):
             print(f"| {name} | **geometric mean** | | | | **{np.exp(np.mean(np.log(finite))):.2f}x** | |")
 
 
+def measure_costs(target, table, repeats: int = 3) -> dict:
+    """One measurement of the verify-cost latencies {T: s} for T = 1..gamma+1 and of each drafter's c."""
+    widths = tuple(range(1, max(g for _, g, _ in table.values()) + 2))
+    _, latencies = verify_cost(target, widths=widths, repeats=repeats, steps=4)
+    costs = {
+        name: draft_cost_ratio(target, d, repeats=repeats)
+        for name, (d, _, _) in table.items()
+        if d is not None
+    }
+    return dict(latencies={int(T): s for T, s in latencies.items()}, c=costs)
+
+
+def median_costs(rounds: list) -> tuple[theory.VerifyCost, dict, dict]:
+    """r(T), the latencies and c from the medians (per T, per drafter) of several measurements."""
+    lat = {int(T): float(np.median([r["latencies"][T] for r in rounds])) for T in rounds[0]["latencies"]}
+    c = {k: float(np.median([r["c"][k] for r in rounds])) for k in rounds[0]["c"]}
+    return theory.VerifyCost.from_latencies(lat), lat, c
+
+
 def theory_efficiency(target, results, table):
     """Measured speedup (over specdec autoregressive) against theory's predictions, per run:
     from alpha (``theory.predicted_speedup``: the loop and the i.i.d. acceptance model) and from
-    the measured tau (the loop alone: tokens per step over the measured cost of a step)."""
-    gammas = sorted({g for _, g, _ in table.values() if g})
-    r, latencies = verify_cost(target, widths=tuple(range(1, max(gammas) + 2)))
-    print(
-        "\nr(T) = "
-        + ", ".join(f"{T}: {latencies[T] / latencies[1]:.2f}" for T in sorted(latencies))
-        + f"  (T=1: {latencies[1] * 1e3:.1f} ms)"
-    )
-    costs = {name: draft_cost_ratio(target, d) for name, (d, g, _) in table.items() if d is not None}
-    print("c = " + ", ".join(f"{k}: {v:.3f}" for k, v in costs.items()))
+    the measured tau (the loop alone: tokens per step over the measured cost of a step). c and
+    r(T) are those measured between the run's repeats when there are any (a shared machine's
+    speed drifts), else measured now."""
+    now = None
+    if any(not row.get("costs") for row in results):
+        now = [measure_costs(target, table, repeats=5)]
+    per_row = {row["question_id"]: median_costs(row.get("costs") or now) for row in results}
+    print("\nr(T) and c, medians of the measurements next to each prompt's runs:")
+    for row in results:
+        _, lat, c = per_row[row["question_id"]]
+        print(
+            f"  {row['category']}: r = "
+            + ", ".join(f"{T}: {lat[T] / lat[1]:.2f}" for T in sorted(lat))
+            + f" (T=1: {lat[1] * 1e3:.1f} ms); c = "
+            + ", ".join(f"{k}: {v:.3f}" for k, v in c.items())
+        )
     print(
         "\n| method | category | alpha | tau | drafting steps | measured speedup | predicted from alpha "
         "| measured / predicted | predicted from tau | measured / predicted |"
@@ -332,6 +360,7 @@ def theory_efficiency(target, results, table):
         for row in results:
             m, base = row["m"][name], row["m"]["greedy"]
             s = m["stats"]
+            r, _, costs = per_row[row["question_id"]]
             measured = (float(np.median(base["ours_s"])) / len(base["tokens"])) / (
                 float(np.median(m["ours_s"])) / len(m["tokens"])
             )
@@ -371,7 +400,7 @@ def theory_efficiency(target, results, table):
             f"| {name} | **median** | | | | | | **{float(np.median(effs)):.2f}** | | "
             f"**{float(np.median(effs_tau)):.2f}** |"
         )
-    return dict(r={int(k): v for k, v in latencies.items()}, c=costs, runs=out)
+    return dict(runs=out)
 
 
 def theory_from(args):
@@ -381,6 +410,8 @@ def theory_from(args):
     with open(args.theory_from) as f:
         reports = json.load(f)
     for rep in reports:
+        for row in rep["rows"]:
+            row["costs"] = []  # measure c and r(T) here and now
         dtype = getattr(jax.numpy, DTYPES[rep["dtype"]])
         if args.random_config:
             with open(args.random_config) as f:
