@@ -8,14 +8,19 @@ stopping at the tokenizer's end-of-turn tokens or after ``--max-new-tokens``:
 
     greedy          HF ``generate``                          specdec autoregressive
     prompt_lookup   HF ``prompt_lookup_num_tokens=gamma``    specdec ``ngram`` drafter, same gamma and n
-    early_exit      HF ``assistant_early_exit=k``            specdec ``draft_model`` with the first k layers
-    <--drafter>     (no HF counterpart)                      specdec's best other drafter
+    early_exit      HF ``assistant_early_exit=k``            specdec ``draft_model``, first k layers
+                    (only with ``--early-exit k``)
+    <--drafter>     (no HF counterpart)                      another specdec drafter (default
+                                                             ``bigram``: on SmolLM2 it beat unigram
+                                                             and the truncated draft, tau 1.6)
 
 Every greedy output must equal the greedy autoregressive one token for token (both
 frameworks, every method); any difference is printed with the position where it starts.
 Timings: one warm-up call per (prompt, method, framework) -- which is also where specdec
 compiles, reported apart -- then ``--repeats`` rounds that run every (method, framework) once,
 interleaved, so drifts of the machine's speed hit both frameworks alike; tokens/s are medians.
+On a CPU, torch's intra-op thread count is the faster of 1 and all cores, measured after JAX has
+run (a busy CPU makes torch's one-thread-per-core pool collapse; ``--torch-threads`` forces one).
 
 Theory efficiency: for each speculative specdec run, the speedup over specdec's own
 autoregressive run next to the speedup ``specdec.theory`` predicts from the measured alpha, the
@@ -23,7 +28,8 @@ drafter's cost ratio c (``timing.draft_cost_ratio``) and the verify-cost curve r
 (``timing.verify_cost``).
 
     python experiments/bench_peer.py [--per-category 1] [--max-new-tokens 64] [--repeats 3]
-    python experiments/bench_peer.py --dtypes f32 bf16 --reference experiments/peer_reference_cpu.json
+    python experiments/bench_peer.py --dtypes f32 bf16 --min-bucket 512 \
+        --reference experiments/peer_reference_cpu.json          # on a GPU
     python experiments/bench_peer.py --write-reference experiments/peer_reference_cpu.json
 """
 
