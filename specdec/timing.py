@@ -76,8 +76,26 @@ def verify_cost(model: Model, widths=(1, 2, 3, 4, 5, 6, 8, 12, 16), **kw) -> tup
     return VerifyCost.from_latencies(latencies), latencies
 
 
-def draft_cost_ratio(target: Model, drafter, *, context: int = 256, capacity: int = 512, repeats=20) -> float:
-    """c: median seconds of one ``drafter.propose`` of one token over one target decode step."""
+@functools.partial(jax.jit, static_argnames="steps")
+def _propose_steps(drafter, state, context: Context, key, steps=8):
+    """``steps`` one-token proposals inside one program (as in ``decode_loop``); each reads tokens
+    the previous one changed, so none can be hoisted out of the loop."""
+
+    def step(i, carry):
+        state, shift = carry
+        ctx = dataclasses.replace(context, tokens=context.tokens + shift)
+        draft, _, state = drafter.propose(state, ctx, 1, jax.random.fold_in(key, i))
+        return state, draft[:, :1] % 2
+
+    return jax.lax.fori_loop(0, steps, step, (state, jnp.zeros((1, 1), jnp.int32)))[1]
+
+
+def draft_cost_ratio(
+    target: Model, drafter, *, context: int = 256, capacity: int = 512, repeats=20, steps=8
+) -> float:
+    """c: median seconds of one ``drafter.propose`` of one token over one target decode step, both
+    timed as ``steps`` calls inside one compiled loop (no per-call dispatch, as in ``decode_loop``;
+    timing a lone jitted call would add the dispatch, which on a GPU is a large share of a step)."""
     if drafter is None:
         return 0.0
     tokens = jnp.ones((1, capacity), jnp.int32)
@@ -90,6 +108,6 @@ def draft_cost_ratio(target: Model, drafter, *, context: int = 256, capacity: in
         ctx = dataclasses.replace(ctx, features=zeros(2), features_start=jnp.array([context - 2]))
     else:
         state = jax.jit(drafter.init)(ctx)
-    propose = jax.jit(lambda d, s, c, k: d.propose(s, c, 1, k)[:2])
-    draft = median_s(lambda: propose(drafter, state, ctx, jax.random.key(0)), repeats)
-    return draft / forward_s(target, 1, context=context, capacity=capacity, repeats=repeats)
+    key = jax.random.key(0)
+    draft = median_s(lambda: _propose_steps(drafter, state, ctx, key, steps=steps), repeats) / steps
+    return draft / forward_s(target, 1, context=context, capacity=capacity, steps=steps, repeats=repeats)

@@ -1,0 +1,69 @@
+"""The peer benchmark's checks, and no hidden copies of the weights.
+
+Fast: the token-comparison helper; self-speculative drafters hold the target's own weight arrays.
+Slow (loads the real tokenizer): bench_peer end to end on a tiny random model, HF included.
+"""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import jax
+import pytest
+
+import specdec
+from specdec.models import Model, tiny_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_first_difference():
+    first_difference = load_script("bench_peer").first_difference
+    assert first_difference([1, 2, 3], [1, 2, 3]) is None
+    assert first_difference([1, 2, 3], [1, 5, 3]) == 1
+    assert first_difference([1, 2], [1, 2, 3]) == 2  # one stopped earlier
+    assert first_difference([], []) is None
+
+
+@pytest.mark.parametrize(
+    "name, options", [("draft_model", dict(layers=1)), ("layer_skip", dict(skip=[0])), ("ngram", {})]
+)
+def test_drafters_hold_no_copy_of_the_weights(name, options):
+    target = Model.random(tiny_config(), seed=0)
+    drafter = specdec.drafters.make(name, target, **options)
+    ours = {id(x) for x in jax.tree.leaves(target.params)}
+    weights = [x for x in jax.tree.leaves(drafter) if isinstance(x, jax.Array) and x.ndim >= 2]
+    assert all(id(x) in ours for x in weights)
+    if name != "ngram":
+        assert len(weights) >= 3  # it does hold weights: the target's embedding and layer matrices
+
+
+@pytest.mark.slow
+def test_bench_peer_end_to_end_on_a_tiny_model(tmp_path, smollm2_gguf):
+    bench = load_script("bench_peer")
+    out, ref = tmp_path / "peer.json", tmp_path / "ref.json"
+    common = ["--model", "smollm2-tiny-random", "--categories", "qa", "rag", "--max-new-tokens", "8"]
+    common += ["--repeats", "1", "--torch-threads", "1", "--no-theory", "--json", str(out)]
+    bench.main([*common, "--write-reference", str(ref)])
+    bench.main([*common, "--reference", str(ref), "--min-bucket", "512"])
+    (report,) = json.loads(out.read_text())
+    assert [row["category"] for row in report["rows"]] == ["qa", "rag"]
+    reference = json.loads(ref.read_text())
+    for row, want in zip(report["rows"], reference["prompts"], strict=True):
+        assert set(row["m"]) == {"greedy", "prompt_lookup", "bigram"}
+        assert row["ids"] == want["ids"]
+        greedy = row["m"]["greedy"]["tokens"]
+        assert len(greedy) == 8 and greedy == want["greedy"]  # the padded bucket changes nothing
+        for m in row["m"].values():
+            assert m["tokens"] == greedy  # lossless, every drafter
+            assert len(m["ours_s"]) == 1
+        for name in ("greedy", "prompt_lookup"):  # transformers on the same weights
+            assert row["m"][name]["hf_tokens"] == greedy
+        assert "hf_tokens" not in row["m"]["bigram"]
