@@ -24,7 +24,7 @@ from flax import nnx
 from specdec.drafters.draft_model import DraftModel
 from specdec.drafters.eagle import Eagle, frequent_tokens, readout_logits, target_readout
 from specdec.models import KVCache, Model
-from specdec.models.transformer import Transformer, embed_lookup
+from specdec.models.transformer import Transformer, embed_lookup, rms_norm
 from specdec.train.losses import DIVERGENCES, forward_kl, smooth_l1, total_variation
 
 
@@ -85,11 +85,14 @@ class Distilled:
 class EagleRecipe:
     """EAGLE's head. ``feature_noise``: uniform noise added to the input features (EAGLE's
     robustness trick); ``vocab``: draft (and train the classification loss) over only the
-    ``vocab`` most frequent tokens of the corpus (FR-Spec), None for the whole vocabulary."""
+    ``vocab`` most frequent tokens of the corpus (FR-Spec), None for the whole vocabulary;
+    ``normalized_features``: regress RMSNorm(h) on RMSNorm(f) (the LM head's input) instead of
+    the raw residual stream, whose few huge outlier dimensions otherwise dominate the loss."""
 
     cls_weight: float = 0.1
     feature_noise: float = 0.0
     vocab: int | None = None
+    normalized_features: bool = False
 
     def init(self, target: Model, counts=None):
         """-> (graphdef, trainable, frozen, teacher); ``counts`` [V]: corpus token counts (for ``vocab``)."""
@@ -127,6 +130,9 @@ class EagleRecipe:
 
     def loss(self, graphdef, trainable, frozen, teacher, batch, key):
         p, q, m, (h, f) = self.pairs(graphdef, trainable, frozen, teacher, batch, key)
+        if self.normalized_features:
+            eps = nnx.merge(graphdef, trainable).cfg.norm_eps
+            h, f = rms_norm(h, teacher["norm"], eps), rms_norm(f, teacher["norm"], eps)
         return smooth_l1(h, f, m) + self.cls_weight * forward_kl(p, q, m)
 
     def drafter(self, target: Model, graphdef, trainable, frozen, stop_below=None) -> Eagle:
