@@ -177,7 +177,7 @@ def test_vocabulary_mismatch_is_rejected(target):
 
 def test_unknown_drafter_name(target):
     with pytest.raises(
-        ValueError, match="unknown drafter 'medusa9'; allowed: none, bigram, draft_model, layer_skip"
+        ValueError, match="unknown drafter 'medusa9'; allowed: none, bigram, distilled, draft_model, eagle"
     ):
         drafters.make("medusa9", target)
 
