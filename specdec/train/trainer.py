@@ -225,7 +225,8 @@ def train(
     graphdef, trainable, frozen, teacher = recipe.init(target, counts)
     opt_state = optimizer.init(trainable)
     step = 0
-    if resume and (run_dir / "checkpoint" / "drafter.json").is_file():
+    saved_any = any((run_dir / d / "drafter.json").is_file() for d in ("checkpoint", "checkpoint.old"))
+    if resume and saved_any:  # checkpoint.old alone: interrupted while swapping in a new one
         meta, saved, _, _, trainable, _ = read_checkpoint(run_dir, target)
         if json.loads(json.dumps(cfg.to_dict())) != saved.to_dict():
             raise ValueError(
