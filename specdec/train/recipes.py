@@ -111,7 +111,8 @@ class EagleRecipe:
         return eagle.graphdef, eagle.params, frozen, readout
 
     def pairs(self, graphdef, trainable, frozen, teacher, batch, key=None):
-        """(p, q logits [B, T-1, V], mask [B, T-1], (predicted, true next features [B, T-1, D]))."""
+        """(p, q logits [B, T-1, V], mask [B, T-1], (predicted, true next features [B, T-1, D])),
+        the features in the regression's space (normalized with ``normalized_features``)."""
         tokens, mask, features = batch["tokens"], batch["mask"], batch["features"]
         inputs = features[:, :-1]
         if key is not None and self.feature_noise > 0:
@@ -123,16 +124,15 @@ class EagleRecipe:
         c = head.cfg
         cache = KVCache.init(1, B, c.n_kv_heads, T - 1, c.head_dim, features.dtype)
         h, _ = head(inputs, embed_lookup(frozen["embed"], tokens[:, 1:]), _positions(tokens[:, 1:]), cache)
-        eps = c.norm_eps
-        p = readout_logits(features[:, 1:], teacher["norm"], teacher["head"], eps)
+        f, eps = features[:, 1:], c.norm_eps
+        p = readout_logits(f, teacher["norm"], teacher["head"], eps)
         q = readout_logits(h, teacher["norm"], teacher["head"], eps)
-        return p, q, mask[:, 1:], (h, features[:, 1:])
+        if self.normalized_features:
+            h, f = rms_norm(h, teacher["norm"], eps), rms_norm(f, teacher["norm"], eps)
+        return p, q, mask[:, 1:], (h, f)
 
     def loss(self, graphdef, trainable, frozen, teacher, batch, key):
         p, q, m, (h, f) = self.pairs(graphdef, trainable, frozen, teacher, batch, key)
-        if self.normalized_features:
-            eps = nnx.merge(graphdef, trainable).cfg.norm_eps
-            h, f = rms_norm(h, teacher["norm"], eps), rms_norm(f, teacher["norm"], eps)
         return smooth_l1(h, f, m) + self.cls_weight * forward_kl(p, q, m)
 
     def drafter(self, target: Model, graphdef, trainable, frozen, stop_below=None) -> Eagle:
