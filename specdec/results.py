@@ -37,14 +37,17 @@ Schema (``COLUMNS``, in this order; every row has exactly these keys). Non-finit
 Writing: ``append`` validates every row first (nothing is written if one is bad), then, under
 an exclusive ``filelock`` on the sidecar ``<path>.lock``, writes the whole block with one
 ``os.write`` on an O_APPEND descriptor and fsyncs it, so concurrent writers (several processes
-of one sweep) never interleave. A row exists iff its line ends with a newline.
+of one sweep) never interleave. Every row ``append`` writes ends with a newline.
 
 Partial-line policy: a killed writer (or a non-atomic file system) can leave a final line
-without its newline. ``rows()`` ignores that line with a ``PartialLineWarning`` naming the file
-and line; any other malformed line is an error naming file:line. The next ``append`` removes
-such a tail (under the lock no other writer is active, so it is certainly dead) before writing.
-Complete rows of an interrupted block stay: each row stands alone, and a resumed sweep simply
-recomputes the configurations whose rows are missing.
+without its newline. If that line is a complete, valid row (a hand edit or ``cat a b > c`` can
+drop the last newline too), it is a row like any other: ``rows()`` returns it and the next
+``append`` first adds the missing newline. Otherwise (not JSON, or not exactly ``COLUMNS``) it
+is an interrupted write: ``rows()`` ignores it with a ``PartialLineWarning`` naming the file and
+line, and the next ``append`` removes it (under the lock no other writer is active, so it is
+certainly dead) before writing. Any other malformed line is an error naming file:line. Complete
+rows of an interrupted block stay: each row stands alone, and a resumed sweep simply recomputes
+the configurations whose rows are missing.
 """
 
 from __future__ import annotations
@@ -181,8 +184,26 @@ def _encode(rows: Iterable[Mapping]) -> bytes:
     return "".join(lines).encode("utf-8")
 
 
-def _drop_partial_tail(fd: int, path: Path) -> None:
-    # Under the lock: if the file does not end in a newline, cut it back to its last newline.
+def _decode_row(line: bytes) -> tuple[dict | None, str | None]:
+    """``(row, None)`` if ``line`` (without its newline) is a complete valid row, else ``(None, why)``."""
+    try:
+        row = json.loads(line)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        return None, f"not a valid JSON row ({e})"
+    if not isinstance(row, dict):
+        return None, f"expected a JSON object, got {type(row).__name__}"
+    missing = [c for c in COLUMNS if c not in row]
+    unknown = [c for c in row if c not in COLUMNS]
+    if missing or unknown:
+        col = missing[0] if missing else unknown[0]
+        kind = "missing" if missing else "unknown"
+        return None, f"{kind} column {col!r} (missing: {missing}, unknown: {unknown})"
+    return row, None
+
+
+def _repair_tail(fd: int, path: Path) -> None:
+    # Under the lock: if the file does not end in a newline, either finish a complete valid last
+    # row with its newline, or cut an incomplete one back to the previous newline.
     size = os.fstat(fd).st_size
     if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
         return
@@ -194,6 +215,9 @@ def _drop_partial_tail(fd: int, path: Path) -> None:
             end = start + cut + 1
             break
         end = start
+    if _decode_row(os.pread(fd, size - end, end))[0] is not None:
+        os.write(fd, b"\n")  # O_APPEND: lands at the end, completing the row
+        return
     warnings.warn(
         f"{path}: removed an incomplete final line ({size - end} bytes) left by an interrupted write",
         PartialLineWarning,
@@ -225,7 +249,7 @@ class ResultsStore:
         with FileLock(self.lock_path):
             fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
             try:
-                _drop_partial_tail(fd, self.path)
+                _repair_tail(fd, self.path)
                 written = os.write(fd, data)  # one write: on local file systems the block lands whole
                 while written < len(data):  # short write (disk nearly full): finish it, still under lock
                     written += os.write(fd, data[written:])
@@ -237,8 +261,8 @@ class ResultsStore:
     def rows(self) -> list[dict]:
         """Every row, in file order; [] if the file does not exist yet.
 
-        A malformed line raises ValueError naming file:line; an incomplete final line (no
-        newline) is ignored with a PartialLineWarning.
+        A malformed line raises ValueError naming file:line. A final line without its newline
+        is returned if it is a complete valid row, else ignored with a PartialLineWarning.
         """
         if not self.path.exists():
             return []
@@ -248,7 +272,10 @@ class ResultsStore:
         out = []
         for n, line in enumerate(lines, start=1):
             out.append(self._parse(line, n))
-        if tail:
+        last = _decode_row(tail)[0] if tail else None
+        if last is not None:  # a complete row that only lacks its newline (e.g. a hand edit)
+            out.append(last)
+        elif tail:
             warnings.warn(
                 f"{self.path}:{len(lines) + 1}: ignoring an incomplete final line ({len(tail)} bytes, "
                 "no newline) left by an interrupted write",
@@ -258,19 +285,9 @@ class ResultsStore:
         return out
 
     def _parse(self, line: bytes, n: int) -> dict:
-        where = f"{self.path}:{n}"
-        try:
-            row = json.loads(line)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"{where}: not a valid JSON row ({e})") from e
-        if not isinstance(row, dict):
-            raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
-        missing = [c for c in COLUMNS if c not in row]
-        unknown = [c for c in row if c not in COLUMNS]
-        if missing or unknown:
-            col = missing[0] if missing else unknown[0]
-            kind = "missing" if missing else "unknown"
-            raise ValueError(f"{where}: {kind} column {col!r} (missing: {missing}, unknown: {unknown})")
+        row, error = _decode_row(line)
+        if error is not None:
+            raise ValueError(f"{self.path}:{n}: {error}")
         return row
 
     def to_dataframe(self):

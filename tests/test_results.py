@@ -124,6 +124,40 @@ def test_partial_final_line_is_ignored_then_removed(tmp_path):
     assert store.path.read_text().endswith("}\n")
 
 
+@pytest.mark.parametrize("newlines", [1, 2, 3])
+def test_complete_final_row_without_newline_is_kept(tmp_path, newlines, recwarn):
+    # A hand edit or `cat a b > c` can drop the last newline of a complete row: it is a row.
+    store = ResultsStore(tmp_path / "r.jsonl")
+    rows = [make_row(prompt_id=i) for i in range(newlines)]
+    store.path.write_text("\n".join(json.dumps(r) for r in rows))  # no final newline
+    assert [r["prompt_id"] for r in store.rows()] == list(range(newlines))
+    store.append([make_row(prompt_id=9)])  # adds the missing newline, then its own row
+    assert [r["prompt_id"] for r in store.rows()] == [*range(newlines), 9]
+    assert store.path.read_text().count("\n") == newlines + 1
+    assert not [w for w in recwarn if issubclass(w.category, PartialLineWarning)]
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        json.dumps({k: v for k, v in make_row().items() if k != "tau"}),  # valid JSON, not a full row
+        json.dumps(make_row(extra=1)),
+        "[1, 2]",
+        json.dumps(make_row())[:-1],  # the whole row but its closing brace
+    ],
+)
+def test_final_line_that_is_not_a_complete_row_is_still_a_partial_write(tmp_path, tail):
+    store = ResultsStore(tmp_path / "r.jsonl")
+    store.append([make_row(prompt_id=0)])
+    with open(store.path, "a") as f:
+        f.write(tail)
+    with pytest.warns(PartialLineWarning, match=r"r\.jsonl:2: ignoring an incomplete final line"):
+        assert [r["prompt_id"] for r in store.rows()] == [0]
+    with pytest.warns(PartialLineWarning, match="removed an incomplete final line"):
+        store.append([make_row(prompt_id=1)])
+    assert [r["prompt_id"] for r in store.rows()] == [0, 1]
+
+
 def test_corrupt_line_is_an_error_naming_file_and_line(tmp_path):
     store = ResultsStore(tmp_path / "r.jsonl")
     store.append([make_row(prompt_id=0)])
