@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from pathlib import Path
 
 import gguf
@@ -246,6 +247,55 @@ def test_from_gguf_warns_on_unknown_pre_tokenizer(tmp_path):
     _write_tiny_gguf(tmp_path / "odd.gguf", pre="no-such-pre")
     with pytest.warns(UserWarning, match="no-such-pre"):
         Tokenizer.from_gguf(tmp_path / "odd.gguf")
+
+
+# ---------------------------------------------------------------- fast: "tiny-random", built locally
+
+
+def test_tiny_random_loads_offline_with_its_own_tokenizer(tmp_path, monkeypatch):
+    import specdec
+    from specdec.weights import zoo
+
+    monkeypatch.setenv("SPECDEC_CACHE", str(tmp_path / "empty-cache"))
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("tiny-random must not fetch anything")
+
+    monkeypatch.setattr(zoo, "_download_wheel", no_network)
+    monkeypatch.setattr(zoo, "fetch_gguf", no_network)
+    monkeypatch.setattr(zoo, "load_zoo_tokenizer", no_network)
+    model = specdec.load_model("tiny-random")
+    tok = model.tokenizer
+    assert model.name == "tiny-random" and model.config.vocab_size == tok.vocab_size == 512
+    assert [tok.token_to_id(t) for t in ("<|endoftext|>", "<|im_start|>", "<|im_end|>")] == [0, 1, 2]
+    assert tok.eos_ids == (2, 0) and tok.special_ids == {0, 1, 2} and not tok.add_bos
+    for text in [*SAMPLES, "Lisbon in early spring", "emoji 🙂 and 1,234.5"]:
+        assert tok.decode(tok.encode(text)) == text.replace("<|im_start|>", "").replace("<|im_end|>", "")
+        assert tok.decode(tok.encode(text), skip_special=False) == text
+    assert len(tok.encode("Suggest a rough itinerary")) < 0.6 * len("Suggest a rough itinerary")  # merges
+    chat = tok.apply_chat_template([{"role": "user", "content": "hi"}])
+    assert chat == (
+        "<|im_start|>system\nYou are a helpful AI assistant.<|im_end|>\n"
+        "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert tok.encode(chat)[0] == 1 and tok.encode(chat).count(2) == 2  # specials stay whole
+    out = specdec.generate(model, ["hi"], max_new_tokens=4)
+    assert len(out.tokens[0]) <= 4 and all(0 <= t < 512 for t in out.tokens[0])
+    assert not (tmp_path / "empty-cache" / "tiny-random").exists()  # nothing downloaded or cached
+
+
+def test_tiny_tokenizer_is_deterministic_across_processes_and_thread_counts():
+    import subprocess
+    import sys
+
+    from specdec.weights.tiny import tiny_tokenizer
+
+    here = tiny_tokenizer().backend.to_str()
+    assert tiny_tokenizer().backend.to_str() == here
+    code = "from specdec.weights.tiny import tiny_tokenizer; print(tiny_tokenizer().backend.to_str())"
+    env = {**os.environ, "RAYON_NUM_THREADS": "1", "PYTHONHASHSEED": "123"}
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert other.stdout.strip() == here
 
 
 # ---------------------------------------------------------------- slow: the real SmolLM2 tokenizer

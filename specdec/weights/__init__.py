@@ -6,19 +6,21 @@ from pathlib import Path
 
 import jax.numpy as jnp
 
-# Tiny random-weight models with a real tokenizer, for fast experiments and tests:
-# name -> (zoo model whose tokenizer they use, tiny_config overrides).
+_TINY = dict(dim=64, n_layers=4, n_heads=4, n_kv_heads=2, head_dim=16, ffn_dim=128, max_position=8192)
+# Tiny random-weight models, for fast experiments and tests: name -> (where the tokenizer comes
+# from: a zoo model's, or None for the tokenizer built locally by ``tiny.tiny_tokenizer``,
+# tiny_config overrides). "tiny-random" needs no network and no cache; "smollm2-tiny-random" has
+# SmolLM2's real 49152-token vocabulary (its GGUF is downloaded once).
 RANDOM_MODELS = {
-    "smollm2-tiny-random": (
-        "smollm2-135m-instruct",
-        dict(dim=64, n_layers=4, n_heads=4, n_kv_heads=2, head_dim=16, ffn_dim=128, max_position=8192),
-    ),
+    "tiny-random": (None, _TINY),
+    "smollm2-tiny-random": ("smollm2-135m-instruct", _TINY),
 }
 
 
 def load_model(name_or_path: str, *, dtype=jnp.float32):
     """Load a model by zoo name (``smollm2-135m-instruct``), HF checkpoint folder or ``.gguf`` file,
-    or a tiny random model with a real tokenizer (``smollm2-tiny-random``).
+    or a tiny random model (``tiny-random``: its own 512-token tokenizer, nothing downloaded;
+    ``smollm2-tiny-random``: SmolLM2's tokenizer).
 
     Returns a ``specdec.Model`` carrying config, parameters (in ``dtype``) and tokenizer.
     """
@@ -28,7 +30,12 @@ def load_model(name_or_path: str, *, dtype=jnp.float32):
 
     if name_or_path in RANDOM_MODELS:
         base, overrides = RANDOM_MODELS[name_or_path]
-        tokenizer = zoo.load_zoo_tokenizer(base)
+        if base is None:
+            from specdec.weights.tiny import tiny_tokenizer
+
+            tokenizer = tiny_tokenizer()
+        else:
+            tokenizer = zoo.load_zoo_tokenizer(base)
         config = tiny_config(vocab_size=tokenizer.vocab_size, **overrides)
         return Model.random(config, seed=0, dtype=dtype, tokenizer=tokenizer, name=name_or_path)
     if name_or_path in zoo.ZOO:
