@@ -50,7 +50,7 @@ def _parse(line: str, where: str) -> Question:
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{where}: not valid JSON ({e})") from e
+        raise ValueError(f"{where}: not valid JSON ({e})") from None
     if not isinstance(obj, dict):
         raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}")
     for field in ("question_id", "category", "turns"):
@@ -73,15 +73,20 @@ def _parse(line: str, where: str) -> Question:
 def load_questions(path: str | os.PathLike) -> list[Question]:
     """Every question of a Spec-Bench-format JSONL file, in file order; blank lines are skipped.
 
-    FileNotFoundError names a missing path; a malformed line, a missing or mistyped field, or a
-    repeated question_id raises ValueError naming file:line (and the field).
+    FileNotFoundError names a missing path; a line that is not UTF-8 or not JSON, a missing or
+    mistyped field, or a repeated question_id raises a one-line ValueError naming file:line (and
+    the field).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"task file not found: {path}")
     questions, seen = [], {}
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
+    with path.open("rb") as f:
+        for n, raw in enumerate(f, start=1):
+            try:  # decoded line by line, so that bad bytes are reported with their line
+                line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}:{n}: not UTF-8 text ({e})") from None
             if not line.strip():
                 continue
             q = _parse(line, f"{path}:{n}")

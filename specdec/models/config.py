@@ -5,6 +5,27 @@ from __future__ import annotations
 import dataclasses
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
+_REQUIRED = object()
+
+
+def _check(value, kind: str, where: str):
+    """``value`` as a config field of ``kind``: "size" (int >= 1), "positive" (finite number > 0),
+    "bool" or "dict"; ValueError starting with ``where`` otherwise."""
+    if kind == "size":
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{where} must be an integer >= 1, got {value!r}")
+        return value
+    if kind == "positive":
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < float("inf"):
+            raise ValueError(f"{where} must be a number > 0, got {value!r}")
+        return float(value)
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ValueError(f"{where} must be true or false, got {value!r}")
+        return value
+    if not isinstance(value, dict):
+        raise ValueError(f"{where} must be an object, got {value!r}")
+    return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,57 +80,74 @@ class ModelConfig:
     def from_hf(cls, hf: dict, source: str = "config.json") -> ModelConfig:
         """Build from a Hugging Face ``config.json`` dictionary.
 
-        Raises ValueError naming ``source`` and the offending field when the
-        architecture is unsupported or a field is missing.
+        Raises ValueError naming ``source`` and the offending field when the architecture is
+        unsupported, or a field is missing, of the wrong type or out of range.
         """
+        if not isinstance(hf, dict):
+            raise ValueError(f"{source}: expected a JSON object, got {type(hf).__name__}")
         archs = hf.get("architectures") or []
-        if len(archs) != 1 or archs[0] not in SUPPORTED_ARCHITECTURES:
+        if not isinstance(archs, list) or len(archs) != 1 or archs[0] not in SUPPORTED_ARCHITECTURES:
             raise ValueError(
                 f"{source}: unsupported architectures {archs!r}; "
                 f"allowed: {', '.join(SUPPORTED_ARCHITECTURES)}"
             )
-        try:
-            n_heads = hf["num_attention_heads"]
-            dim = hf["hidden_size"]
-            # transformers >= 5 nests theta and scaling in rope_parameters; older configs don't.
-            rope = hf.get("rope_parameters") or {}
-            theta = hf.get("rope_theta", rope.get("rope_theta", 10000.0))
-            scaling = hf.get("rope_scaling") or rope
-            kind = scaling.get("rope_type", scaling.get("type", "default"))
-            rope_scaling = None
-            if kind != "default":
-                if kind != "llama3":
-                    raise ValueError(
-                        f"{source}: rope_scaling type {kind!r} is not supported; allowed: llama3"
-                    )
-                rope_scaling = RopeScaling(
-                    factor=float(scaling["factor"]),
-                    low_freq_factor=float(scaling["low_freq_factor"]),
-                    high_freq_factor=float(scaling["high_freq_factor"]),
-                    original_max_position=int(scaling["original_max_position_embeddings"]),
-                )
-            window = hf.get("sliding_window")
-            if archs[0] == "Qwen2ForCausalLM" and not hf.get("use_sliding_window", False):
-                window = None
-            return cls(
-                vocab_size=hf["vocab_size"],
-                dim=dim,
-                n_layers=hf["num_hidden_layers"],
-                n_heads=n_heads,
-                n_kv_heads=hf.get("num_key_value_heads", n_heads),
-                head_dim=hf.get("head_dim") or dim // n_heads,
-                ffn_dim=hf["intermediate_size"],
-                norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-                rope_theta=float(theta),
-                rope_scaling=rope_scaling,
-                max_position=hf.get("max_position_embeddings", 2048),
-                tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-                qkv_bias=archs[0] == "Qwen2ForCausalLM" or bool(hf.get("attention_bias", False)),
-                sliding_window=window,
-                architecture=archs[0],
+
+        def get(key: str, kind: str, default=_REQUIRED):
+            value = hf.get(key)
+            if value is None:  # absent or null: the default
+                if default is _REQUIRED:
+                    raise ValueError(f"{source}: missing required field {key!r}")
+                if default is None:
+                    return None
+                value = default
+            return _check(value, kind, f"{source}: field {key!r}")
+
+        n_heads = get("num_attention_heads", "size")
+        dim = get("hidden_size", "size")
+        # transformers >= 5 nests theta and scaling in rope_parameters; older configs don't.
+        rope = get("rope_parameters", "dict", None) or {}
+        theta = hf.get("rope_theta")
+        theta = rope.get("rope_theta", 10000.0) if theta is None else theta
+        theta = _check(theta, "positive", f"{source}: field 'rope_theta'")
+        scaling = get("rope_scaling", "dict", None) or rope
+        kind = scaling.get("rope_type", scaling.get("type", "default"))
+        rope_scaling = None
+        if kind != "default":
+            if kind != "llama3":
+                raise ValueError(f"{source}: rope_scaling type {kind!r} is not supported; allowed: llama3")
+            fields = dict(factor="positive", low_freq_factor="positive", high_freq_factor="positive")
+            fields["original_max_position_embeddings"] = "size"
+            for key in fields:
+                if key not in scaling:
+                    raise ValueError(f"{source}: missing required field rope_scaling {key!r}")
+            values = [_check(scaling[k], t, f"{source}: rope_scaling {k!r}") for k, t in fields.items()]
+            rope_scaling = RopeScaling(*values)
+        window = get("sliding_window", "size", None)
+        if archs[0] == "Qwen2ForCausalLM" and not hf.get("use_sliding_window", False):
+            window = None
+        n_kv_heads = get("num_key_value_heads", "size", n_heads)
+        if n_heads % n_kv_heads:
+            raise ValueError(
+                f"{source}: num_attention_heads {n_heads} must be a multiple of "
+                f"num_key_value_heads {n_kv_heads}"
             )
-        except KeyError as err:
-            raise ValueError(f"{source}: missing required field {err.args[0]!r}") from None
+        return cls(
+            vocab_size=get("vocab_size", "size"),
+            dim=dim,
+            n_layers=get("num_hidden_layers", "size"),
+            n_heads=n_heads,
+            n_kv_heads=n_kv_heads,
+            head_dim=get("head_dim", "size", None) or dim // n_heads,
+            ffn_dim=get("intermediate_size", "size"),
+            norm_eps=get("rms_norm_eps", "positive", 1e-6),
+            rope_theta=theta,
+            rope_scaling=rope_scaling,
+            max_position=get("max_position_embeddings", "size", 2048),
+            tie_embeddings=get("tie_word_embeddings", "bool", False),
+            qkv_bias=archs[0] == "Qwen2ForCausalLM" or get("attention_bias", "bool", False),
+            sliding_window=window,
+            architecture=archs[0],
+        )
 
     def to_hf(self) -> dict:
         """The Hugging Face ``config.json`` dictionary for this config."""

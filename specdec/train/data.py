@@ -14,11 +14,12 @@ from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 from tqdm import tqdm
 
 import specdec
 from specdec.models import Model
+from specdec.weights.files import read_safetensors
 
 _SENTINEL = "\u2063"  # invisible separator used to cut the chat template at the user's text
 
@@ -50,8 +51,19 @@ class Corpus:
 
     @classmethod
     def load(cls, path) -> Corpus:
-        t = load_file(str(path))
-        return cls(t["tokens"], t["mask"].astype(bool), t["features"])
+        """A corpus saved by ``save``; FileNotFoundError or ValueError (corrupt, truncated, missing or
+        misshapen arrays) naming the file."""
+        t = read_safetensors(path)
+        missing = [k for k in ("tokens", "mask", "features") if k not in t]
+        if missing:
+            raise ValueError(f"{path}: not a corpus file: missing array {missing[0]!r}")
+        tokens, mask, features = t["tokens"], t["mask"], t["features"]
+        if tokens.ndim != 2 or mask.shape != tokens.shape or features.shape[:-1] != tokens.shape:
+            raise ValueError(
+                f"{path}: not a corpus file: shapes tokens {tokens.shape}, mask {mask.shape}, "
+                f"features {features.shape} (expected [N, T], [N, T], [N, T, D])"
+            )
+        return cls(tokens, mask.astype(bool), features)
 
 
 def user_turn_prefix(target: Model) -> str:

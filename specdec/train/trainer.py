@@ -23,13 +23,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 from tqdm import tqdm
 
 from specdec.models import Model
 from specdec.train.data import Corpus
 from specdec.train.losses import DIVERGENCES
 from specdec.train.recipes import RECIPES, agreement
+from specdec.weights.files import one_line, read_json, read_safetensors
 
 COUNTS = "token_counts"  # the corpus token counts [V], stored with the weights (vocabulary subsets)
 
@@ -159,11 +160,32 @@ def checkpoint_folder(path) -> Path:
     raise FileNotFoundError(f"{path}: no drafter checkpoint (drafter.json) here or in {path / 'checkpoint'}")
 
 
+def read_meta(path) -> tuple[dict, TrainConfig]:
+    """A checkpoint's drafter.json and its TrainConfig; ValueError naming the file if it is corrupt."""
+    path = Path(path)
+    meta = read_json(path)
+    for key, kind, what in (("kind", str, "a string"), ("train", dict, "an object"), ("step", int, "an int")):
+        if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool):
+            raise ValueError(f"{path}: field {key!r} must be {what}, got {meta.get(key)!r}")
+    if not isinstance(meta.get("target"), dict):
+        raise ValueError(f"{path}: field 'target' must be an object, got {meta.get('target')!r}")
+    for key in ("vocab_size", "dim"):
+        value = meta["target"].get(key)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ValueError(f"{path}: field 'target.{key}' must be an int, got {value!r}")
+    try:
+        cfg = TrainConfig(**meta["train"])
+    except TypeError as err:  # an unknown option
+        raise ValueError(f"{path}: field 'train': {one_line(err)}") from None
+    except ValueError as err:
+        raise ValueError(f"{path}: {one_line(err)}") from None
+    return meta, cfg
+
+
 def read_checkpoint(path, target: Model):
     """-> (meta, TrainConfig, recipe, graphdef, trainable, frozen), checked against the target."""
     folder = checkpoint_folder(path)
-    meta = json.loads((folder / "drafter.json").read_text())
-    cfg = TrainConfig(**meta["train"])
+    meta, cfg = read_meta(folder / "drafter.json")
     c, want = target.config, meta["target"]
     if (c.vocab_size, c.dim) != (want["vocab_size"], want["dim"]):
         raise ValueError(
@@ -171,7 +193,7 @@ def read_checkpoint(path, target: Model):
             f"{want['dim']}, not {target.name!r} (vocab_size {c.vocab_size}, dim {c.dim})"
         )
     recipe = cfg.make_recipe()
-    tensors = load_file(str(folder / "weights.safetensors"))
+    tensors = read_safetensors(folder / "weights.safetensors")
     graphdef, trainable, frozen, _ = recipe.init(target, tensors.get(COUNTS))
     trainable = _unflat(trainable, tensors, str(folder / "weights.safetensors"))
     return meta, cfg, recipe, graphdef, trainable, frozen
@@ -232,8 +254,13 @@ def train(
             raise ValueError(
                 f"{run_dir}: has a checkpoint of another training config; use another run_dir or resume=false"
             )
-        leaves = load_file(str(checkpoint_folder(run_dir) / "optimizer.safetensors"))
+        optimizer_file = checkpoint_folder(run_dir) / "optimizer.safetensors"
+        leaves = read_safetensors(optimizer_file)
         treedef = jax.tree.structure(opt_state)
+        if sorted(leaves) != sorted(map(str, range(treedef.num_leaves))):
+            raise ValueError(
+                f"{optimizer_file}: holds {len(leaves)} optimiser arrays, expected {treedef.num_leaves}"
+            )
         opt_state = jax.tree.unflatten(
             treedef, [jnp.asarray(leaves[str(i)]) for i in range(treedef.num_leaves)]
         )

@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import os
 import re
+import struct
 
 import numpy as np
 
 from specdec.models.config import ModelConfig
+from specdec.weights.files import one_line
 
 SUPPORTED_GGUF_ARCHITECTURES = ("llama",)
 
@@ -69,6 +71,25 @@ def unpermute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+def open_gguf(path: str | os.PathLike):
+    """A ``gguf.GGUFReader`` over ``path``.
+
+    FileNotFoundError names a missing file; a truncated or corrupt file (on which the reader
+    raises bare ValueError / IndexError / struct errors) raises one ValueError naming it.
+    """
+    import gguf
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such GGUF file")
+    try:
+        return gguf.GGUFReader(path, "r")
+    except (ValueError, IndexError, KeyError, TypeError, OverflowError, EOFError, struct.error) as err:
+        raise ValueError(f"{path}: truncated or corrupt GGUF file ({one_line(err)})") from None
+    except OSError as err:
+        raise ValueError(f"{path}: unreadable ({one_line(err.strerror or err)})") from None
+
+
 def _field(reader, key: str, default=None):
     field = reader.fields.get(key)
     if field is None:
@@ -98,13 +119,11 @@ def read_gguf(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, np.ndarra
     ..., ``model.norm.weight`` and ``lm_head.weight`` only when the file has an
     untied ``output.weight``) to float32 arrays in HF shapes.
 
-    Raises ValueError for an unsupported ``general.architecture``, missing
-    metadata, unsupported RoPE scaling or unexpected tensors.
+    Raises ValueError naming the file for a truncated or corrupt file, an unsupported
+    ``general.architecture``, missing metadata, unsupported RoPE scaling or unexpected tensors.
     """
-    import gguf
-
     path = os.fspath(path)
-    reader = gguf.GGUFReader(path, "r")
+    reader = open_gguf(path)
     arch = _field(reader, "general.architecture")
     if arch not in SUPPORTED_GGUF_ARCHITECTURES:
         raise ValueError(

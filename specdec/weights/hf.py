@@ -11,23 +11,26 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from specdec.models import Model, ModelConfig
+from specdec.weights.files import one_line, read_json
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 
 
 def read_config(folder: Path) -> ModelConfig:
+    """The folder's config.json; FileNotFoundError or ValueError (corrupt, missing or mistyped field)
+    naming the file."""
     path = folder / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing config.json in the checkpoint folder")
-    return ModelConfig.from_hf(json.loads(path.read_text()), source=str(path))
+    return ModelConfig.from_hf(read_json(path), source=str(path))
 
 
 def _weight_files(folder: Path) -> list[Path]:
     if (folder / INDEX_FILE).is_file():
-        weight_map = json.loads((folder / INDEX_FILE).read_text()).get("weight_map")
-        if not isinstance(weight_map, dict):
-            raise ValueError(f"{folder / INDEX_FILE}: no 'weight_map' object in the shard index")
+        weight_map = read_json(folder / INDEX_FILE).get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise ValueError(f"{folder / INDEX_FILE}: 'weight_map' must map tensor names to file names")
         files = [folder / name for name in sorted(set(weight_map.values()))]
     elif (folder / SINGLE_FILE).is_file():
         files = [folder / SINGLE_FILE]
@@ -48,7 +51,7 @@ def read_tensors(folder: Path) -> dict[str, np.ndarray]:
                 for key in fh.keys():  # noqa: SIM118 (safe_open is not a dict)
                     tensors[key] = np.asarray(fh.get_tensor(key))
         except (SafetensorError, OSError) as err:
-            raise ValueError(f"{f}: unreadable or truncated safetensors file ({err})") from None
+            raise ValueError(f"{f}: unreadable or truncated safetensors file ({one_line(err)})") from None
     return tensors
 
 

@@ -17,6 +17,8 @@ from typing import Any
 import tokenizers
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
 
+from specdec.weights.files import one_line, read_json
+
 __all__ = ["Tokenizer"]
 
 # End-of-generation special tokens (llama.cpp's names); from_gguf adds those present to `eos_ids`.
@@ -57,7 +59,28 @@ def _byte_level_pre_tokenizer(pre: str | None) -> pre_tokenizers.PreTokenizer:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    """A JSON object file, {} if absent; ValueError naming the file if it is not a valid JSON object."""
+    return read_json(path) if path.is_file() else {}
+
+
+def _ids(value: Any, key: str, path: Path) -> list[int | None]:
+    """A config's token id field (an int, a list of ints, or null) as a list."""
+    values = value if isinstance(value, list) else [value]
+    if not all(v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in values):
+        raise ValueError(f"{path}: {key!r} must be a token id or a list of token ids, got {value!r}")
+    return values
+
+
+def _template(value: Any, path: Path) -> str | None:
+    """tokenizer_config.json's chat_template: a string, [{"name", "template"}, ...] or null."""
+    if isinstance(value, list):  # [{"name": ..., "template": ...}, ...]
+        if not all(isinstance(t, dict) and isinstance(t.get("template"), str) for t in value):
+            raise ValueError(f"{path}: 'chat_template' list entries must be {{'name': ..., 'template': str}}")
+        named = {t.get("name"): t["template"] for t in value}
+        value = named.get("default", next(iter(named.values()), None))
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"{path}: 'chat_template' must be a string, got {type(value).__name__}")
+    return value
 
 
 @lru_cache(maxsize=8)
@@ -161,9 +184,11 @@ class Tokenizer:
         """Byte-level BPE tokenizer from a GGUF file's `tokenizer.*` metadata (path or `gguf.GGUFReader`)."""
         import gguf
 
+        from specdec.weights.gguf_file import open_gguf
+
         reader = path_or_reader
         if not isinstance(reader, gguf.GGUFReader):
-            reader = gguf.GGUFReader(path_or_reader)
+            reader = open_gguf(path_or_reader)
 
         def field(key: str, default: Any = None) -> Any:
             f = reader.fields.get(key)
@@ -208,29 +233,42 @@ class Tokenizer:
     @classmethod
     def from_hf_dir(cls, path) -> Tokenizer:
         """From a HF directory: tokenizer.json, tokenizer_config.json, chat_template.jinja and the
-        eos_token_id of generation_config.json / config.json, where present."""
-        path = Path(path)
-        if not (path / "tokenizer.json").is_file():
-            raise FileNotFoundError(f"tokenizer.json not found in {path}")
-        backend = tokenizers.Tokenizer.from_file(str(path / "tokenizer.json"))
-        config = _read_json(path / "tokenizer_config.json")
+        eos_token_id of generation_config.json / config.json, where present.
 
-        def token_id(entry: Any) -> int | None:
+        FileNotFoundError if tokenizer.json is missing; a corrupt or mistyped file: ValueError naming it.
+        """
+        path = Path(path)
+        tokenizer_json = path / "tokenizer.json"
+        if not tokenizer_json.is_file():
+            raise FileNotFoundError(f"tokenizer.json not found in {path}")
+        try:
+            backend = tokenizers.Tokenizer.from_file(str(tokenizer_json))
+        except Exception as err:  # the Rust library raises a bare Exception naming no file
+            raise ValueError(f"{tokenizer_json}: not a valid tokenizer.json ({one_line(err)})") from None
+        config_path = path / "tokenizer_config.json"
+        config = _read_json(config_path)
+
+        def token_id(key: str) -> int | None:
+            entry = config.get(key)
             name = entry.get("content") if isinstance(entry, dict) else entry
+            if name is not None and not isinstance(name, str):
+                raise ValueError(f"{config_path}: {key!r} must be a token string, got {entry!r}")
             return None if name is None else backend.token_to_id(name)
 
-        template = config.get("chat_template")
-        if isinstance(template, list):  # [{"name": ..., "template": ...}, ...]
-            named = {t["name"]: t["template"] for t in template}
-            template = named.get("default", next(iter(named.values()), None))
+        template = _template(config.get("chat_template"), config_path)
         if (path / "chat_template.jinja").is_file():
-            template = (path / "chat_template.jinja").read_text(encoding="utf-8")
-        eos = [token_id(config.get("eos_token"))]
+            try:
+                template = (path / "chat_template.jinja").read_text(encoding="utf-8")
+            except UnicodeDecodeError as err:
+                where = path / "chat_template.jinja"
+                raise ValueError(f"{where}: not UTF-8 text ({one_line(err)})") from None
+        eos = [token_id("eos_token")]
         for name in ("generation_config.json", "config.json"):
-            extra = _read_json(path / name).get("eos_token_id")
-            eos += extra if isinstance(extra, list) else [extra]
-        bos_id = token_id(config.get("bos_token"))
+            eos += _ids(_read_json(path / name).get("eos_token_id"), "eos_token_id", path / name)
+        bos_id = token_id("bos_token")
         add_bos = config.get("add_bos_token")
+        if add_bos is not None and not isinstance(add_bos, bool):
+            raise ValueError(f"{config_path}: 'add_bos_token' must be true or false, got {add_bos!r}")
         if add_bos is None:  # no flag: does tokenizer.json's post-processor put BOS first?
             probe = backend.encode("a", add_special_tokens=True).ids
             add_bos = bos_id is not None and probe[:1] == [bos_id]
@@ -238,7 +276,7 @@ class Tokenizer:
             backend,
             bos_id=bos_id,
             eos_ids=tuple(dict.fromkeys(int(i) for i in eos if i is not None)),
-            pad_id=token_id(config.get("pad_token")),
+            pad_id=token_id("pad_token"),
             chat_template=template,
             add_bos=bool(add_bos),
         )

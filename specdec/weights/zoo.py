@@ -43,6 +43,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from specdec.models.config import ModelConfig
+from specdec.weights.files import one_line
 
 _CHUNK = 1 << 20
 _SUMS = "sha256.json"  # name (or suffix) of a converted cache's checksum file
@@ -180,10 +181,6 @@ class _CorruptCache(Exception):
     """A cached file failed verification; the message (one line) names it."""
 
 
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split())
-
-
 def _write_checksums(sums: Path, files: list[Path]) -> None:
     """Record size and SHA-256 of ``files`` (by name) in ``sums``, atomically: the cache's commit point."""
     record = {f.name: {"size": f.stat().st_size, "sha256": _sha256_file(f)} for f in files}
@@ -203,7 +200,7 @@ def _verify_checksums(sums: Path, files: list[Path]) -> bool:
     except FileNotFoundError:
         return False
     except (OSError, ValueError) as err:
-        raise _CorruptCache(f"{sums}: unreadable checksum file ({_one_line(err)})") from None
+        raise _CorruptCache(f"{sums}: unreadable checksum file ({one_line(err)})") from None
     for f in dict.fromkeys([*files, *(sums.parent / n for n in record)]):
         want = record.get(f.name)
         if not isinstance(want, dict):
@@ -216,7 +213,7 @@ def _verify_checksums(sums: Path, files: list[Path]) -> bool:
         except FileNotFoundError:
             raise _CorruptCache(f"{f}: missing, though listed in {sums.name}") from None
         except OSError as err:
-            raise _CorruptCache(f"{f}: unreadable ({_one_line(err)})") from None
+            raise _CorruptCache(f"{f}: unreadable ({one_line(err)})") from None
         if actual != want.get("sha256"):
             raise _CorruptCache(f"{f}: sha256 {actual} does not match {want.get('sha256')} (corrupted)")
     return True
@@ -347,11 +344,11 @@ def load_zoo_tensors(name: str, *, use_cache: bool = True) -> tuple[ModelConfig,
         try:
             config = ModelConfig.from_hf(json.loads(cfg_path.read_text()), source=str(cfg_path))
         except (OSError, ValueError) as err:
-            raise _CorruptCache(f"{cfg_path}: unreadable cached config ({_one_line(err)})") from None
+            raise _CorruptCache(f"{cfg_path}: unreadable cached config ({one_line(err)})") from None
         try:
             return config, load_file(st_path)
         except (OSError, SafetensorError) as err:
-            raise _CorruptCache(f"{st_path}: unreadable cached tensors ({_one_line(err)})") from None
+            raise _CorruptCache(f"{st_path}: unreadable cached tensors ({one_line(err)})") from None
 
     with contextlib.suppress(_CorruptCache):  # checked again, and reported, under the lock
         if (hit := cached()) is not None:
@@ -392,7 +389,7 @@ def load_zoo_tokenizer(name: str):
         try:
             return Tokenizer.from_hf_dir(folder)
         except (OSError, ValueError) as err:
-            raise _CorruptCache(f"{folder}: unreadable cached tokenizer ({_one_line(err)})") from None
+            raise _CorruptCache(f"{folder}: unreadable cached tokenizer ({one_line(err)})") from None
 
     with contextlib.suppress(_CorruptCache):  # checked again, and reported, under the lock
         if (hit := cached()) is not None:
