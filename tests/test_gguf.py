@@ -410,6 +410,7 @@ def test_corrupt_tokenizer_cache_is_rebuilt_with_one_warning_naming_the_file(
     fresh = zoo.load_zoo_tokenizer("tiny")
     folder = zoo.tokenizer_cache_path("tiny")
     assert (folder / "sha256.json").is_file()
+    assert folder.stat().st_mode & 0o777 == 0o755  # shareable, like the other cached files
     damage(folder / file)
     if file == "sha256.json" and damage is Path.unlink:  # no checksums (older cache): silent rebuild
         with warnings.catch_warnings():

@@ -403,6 +403,7 @@ def load_zoo_tokenizer(name: str):
             _warn_rebuild(err, name)
         tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".tokenizer-"))
         try:
+            os.chmod(tmp, 0o755)  # mkdtemp creates 0700; cached files are meant to be shareable
             tokenizer.save_hf(tmp)
             _write_checksums(tmp / _SUMS, sorted(tmp.iterdir()))
             if folder.exists():  # stale or corrupt: move it aside, then swap the new one in
