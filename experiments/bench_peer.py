@@ -223,7 +223,14 @@ def _bench_dtype(args, dtype: str, prompts_cache: dict) -> dict:
 
     def ours(ids, drafter, gamma):
         out = specdec.generate(
-            target, [ids], drafter=drafter, gamma=max(gamma, 1), max_new_tokens=N, chat=False, eos_ids=eos
+            target,
+            [ids],
+            drafter=drafter,
+            gamma=max(gamma, 1),
+            max_new_tokens=N,
+            chat=False,
+            eos_ids=eos,
+            min_bucket=args.min_bucket or 16,
         )
         return out.tokens[0], out.wall_s, out.compile_s, out.stats[0]
 
@@ -472,8 +479,6 @@ def main(argv=None):
             with open(args.json, "w") as f:
                 json.dump(reports, f, default=float)
         return
-    if args.min_bucket:
-        specdec.generation.MIN_BUCKET = args.min_bucket  # read by generation.bucket at every call
     print(f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; devices: {jax.devices()}")
     shared: dict = {}
     reports, failed = [], False

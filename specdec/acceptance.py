@@ -1,8 +1,9 @@
 """Acceptance rules: which draft tokens the target keeps, and the token that follows.
 
-Every rule has the signature
+Every rule is a small frozen dataclass (hashable: a static setting of the compiled loop)
+whose one method is
 
-    accept(p [B, K+1, V], q [B, K, V], draft [B, K], key) -> (n_accepted [B], next_token [B])
+    rule(p [B, K+1, V], q [B, K, V], draft [B, K], key) -> (n_accepted [B], next_token [B])
 
 p[:, i] is the target's distribution after the prefix and the first i draft
 tokens; q[:, i] the drafter's distribution that draft[:, i] was sampled from.
@@ -17,10 +18,12 @@ the bonus token from p, exactly as if the drafter had proposed only i tokens.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
-from specdec.sampling import sample
+from specdec.sampling import Sampling, sample
 
 
 def _leading(accepted: jax.Array) -> jax.Array:
@@ -38,7 +41,8 @@ def _at(x: jax.Array, index: jax.Array) -> jax.Array:
     return jnp.take_along_axis(x, index[:, None, None], axis=1)[:, 0]
 
 
-def speculative_sampling(p, q, draft, key):
+@dataclasses.dataclass(frozen=True)
+class SpeculativeSampling:
     """Lossless speculative sampling (Leviathan et al. 2023, Chen et al. 2023).
 
     Accept draft token x_i with probability min(1, p_i(x_i) / q_i(x_i)); at the first
@@ -46,49 +50,91 @@ def speculative_sampling(p, q, draft, key):
     sample the bonus token from p_K. The emitted tokens are distributed exactly
     as if sampled from p one at a time.
     """
-    B, K = draft.shape
-    key_u, key_next = jax.random.split(key)
-    p_x, q_x = _prob_of(p, draft), _prob_of(q, draft)  # [B, K]
-    u = jax.random.uniform(key_u, (B, K))
-    # u < p/q  <=>  u * q < p; q_x = 0 only where nothing was drafted.
-    n = _leading((q_x > 0) & (u * q_x < p_x))
-    residual = jnp.maximum(p[:, :K] - q, 0.0)  # [B, K, V]
-    residual = jnp.concatenate([residual, p[:, K:]], axis=1)  # position K: the bonus comes from p
-    dist = _at(residual, n)  # [B, V]
-    mass = jnp.sum(dist, axis=-1, keepdims=True)
-    # A zero residual has probability zero of being reached (p = q there); guard rounding.
-    dist = jnp.where(mass > 0, dist / jnp.where(mass > 0, mass, 1.0), _at(p, n))
-    return n, sample(dist, key_next)
+
+    name = "speculative"
+    lossless = True
+
+    def __call__(self, p, q, draft, key):
+        B, K = draft.shape
+        key_u, key_next = jax.random.split(key)
+        p_x, q_x = _prob_of(p, draft), _prob_of(q, draft)  # [B, K]
+        u = jax.random.uniform(key_u, (B, K))
+        # u < p/q  <=>  u * q < p; q_x = 0 only where nothing was drafted.
+        n = _leading((q_x > 0) & (u * q_x < p_x))
+        residual = jnp.maximum(p[:, :K] - q, 0.0)  # [B, K, V]
+        residual = jnp.concatenate([residual, p[:, K:]], axis=1)  # position K: the bonus comes from p
+        dist = _at(residual, n)  # [B, V]
+        mass = jnp.sum(dist, axis=-1, keepdims=True)
+        # A zero residual has probability zero of being reached (p = q there); guard rounding.
+        dist = jnp.where(mass > 0, dist / jnp.where(mass > 0, mass, 1.0), _at(p, n))
+        return n, sample(dist, key_next)
+
+    def for_sampling(self, sampling: Sampling):
+        """At temperature 0 p is one-hot: the same rule in its exact, random-free form."""
+        return GreedyMatch() if sampling.greedy else self
 
 
-def greedy_match(p, q, draft, key):
+@dataclasses.dataclass(frozen=True)
+class GreedyMatch:
     """Exact greedy verification: accept while draft == argmax p, then emit argmax p_n.
 
-    Identical to speculative_sampling when p is one-hot (temperature 0), without
+    Identical to SpeculativeSampling when p is one-hot (temperature 0), without
     random numbers. ``q`` only tells which positions were drafted; ``key`` is unused.
     """
-    del key
-    target = jnp.argmax(p, axis=-1).astype(jnp.int32)  # [B, K+1]
-    n = _leading((draft == target[:, : draft.shape[1]]) & (_prob_of(q, draft) > 0))
-    return n, jnp.take_along_axis(target, n[:, None], axis=1)[:, 0]
+
+    name = "greedy"
+    lossless = True
+
+    def __call__(self, p, q, draft, key):
+        del key
+        target = jnp.argmax(p, axis=-1).astype(jnp.int32)  # [B, K+1]
+        n = _leading((draft == target[:, : draft.shape[1]]) & (_prob_of(q, draft) > 0))
+        return n, jnp.take_along_axis(target, n[:, None], axis=1)[:, 0]
+
+    def for_sampling(self, sampling: Sampling):
+        return self
 
 
-def typical_acceptance_lossy(p, q, draft, key, *, epsilon: float = 0.09, delta: float = 0.3):
+@dataclasses.dataclass(frozen=True)
+class TypicalLossy:
     """LOSSY typical acceptance (Medusa, Cai et al. 2024). Does NOT preserve p.
 
     Accept x_i while p_i(x_i) > min(epsilon, delta * exp(-H(p_i))); then sample the
     next token from p_n. Trades exactness for longer accepted runs at high temperature.
     """
-    K = draft.shape[1]
-    p_k = p[:, :K]
-    entropy = -jnp.sum(jnp.where(p_k > 0, p_k * jnp.log(jnp.where(p_k > 0, p_k, 1.0)), 0.0), axis=-1)
-    typical = _prob_of(p, draft) > jnp.minimum(epsilon, delta * jnp.exp(-entropy))
-    n = _leading(typical & (_prob_of(q, draft) > 0))
-    return n, sample(_at(p, n), key)
+
+    epsilon: float = 0.09  # hard threshold on p(x)
+    delta: float = 0.3  # entropy-scaled threshold
+
+    name = "typical_lossy"
+    lossless = False
+
+    def __post_init__(self):
+        for field in ("epsilon", "delta"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+                raise ValueError(f"acceptance.{field} must be a number in [0, 1], got {value!r}")
+
+    def __call__(self, p, q, draft, key):
+        K = draft.shape[1]
+        p_k = p[:, :K]
+        entropy = -jnp.sum(jnp.where(p_k > 0, p_k * jnp.log(jnp.where(p_k > 0, p_k, 1.0)), 0.0), axis=-1)
+        typical = _prob_of(p, draft) > jnp.minimum(self.epsilon, self.delta * jnp.exp(-entropy))
+        n = _leading(typical & (_prob_of(q, draft) > 0))
+        return n, sample(_at(p, n), key)
+
+    def for_sampling(self, sampling: Sampling):
+        return self
 
 
-RULES = {
-    "speculative": speculative_sampling,
-    "greedy": greedy_match,
-    "typical_lossy": typical_acceptance_lossy,
-}
+RULES = {rule.name: rule for rule in (SpeculativeSampling, TypicalLossy)}
+
+
+def make(name: str, **options):
+    """The acceptance rule called ``name`` (a key of ``RULES``) with its options."""
+    if name not in RULES:
+        raise ValueError(f"acceptance: unknown rule {name!r}; allowed: {', '.join(RULES)}")
+    try:
+        return RULES[name](**options)
+    except TypeError as err:
+        raise ValueError(f"acceptance.{name}: {err}") from None

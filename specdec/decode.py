@@ -1,26 +1,24 @@
-"""THE compiled loop: autoregressive and chain speculative decoding in one XLA program.
+"""THE compiled loop: autoregressive and speculative decoding in one XLA program.
 
 One call of ``decode_loop`` generates every token of a batch:
 
-    prefill(target), drafter.init
+    prefill(target); drafter.init
     while any row is active and fewer than max_new_tokens steps have run:
-        draft  = drafter.propose(up to gamma tokens after the pending token)  # [B, K], q [B, K, V]
-        p      = target(pending, draft) over the drafted positions, one pass  # [B, K+1, V]
-        n, nxt = accept(p, q, draft)          # n leading drafts kept, then the correction/bonus token
-        emit draft[:n] + [nxt], cut at EOS and at the token budget
-        caches roll back by moving lengths; drafter.commit(n, nxt); per-row statistics
-        adaptive gamma: the next step's per-row draft budget
+        draft   q, x   = drafter.propose(gamma tokens after the pending token)   # [B, K, V], [B, K]
+        verify  p      = target(pending, x) in one pass                          # [B, K+1, V]
+        accept  n, nxt = rule(p, q, x)           # n leading drafts kept, then the correction/bonus token
+        emit    x[:n] + [nxt], cut at EOS and at the token budget
+        commit  caches roll back by moving lengths; drafter.commit(accepted path); statistics
 
-With no drafter (K = 0) the same loop is plain autoregressive decoding: one
-target call and one sampled token per step, the baseline of every speedup.
-No host round trip per token, no Python ``if`` on traced values; every shape is
-fixed by (batch, prompt bucket, capacity, gamma).
+With ``Autoregressive`` (no drafter, K = 0) the same loop is plain autoregressive decoding:
+one target call and one sampled token per step, the baseline of every speedup. No host round
+trip per token, no Python ``if`` on traced values; every shape is fixed by (batch, prompt
+bucket, capacity, gamma). Each phase runs inside ``jax.named_scope`` so a profile reads the same.
 
-Effective draft length: a row drafts at most its budget (gamma, or the adaptive
-schedule's value) and fewer when its drafter stops (q rows of zeros). The target
-then scores only as many positions as the longest row needs, rounded up to one of
-``verify_widths`` (each width is one compiled branch of a ``lax.switch``), so a
-step where nothing was drafted costs one ordinary decode step.
+Effective draft length: a row drafts at most its budget (gamma, or the adaptive schedule's
+value) and fewer when its drafter stops (q rows of zeros). The target then scores only as many
+positions as the longest row needs, rounded up to one of ``verify_widths`` (each width is one
+compiled branch of a ``lax.switch``), so a step where nothing was drafted costs one decode step.
 """
 
 from __future__ import annotations
@@ -32,13 +30,15 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from specdec import acceptance
-from specdec.drafters.base import Context
+from specdec.acceptance import SpeculativeSampling
+from specdec.drafters.base import Autoregressive, Context, Verified
 from specdec.models import KVCache, forward
 from specdec.sampling import Sampling, probs
 
+SCHEDULES = (None, "heuristic")
 
-@dataclasses.dataclass(frozen=True)
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class LoopConfig:
     """Static settings of one compiled loop (hashable)."""
 
@@ -47,7 +47,7 @@ class LoopConfig:
     max_new_tokens: int
     eos_ids: tuple[int, ...]
     prompt_len: int  # bucketed prompt length (the prefill block)
-    rule: str = "speculative"  # a key of acceptance.RULES
+    rule: Any = dataclasses.field(default_factory=SpeculativeSampling)  # a rule of specdec.acceptance
     schedule: str | None = None  # None: budget gamma; "heuristic": +2 after a full block, else -1
     verify_widths: tuple[int, ...] = ()  # target pass widths to compile; () means (gamma + 1,)
 
@@ -57,13 +57,11 @@ class LoopConfig:
 
     @property
     def accept(self):
-        if self.rule == "speculative" and self.sampling.greedy:
-            return acceptance.greedy_match  # the exact, random-free form of the same rule
-        return acceptance.RULES[self.rule]
+        return self.rule.for_sampling(self.sampling)
 
 
 @jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Stats:
     """Per-row counters gathered inside the loop (all int32).
 
@@ -86,18 +84,42 @@ class Stats:
     def zeros(cls, batch: int, gamma: int) -> Stats:
         z = jnp.zeros((batch,), jnp.int32)
         return cls(
-            z, z, z, z, z, z, jnp.zeros((batch, gamma), jnp.int32), jnp.zeros((batch, gamma + 1), jnp.int32)
+            new_tokens=z,
+            target_calls=z,
+            drafted=z,
+            accepted=z,
+            rejected=z,
+            verified=z,
+            accept_by_position=jnp.zeros((batch, gamma), jnp.int32),
+            accepted_hist=jnp.zeros((batch, gamma + 1), jnp.int32),
+        )
+
+    def update(self, active, count, n, n_drafted, width) -> Stats:
+        """Add one step: active [B] rows, count [B] tokens emitted, n [B] drafts accepted out of
+        n_drafted [B], width positions scored."""
+        a = active.astype(jnp.int32)
+        K = self.accept_by_position.shape[1]
+        return Stats(
+            new_tokens=self.new_tokens + count,
+            target_calls=self.target_calls + a,
+            drafted=self.drafted + a * n_drafted,
+            accepted=self.accepted + a * n,
+            rejected=self.rejected + a * (n < n_drafted),
+            verified=self.verified + a * width,
+            accept_by_position=self.accept_by_position + a[:, None] * (jnp.arange(K)[None, :] < n[:, None]),
+            accepted_hist=self.accepted_hist + a[:, None] * jax.nn.one_hot(n, K + 1, dtype=jnp.int32),
         )
 
 
 @jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class LoopState:
     """The ``while_loop`` carry.
 
-    tokens [B, N]: prompts then emitted tokens; lengths [B]: valid tokens per row
-    (the last is pending: emitted, not yet in any cache); done [B]: row finished;
-    budget [B]: drafts allowed per row in the next step (the effective gamma).
+    step []: steps run; tokens [B, N]: prompts then emitted tokens; lengths [B]: valid tokens per
+    row (the last is pending: emitted, not yet in any cache); done [B]: row finished; budget [B]:
+    drafts allowed per row in the next step (the effective gamma); cache: the target's KVCache;
+    drafter_state: the drafter's own pytree; stats: ``Stats``.
     """
 
     step: jax.Array
@@ -108,20 +130,24 @@ class LoopState:
     cache: KVCache
     drafter_state: Any
     stats: Stats
-    features: jax.Array | None  # [B, K+1, D] target top hidden states, for drafters that need them
-    features_start: jax.Array | None  # [B] position of features[:, 0]
 
 
-def _emit(cfg: LoopConfig, state: LoopState, prompt_lengths, draft, n, next_token):
-    """Append draft[:n] + [next_token] per row, cut at the first EOS and at the budget.
+def drafted_mask(q, budget):
+    """Which draft positions count: [B, K] bool, leading positions within the budget [B] up to
+    where the drafter stopped (its first all-zero q row [B, K, V])."""
+    K = q.shape[1]
+    within = (jnp.arange(K)[None, :] < budget[:, None]) & jnp.any(q > 0, axis=-1)
+    return jnp.cumprod(within, axis=1).astype(bool)
+
+
+def emit(cfg: LoopConfig, state: LoopState, prompt_lengths, block, n):
+    """Append block[:, :n+1] (accepted drafts, then the next token) per row, cut at the first EOS
+    and at the token budget. block [B, K+1]; n [B].
 
     Returns (tokens [B, N], lengths [B], count [B] tokens actually emitted, finished [B]).
     """
     B, N = state.tokens.shape
-    K = cfg.gamma
-    i = jnp.arange(K + 1)[None, :]  # [1, K+1]
-    block = jnp.concatenate([draft, jnp.zeros((B, 1), jnp.int32)], axis=1)  # [B, K+1]
-    block = jnp.where(i == n[:, None], next_token[:, None], block)  # accepted drafts, then next
+    i = jnp.arange(block.shape[1])[None, :]  # [1, K+1]
     is_eos = jnp.isin(block, jnp.asarray(cfg.eos_ids, jnp.int32)) & (i <= n[:, None])
     has_eos = jnp.any(is_eos, axis=1)
     count = jnp.where(has_eos, jnp.argmax(is_eos, axis=1) + 1, n + 1)
@@ -135,18 +161,11 @@ def _emit(cfg: LoopConfig, state: LoopState, prompt_lengths, draft, n, next_toke
     return tokens, lengths, count, finished
 
 
-def _update_stats(stats: Stats, active, count, n, n_drafted, width, gamma: int) -> Stats:
-    a = active.astype(jnp.int32)
-    return Stats(
-        new_tokens=stats.new_tokens + count,
-        target_calls=stats.target_calls + a,
-        drafted=stats.drafted + a * n_drafted,
-        accepted=stats.accepted + a * n,
-        rejected=stats.rejected + a * (n < n_drafted),
-        verified=stats.verified + a * width,
-        accept_by_position=stats.accept_by_position + a[:, None] * (jnp.arange(gamma)[None, :] < n[:, None]),
-        accepted_hist=stats.accepted_hist + a[:, None] * jax.nn.one_hot(n, gamma + 1, dtype=jnp.int32),
-    )
+def next_budget(schedule: str | None, budget, n, n_drafted, gamma: int):
+    """The adaptive schedule: drafts allowed per row in the next step [B]."""
+    if schedule == "heuristic":  # HF's num_assistant_tokens_schedule: +2 after a full block, else -1
+        return jnp.where(n == n_drafted, jnp.minimum(budget + 2, gamma), jnp.maximum(budget - 1, 1))
+    return budget
 
 
 @functools.partial(jax.jit, static_argnames=("target_def", "cfg"), donate_argnames=("tokens", "cache"))
@@ -156,7 +175,7 @@ def decode_loop(target_def, target_params, drafter, tokens, prompt_lengths, cach
     target_def: static nnx GraphDef; target_params: its parameter pytree.
     drafter: a Drafter pytree, or None for autoregressive decoding (cfg.gamma must be 0). If it
         ``needs_features``, every target pass also returns its last layer's hidden states, handed
-        to the drafter in ``Context.features`` (see ``drafters.base.Context``).
+        to the drafter's ``init`` and ``commit``.
     tokens [B, N] int32 (donated): prompts, right-padded to cfg.prompt_len, zeros after.
     prompt_lengths [B] int32: true prompt lengths (>= 1).
     cache (donated): the target's KVCache with capacity N.
@@ -165,103 +184,92 @@ def decode_loop(target_def, target_params, drafter, tokens, prompt_lengths, cach
     Returns (tokens [B, N], lengths [B], stats: Stats, cache): row b's new tokens
     are tokens[b, prompt_lengths[b]:lengths[b]].
     """
+    drafter = Autoregressive() if drafter is None else drafter
     B = tokens.shape[0]
-    K = cfg.gamma
-    T = cfg.prompt_len
-    # Drafters with ``needs_features`` read the target's top hidden states: its last layer's output.
-    with_features = drafter is not None and drafter.needs_features
-    top = (cache.n_layers - 1,) if with_features else ()
+    K, T = cfg.gamma, cfg.prompt_len
+    top = (cache.n_layers - 1,) if drafter.needs_features else ()  # the layers whose output drafters read
 
-    def target_pass(tokens, positions, cache):
-        """-> logits [B, W, V], cache, top hidden states [B, W, D] (or None)."""
+    def target_pass(tokens, positions, cache, width=None):
+        """The first ``width`` positions -> p [B, W, V], cache, top hidden states [B, W, D] (or None),
+        both zero-padded to W = tokens.shape[1]."""
+        W = tokens.shape[1]
+        width = W if width is None else width
         logits, cache, hidden = forward(
-            target_def, target_params, tokens, positions, cache, hidden_layers=top
+            target_def, target_params, tokens[:, :width], positions[:, :width], cache, hidden_layers=top
         )
-        return logits, cache, hidden[0] if with_features else None
+        pad = ((0, 0), (0, W - width), (0, 0))
+        hidden = jnp.pad(hidden[0], pad) if top else None
+        return jnp.pad(probs(logits, cfg.sampling), pad), cache, hidden
+
+    def context(state: LoopState) -> Context:
+        return Context(
+            tokens=state.tokens,
+            lengths=state.lengths,
+            budget=state.budget,
+            sampling=cfg.sampling,
+            prompt_len=T,
+        )
 
     # Prefill every prompt token but the last; the last one is the first pending token.
-    _, cache, features = target_pass(
-        tokens[:, :T], jnp.broadcast_to(jnp.arange(T), (B, T)), cache.with_lengths(0)
-    )
-    budget = jnp.full((B,), K, jnp.int32)
-    features_start = jnp.zeros((B,), jnp.int32) if with_features else None
-    context = Context(tokens, prompt_lengths, budget, cfg.sampling, T, features, features_start)
-    if with_features:  # the first step's window starts at the last prompt token before the pending one
-        features_start = jnp.maximum(prompt_lengths - 2, 0)
-        window = jnp.minimum(features_start[:, None] + jnp.arange(K + 1)[None, :], T - 1)  # [B, K+1]
-        features = jnp.take_along_axis(features, window[..., None], axis=1)  # [B, K+1, D]
-    state = LoopState(
-        step=jnp.zeros((), jnp.int32),
-        tokens=tokens,
-        lengths=prompt_lengths,
-        done=jnp.zeros((B,), bool),
-        budget=budget,
-        cache=cache,
-        drafter_state=None if drafter is None else drafter.init(context),
-        stats=Stats.zeros(B, K),
-        features=features,
-        features_start=features_start,
-    )
+    with jax.named_scope("prefill"):
+        positions = jnp.broadcast_to(jnp.arange(T), (B, T))
+        _, cache, hidden = target_pass(tokens[:, :T], positions, cache.with_lengths(0))
+        state = LoopState(
+            step=jnp.zeros((), jnp.int32),
+            tokens=tokens,
+            lengths=prompt_lengths,
+            done=jnp.zeros((B,), bool),
+            budget=jnp.full((B,), K, jnp.int32),
+            cache=cache,
+            drafter_state=None,
+            stats=Stats.zeros(B, K),
+        )
+        state = dataclasses.replace(state, drafter_state=drafter.init(context(state), hidden))
 
-    def active(state: LoopState):
-        return (state.step < cfg.max_new_tokens) & ~jnp.all(state.done)
-
-    def verify(width, verify_tokens, positions, cache):
-        """Target pass over the first ``width`` positions -> p [B, K+1, V] (zeros past width),
-        cache, top hidden states [B, K+1, D] (zeros past width; None unless needed)."""
-        logits, cache, hidden = target_pass(verify_tokens[:, :width], positions[:, :width], cache)
-        pad = ((0, 0), (0, K + 1 - width), (0, 0))
-        p = probs(logits, cfg.sampling)
-        return jnp.pad(p, pad), cache, None if hidden is None else jnp.pad(hidden, pad)
+    def verify(state: LoopState, draft, n_drafted):
+        """Score the pending token and the drafts in one target pass, only as wide as the longest
+        row needs (the smallest compiled width). -> p [B, K+1, V], cache, hidden, width []."""
+        start = state.lengths - 1  # the pending token's position
+        tokens = jnp.concatenate([jnp.take_along_axis(state.tokens, start[:, None], axis=1), draft], axis=1)
+        positions = start[:, None] + jnp.arange(K + 1)[None, :]  # [B, K+1]
+        cache = state.cache.with_lengths(start)  # roll back rejected slots
+        widths = jnp.asarray(cfg.widths)
+        branch = jnp.searchsorted(widths, jnp.max(jnp.where(state.done, 0, n_drafted)) + 1)
+        passes = [functools.partial(target_pass, width=w) for w in cfg.widths]
+        p, cache, hidden = jax.lax.switch(branch, passes, tokens, positions, cache)
+        return p, cache, hidden, widths[branch]
 
     def step(state: LoopState) -> LoopState:
         key_draft, key_accept = jax.random.split(jax.random.fold_in(key, state.step))
-        context = Context(
-            state.tokens, state.lengths, state.budget, cfg.sampling, T, state.features, state.features_start
-        )
-        drafter_state = state.drafter_state
-        if drafter is None:
-            draft = jnp.zeros((B, 0), jnp.int32)
-            q = jnp.zeros((B, 0, 1), jnp.float32)
-        else:
-            draft, q, drafter_state = drafter.propose(drafter_state, context, K, key_draft)  # [B,K], [B,K,V]
-        # A row's drafts end at its budget or where the drafter stopped (a zero q row).
-        drafted = jnp.arange(K)[None, :] < state.budget[:, None]
-        drafted = jnp.cumprod(drafted & jnp.any(q > 0, axis=-1), axis=1).astype(bool)  # [B, K]
-        q = jnp.where(drafted[..., None], q, 0.0)
-        n_drafted = jnp.sum(drafted, axis=1)  # [B]
+        with jax.named_scope("draft"):
+            draft, q, drafter_state = drafter.propose(state.drafter_state, context(state), K, key_draft)
+            drafted = drafted_mask(q, state.budget)  # [B, K]
+            q = jnp.where(drafted[..., None], q, 0.0)  # [B, K, V]
+            n_drafted = jnp.sum(drafted, axis=1)  # [B]
+        with jax.named_scope("verify"):
+            p, cache, hidden, width = verify(state, draft, n_drafted)  # [B, K+1, V]
+        with jax.named_scope("accept"):
+            n, next_token = cfg.accept(p, q, draft, key_accept)
+            n = jnp.where(state.done, 0, n)
+            path = jnp.concatenate([draft, jnp.zeros((B, 1), jnp.int32)], axis=1)  # [B, K+1]
+            path = jnp.where(jnp.arange(K + 1)[None, :] == n[:, None], next_token[:, None], path)
+        with jax.named_scope("emit"):
+            tokens, lengths, count, finished = emit(cfg, state, prompt_lengths, path, n)
+        with jax.named_scope("commit"):
+            verified = Verified(start=state.lengths - 1, n_accepted=n, tokens=path, hidden=hidden)
+            return LoopState(
+                step=state.step + 1,
+                tokens=tokens,
+                lengths=lengths,
+                done=finished,
+                budget=next_budget(cfg.schedule, state.budget, n, n_drafted, K),
+                cache=cache,
+                drafter_state=drafter.commit(drafter_state, verified),
+                stats=state.stats.update(~state.done, count, n, n_drafted, width),
+            )
 
-        # Verify: score the pending token and the drafts in one target pass, as narrow as allowed.
-        verify_tokens = jnp.concatenate([context.pending[:, None], draft], axis=1)  # [B, K+1]
-        positions = state.lengths[:, None] - 1 + jnp.arange(K + 1)[None, :]  # [B, K+1]
-        cache = state.cache.with_lengths(state.lengths - 1)  # roll back rejected slots
-        widths = cfg.widths
-        needed = jnp.max(jnp.where(state.done, 0, n_drafted)) + 1
-        branch = jnp.searchsorted(jnp.asarray(widths), needed)  # smallest width >= needed
-        branches = [functools.partial(verify, w) for w in widths]
-        p, cache, features = jax.lax.switch(branch, branches, verify_tokens, positions, cache)  # [B, K+1, V]
-        n, next_token = cfg.accept(p, q, draft, key_accept)
-        n = jnp.where(state.done, 0, n)
-
-        tokens, lengths, count, finished = _emit(cfg, state, prompt_lengths, draft, n, next_token)
-        if drafter is not None:
-            drafter_state = drafter.commit(drafter_state, n, next_token)
-        budget = state.budget
-        if cfg.schedule == "heuristic":
-            budget = jnp.where(n == n_drafted, jnp.minimum(budget + 2, K), jnp.maximum(budget - 1, 1))
-        width = jnp.asarray(widths)[branch]
-        return LoopState(
-            step=state.step + 1,
-            tokens=tokens,
-            lengths=lengths,
-            done=finished,
-            budget=budget,
-            cache=cache,
-            drafter_state=drafter_state,
-            stats=_update_stats(state.stats, ~state.done, count, n, n_drafted, width, K),
-            features=features,
-            features_start=None if features is None else state.lengths - 1,
-        )
+    def active(state: LoopState):
+        return (state.step < cfg.max_new_tokens) & ~jnp.all(state.done)
 
     state = jax.lax.while_loop(active, step, state)
     return state.tokens, state.lengths, state.stats, state.cache.with_lengths(state.lengths - 1)

@@ -1,11 +1,13 @@
 """``specdec.generate``: prompts in, texts and statistics out, around the compiled loop.
 
 Host-side only: tokenise, validate, pad into a length bucket, run one compiled
-``decode_loop`` call (compiled once per bucket and kept), time it, detokenise.
+``decode_loop`` call (compiled once per bucket and kept in the target's ``ProgramCache``),
+time it, detokenise.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import time
 from collections.abc import Sequence
@@ -14,14 +16,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from specdec import metrics
-from specdec.acceptance import RULES
-from specdec.decode import LoopConfig, decode_loop
+from specdec import acceptance as acceptance_rules
+from specdec import checks, metrics
+from specdec.decode import SCHEDULES, LoopConfig, decode_loop
 from specdec.models import Model
 from specdec.sampling import Sampling
-
-MIN_BUCKET = 16
-SCHEDULES = (None, "heuristic")
 
 
 @dataclasses.dataclass
@@ -37,9 +36,9 @@ class GenerationOutput:
     compile_s: float
 
 
-def bucket(n: int) -> int:
-    """Padded prompt length: the next power of two, at least MIN_BUCKET."""
-    return max(MIN_BUCKET, 1 << (max(n, 1) - 1).bit_length())
+def bucket(n: int, min_bucket: int = 16) -> int:
+    """Padded prompt length: the next power of two, at least ``min_bucket``."""
+    return max(min_bucket, 1 << (max(n, 1) - 1).bit_length())
 
 
 def capacity_for(prompt_bucket: int, max_new_tokens: int, gamma: int) -> int:
@@ -49,7 +48,16 @@ def capacity_for(prompt_bucket: int, max_new_tokens: int, gamma: int) -> int:
 
 
 def encode_prompts(model: Model, prompts, chat: bool) -> list[list[int]]:
-    """Strings (through the chat template when ``chat``) or token-id lists -> token ids."""
+    """A list of strings (through the chat template when ``chat``) or of token-id lists -> token ids,
+    each id checked against the model's vocabulary."""
+    if isinstance(prompts, str | bytes) or not isinstance(prompts, Sequence):
+        raise TypeError(
+            f"prompts must be a list of strings or of token-id lists, got {type(prompts).__name__}; "
+            "wrap a single prompt in a list: [prompt]"
+        )
+    if not prompts:
+        raise ValueError("prompts is empty")
+    V = model.config.vocab_size
     ids = []
     for i, prompt in enumerate(prompts):
         if isinstance(prompt, str):
@@ -61,29 +69,40 @@ def encode_prompts(model: Model, prompts, chat: bool) -> list[list[int]]:
                 prompt = model.tokenizer.apply_chat_template([{"role": "user", "content": prompt}])
             ids.append(model.tokenizer.encode(prompt))
         else:
-            ids.append([int(t) for t in prompt])
+            ids.append(list(checks.integers(prompt, f"prompts[{i}]", low=0, high=V - 1)))
         if not ids[-1]:
             raise ValueError(f"prompts[{i}] is empty")
     return ids
 
 
-_COMPILED: dict = {}
+class ProgramCache:
+    """Compiled decode programs keyed by everything that shapes them, least recently used
+    dropped beyond ``max_entries``. Each ``Model`` owns one."""
 
+    def __init__(self, max_entries: int = 32):
+        self.max_entries = checks.integer(max_entries, "max_entries", low=1)
+        self._programs: collections.OrderedDict = collections.OrderedDict()
 
-def _compiled(args, cfg: LoopConfig, target_def):
-    """The compiled program for these shapes and settings, and its compile time (0 if cached)."""
-    signature = (
-        cfg,
-        target_def,
-        jax.tree.structure(args),
-        tuple((a.shape, a.dtype) for a in jax.tree.leaves(args)),
-    )
-    if signature in _COMPILED:
-        return _COMPILED[signature], 0.0
-    start = time.perf_counter()
-    compiled = decode_loop.lower(target_def, *args, cfg=cfg).compile()
-    _COMPILED[signature] = compiled
-    return compiled, time.perf_counter() - start
+    def __len__(self) -> int:
+        return len(self._programs)
+
+    def get(self, args, cfg: LoopConfig, target_def):
+        """The compiled program for these arguments and settings, and its compile time (0 if cached)."""
+        signature = (
+            cfg,
+            target_def,
+            jax.tree.structure(args),
+            tuple((a.shape, a.dtype) for a in jax.tree.leaves(args)),
+        )
+        if signature in self._programs:
+            self._programs.move_to_end(signature)
+            return self._programs[signature], 0.0
+        start = time.perf_counter()
+        compiled = decode_loop.lower(target_def, *args, cfg=cfg).compile()
+        self._programs[signature] = compiled
+        while len(self._programs) > self.max_entries:
+            self._programs.popitem(last=False)
+        return compiled, time.perf_counter() - start
 
 
 def generate(
@@ -97,17 +116,19 @@ def generate(
     max_new_tokens: int = 64,
     chat: bool = True,
     seed: int = 0,
-    acceptance: str = "speculative",
+    acceptance="speculative",
     eos_ids: Sequence[int] | None = None,
     capacity: int | None = None,
     schedule: str | None = None,
     verify_widths: Sequence[int] | None = None,
+    min_bucket: int = 16,
 ) -> GenerationOutput:
     """Generate a continuation of every prompt in one compiled call.
 
     drafter: from ``specdec.drafters.make`` (None: autoregressive, gamma ignored).
-    acceptance: "speculative" (lossless; exact greedy matching at temperature 0)
-        or "typical_lossy" (Medusa's typical acceptance, NOT lossless).
+    prompts: a list of strings (chat-templated when ``chat``) or of token-id lists.
+    acceptance: a rule of ``specdec.acceptance`` or its name: "speculative" (lossless; exact
+        greedy matching at temperature 0) or "typical_lossy" (Medusa's, NOT lossless).
     eos_ids: stop tokens (default: the tokenizer's). capacity: cache slots per row
         (default: just enough for the prompt bucket, the budget and one draft block).
     schedule: None (draft gamma tokens per step) or "heuristic" (adaptive gamma: +2 after
@@ -116,36 +137,36 @@ def generate(
         that may draft nothing (``drafter.variable_length``, e.g. prompt lookup without a
         match) and with a schedule, so such a step costs one decode step; otherwise none
         (each extra width is a ``lax.switch`` branch, whose cache operands XLA copies).
+    min_bucket: the shortest padded prompt length (prompts are padded to powers of two).
     Every setting is validated before anything is compiled.
     """
     sampling = Sampling(temperature, top_k, top_p)
-    if drafter is not None and gamma < 1:
-        raise ValueError(f"gamma must be >= 1 with a drafter, got {gamma}")
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    if acceptance not in RULES or acceptance == "greedy":
-        raise ValueError(f"acceptance must be one of speculative, typical_lossy; got {acceptance!r}")
+    rule = acceptance_rules.make(acceptance) if isinstance(acceptance, str) else acceptance
+    if not hasattr(rule, "for_sampling"):
+        raise TypeError(
+            f"acceptance must be a rule name ({', '.join(acceptance_rules.RULES)}) or rule, got {rule!r}"
+        )
+    max_new_tokens = checks.integer(max_new_tokens, "max_new_tokens", low=1)
+    seed = checks.integer(seed, "seed")
+    min_bucket = checks.integer(min_bucket, "min_bucket", low=1)
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}; got {schedule!r}")
-    gamma = gamma if drafter is not None else 0  # autoregressive: one position per step
+    # Autoregressive decoding drafts nothing: one position per step.
+    gamma = 0 if drafter is None else checks.integer(gamma, "gamma", low=1)
     if verify_widths is None:
         variable = schedule is not None or getattr(drafter, "variable_length", False)
         verify_widths = (1,) if variable and gamma > 0 else ()
-    widths = tuple(int(w) for w in verify_widths)
-    if any(not 1 <= w <= gamma + 1 for w in widths):
-        raise ValueError(f"verify_widths must lie in 1..gamma+1 = 1..{gamma + 1}; got {widths}")
+    widths = checks.integers(verify_widths, "verify_widths", low=1, high=gamma + 1)
     if drafter is not None and drafter.vocab_size != target.config.vocab_size:
         raise ValueError(
             f"drafter vocab_size {drafter.vocab_size} differs from target vocab_size "
             f"{target.config.vocab_size}; they must share one tokenizer"
         )
-    if not prompts:
-        raise ValueError("prompts is empty")
     ids = encode_prompts(target, prompts, chat)
     longest = max(len(x) for x in ids)
-    prompt_len = bucket(longest)
+    prompt_len = bucket(longest, min_bucket)
     needed = capacity_for(prompt_len, max_new_tokens, gamma)
-    capacity = needed if capacity is None else capacity
+    capacity = needed if capacity is None else checks.integer(capacity, "capacity", low=1)
     if prompt_len + max_new_tokens + gamma + 1 > capacity:
         raise ValueError(
             f"prompt of {longest} tokens (bucket {prompt_len}) + max_new_tokens {max_new_tokens} + gamma+1 "
@@ -159,14 +180,14 @@ def generate(
     if eos_ids is None:
         eos_ids = target.tokenizer.eos_ids if target.tokenizer is not None else ()
     cfg = LoopConfig(
-        sampling,
-        gamma,
-        max_new_tokens,
-        tuple(int(e) for e in eos_ids),
-        prompt_len,
-        acceptance,
-        schedule if drafter is not None else None,
-        widths,
+        sampling=sampling,
+        gamma=gamma,
+        max_new_tokens=max_new_tokens,
+        eos_ids=checks.integers(eos_ids, "eos_ids", low=0, high=target.config.vocab_size - 1),
+        prompt_len=prompt_len,
+        rule=rule,
+        schedule=schedule if drafter is not None else None,
+        verify_widths=widths,
     )
 
     B = len(ids)
@@ -182,7 +203,7 @@ def generate(
         target.init_cache(B, capacity),
         jax.random.key(seed),
     )
-    compiled, compile_s = _compiled(args, cfg, target.graphdef)
+    compiled, compile_s = target.programs.get(args, cfg, target.graphdef)
     start = time.perf_counter()
     tokens, out_lengths, stats, _ = jax.block_until_ready(compiled(*args))
     wall_s = time.perf_counter() - start
@@ -202,8 +223,7 @@ def generate_warm(target: Model, prompts, *, repeats: int = 1, **kw) -> Generati
     stats and tokens come from one call. compile_s is the first call's. Keyword arguments go
     to ``generate`` unchanged.
     """
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    checks.integer(repeats, "repeats", low=1)
     first = generate(target, prompts, **kw)
     warm = [] if first.compile_s > 0 else [first]
     while len(warm) < repeats:

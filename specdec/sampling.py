@@ -11,6 +11,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from specdec import checks
+
 
 @dataclasses.dataclass(frozen=True)
 class Sampling:
@@ -24,11 +26,9 @@ class Sampling:
     top_p: float | None = None
 
     def __post_init__(self):
-        if not self.temperature >= 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if self.top_k is not None and self.top_k < 1:
-            raise ValueError(f"top_k must be >= 1 or None, got {self.top_k}")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
+        checks.number(self.temperature, "temperature", low=0.0)
+        checks.optional_integer(self.top_k, "top_k", low=1)
+        if self.top_p is not None and not 0 < checks.number(self.top_p, "top_p") <= 1:
             raise ValueError(f"top_p must be in (0, 1] or None, got {self.top_p}")
 
     @property

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from specdec.drafters.base import Context
+from specdec.drafters.base import Context, Verified
 from specdec.models import Model, forward
 from specdec.sampling import Sampling, probs
 from specdec.theory import VerifyCost
@@ -77,15 +77,19 @@ def verify_cost(model: Model, widths=(1, 2, 3, 4, 5, 6, 8, 12, 16), **kw) -> tup
 
 
 @functools.partial(jax.jit, static_argnames="steps")
-def _propose_steps(drafter, state, context: Context, key, steps=8):
-    """``steps`` one-token proposals inside one program (as in ``decode_loop``); each reads tokens
-    the previous one changed, so none can be hoisted out of the loop."""
+def _draft_steps(drafter, state, context: Context, key, hidden, steps=8):
+    """``steps`` one-token drafting steps (propose, then commit of the draft as if accepted) inside
+    one program, as in ``decode_loop``; each reads tokens the previous one changed, so none can be
+    hoisted out of the loop. hidden [1, 2, D]: verified hidden states (None unless needs_features)."""
+    lengths = context.lengths
 
     def step(i, carry):
         state, shift = carry
         ctx = dataclasses.replace(context, tokens=context.tokens + shift)
         draft, _, state = drafter.propose(state, ctx, 1, jax.random.fold_in(key, i))
-        return state, draft[:, :1] % 2
+        path = jnp.concatenate([draft, draft], axis=1)  # [1, 2]: the draft kept, then a bonus token
+        verified = Verified(start=lengths - 1, n_accepted=jnp.ones_like(lengths), tokens=path, hidden=hidden)
+        return drafter.commit(state, verified), draft[:, :1] % 2
 
     return jax.lax.fori_loop(0, steps, step, (state, jnp.zeros((1, 1), jnp.int32)))[1]
 
@@ -93,21 +97,21 @@ def _propose_steps(drafter, state, context: Context, key, steps=8):
 def draft_cost_ratio(
     target: Model, drafter, *, context: int = 256, capacity: int = 512, repeats=20, steps=8
 ) -> float:
-    """c: median seconds of one ``drafter.propose`` of one token over one target decode step, both
-    timed as ``steps`` calls inside one compiled loop (no per-call dispatch, as in ``decode_loop``;
-    timing a lone jitted call would add the dispatch, which on a GPU is a large share of a step)."""
+    """c: median seconds of one drafting step of one token (``propose`` + ``commit``) over one
+    target decode step, both timed as ``steps`` calls inside one compiled loop (no per-call
+    dispatch, as in ``decode_loop``; timing a lone jitted call would add the dispatch, which on
+    a GPU is a large share of a step)."""
     if drafter is None:
         return 0.0
-    tokens = jnp.ones((1, capacity), jnp.int32)
-    ctx = Context(tokens, jnp.array([context]), jnp.array([1]), Sampling(), context)
-    if drafter.needs_features:  # hidden states of the prompt (init), then of one verified block of 2
-        zeros = lambda T: jnp.zeros((1, T, target.config.dim), target.dtype)
-        state = jax.jit(drafter.init)(
-            dataclasses.replace(ctx, features=zeros(context), features_start=jnp.zeros(1, int))
-        )
-        ctx = dataclasses.replace(ctx, features=zeros(2), features_start=jnp.array([context - 2]))
-    else:
-        state = jax.jit(drafter.init)(ctx)
+    ctx = Context(
+        tokens=jnp.ones((1, capacity), jnp.int32),
+        lengths=jnp.array([context]),
+        budget=jnp.array([1]),
+        sampling=Sampling(),
+        prompt_len=context,
+    )
+    hidden = lambda T: jnp.zeros((1, T, target.config.dim), target.dtype) if drafter.needs_features else None
+    state = jax.jit(drafter.init)(ctx, hidden(context))
     key = jax.random.key(0)
-    draft = median_s(lambda: _propose_steps(drafter, state, ctx, key, steps=steps), repeats) / steps
+    draft = median_s(lambda: _draft_steps(drafter, state, ctx, key, hidden(2), steps=steps), repeats) / steps
     return draft / forward_s(target, 1, context=context, capacity=capacity, steps=steps, repeats=repeats)

@@ -46,10 +46,8 @@ def test_drafters_hold_no_copy_of_the_weights(name, options):
 
 
 @pytest.mark.slow
-def test_bench_peer_end_to_end_on_a_tiny_model(tmp_path, smollm2_gguf, monkeypatch):
+def test_bench_peer_end_to_end_on_a_tiny_model(tmp_path, smollm2_gguf):
     bench = load_script("bench_peer")
-    # --min-bucket sets the process-wide generation.MIN_BUCKET; restore it for the other tests.
-    monkeypatch.setattr(specdec.generation, "MIN_BUCKET", specdec.generation.MIN_BUCKET)
     out, ref = tmp_path / "peer.json", tmp_path / "ref.json"
     common = ["--model", "smollm2-tiny-random", "--categories", "qa", "rag", "--max-new-tokens", "8"]
     common += ["--repeats", "1", "--torch-threads", "1", "--no-theory", "--json", str(out)]

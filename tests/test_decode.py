@@ -159,7 +159,8 @@ def test_one_compile_per_bucket(target, drafts):
         (dict(temperature=1.0, top_p=1.5), r"top_p must be in \(0, 1\]"),
         (dict(temperature=1.0, top_k=0), "top_k must be >= 1"),
         (dict(max_new_tokens=0), "max_new_tokens must be >= 1"),
-        (dict(acceptance="greedy"), "acceptance must be one of"),
+        (dict(acceptance="greedy"), "acceptance: unknown rule 'greedy'; allowed: speculative, typical_lossy"),
+        (dict(acceptance="typical_lossy", temperature=float("inf")), "temperature must be finite"),
         (dict(max_new_tokens=600), "max_position"),
     ],
 )
@@ -205,3 +206,47 @@ def test_generate_warm_times_a_call_that_did_not_compile(target, drafts, monkeyp
     assert out.stats == next(c.stats for c in calls if c.wall_s == out.wall_s)
     with pytest.raises(ValueError, match="repeats must be >= 1"):
         generation.generate_warm(target, PROMPTS[:2], repeats=0, **kw)
+
+
+@pytest.mark.parametrize(
+    ("prompts", "kwargs", "error", "message"),
+    [
+        ("hello", {}, TypeError, r"prompts must be a list .* wrap a single prompt in a list"),
+        ([[1, 2, 64]], {}, ValueError, r"prompts\[0\]\[2\] must be between 0 and 63, got 64"),
+        ([[1, -2]], {}, ValueError, r"prompts\[0\]\[1\] must be between 0 and 63, got -2"),
+        ([[1, 2.0]], {}, TypeError, r"prompts\[0\]\[1\] must be an integer, got 2.0"),
+        ([[1, 2]], dict(gamma=2.0), TypeError, "gamma must be an integer, got 2.0"),
+        ([[1, 2]], dict(max_new_tokens=8.0), TypeError, "max_new_tokens must be an integer"),
+        ([[1, 2]], dict(temperature=1.0, top_k=2.5), TypeError, "top_k must be an integer"),
+        ([[1, 2]], dict(temperature=float("inf")), ValueError, "temperature must be finite"),
+        ([[1, 2]], dict(temperature="hot"), TypeError, "temperature must be a number"),
+        ([[1, 2]], dict(seed="abc"), TypeError, "seed must be an integer, got 'abc'"),
+        ([[1, 2]], dict(verify_widths=(7,)), ValueError, r"verify_widths\[0\] must be between 1 and 5"),
+    ],
+)
+def test_bad_prompts_and_settings_fail_before_compiling(target, drafts, prompts, kwargs, error, message):
+    with count_compiles() as compiles, pytest.raises(error, match=message):
+        run(target, prompts, drafter=drafts["truncated"], **{"gamma": 4, **kwargs})
+    assert compiles["n"] == 0
+
+
+def test_compiled_programs_belong_to_the_model(target, drafts):
+    """Each model holds its own bounded ProgramCache: nothing is shared through module state."""
+    other = Model.random(tiny_config(), seed=0)
+    run(target, [[1, 2, 3]], drafter=drafts["truncated"], gamma=2, max_new_tokens=4)
+    assert len(other.programs) == 0 and len(target.programs) >= 1
+    cache = generation.ProgramCache(max_entries=2)
+    small = Model.random(tiny_config(), seed=0, name="small")
+    object.__setattr__(small, "programs", cache)
+    for new in (2, 3, 4):
+        run(small, [[1, 2, 3]], max_new_tokens=new)
+    assert len(cache) == 2  # the least recently used program was dropped
+    assert run(small, [[1, 2, 3]], max_new_tokens=4).compile_s == 0.0
+    assert run(small, [[1, 2, 3]], max_new_tokens=2).compile_s > 0
+
+
+def test_min_bucket_is_an_argument(target):
+    """Padding to a larger bucket compiles another program and changes no token."""
+    small = run(target, PROMPTS[:2], max_new_tokens=6)
+    large = run(target, PROMPTS[:2], max_new_tokens=6, min_bucket=64)
+    assert large.compile_s > 0 and large.tokens == small.tokens

@@ -86,8 +86,14 @@ def test_ngram_proposes_the_continuation_of_the_latest_match():
     tokens[1, :5] = [7, 8, 9, 10, 11]  # no earlier occurrence of anything: nothing drafted
     tokens[2, :6] = [5, 6, 5, 6, 7, 6]  # only the 1-gram "6" recurs, latest at 3 -> 7 6 (then unknown)
     tokens[3, :7] = [1, 2, 9, 1, 2, 8, 2]  # "8 2" unseen, "2" latest at 4 -> 8 2 (then unknown)
-    context = Context(jnp.asarray(tokens), jnp.array([9, 5, 6, 7]), jnp.full(4, 3), Sampling(), 16)
-    draft, q, _ = ngram.propose(ngram.init(context), context, 3, None)
+    context = Context(
+        tokens=jnp.asarray(tokens),
+        lengths=jnp.array([9, 5, 6, 7]),
+        budget=jnp.full(4, 3),
+        sampling=Sampling(),
+        prompt_len=16,
+    )
+    draft, q, _ = ngram.propose(ngram.init(context, None), context, 3, None)
     drafted = np.asarray(q.sum(-1)) > 0
     assert draft[0].tolist() == [5, 9, 2] and drafted[0].tolist() == [True] * 3
     assert drafted[1].tolist() == [False] * 3
@@ -161,5 +167,29 @@ def test_bad_drafter_options(target):
         drafters.make("draft_model", target, stop_below=1.5)
     with pytest.raises(ValueError, match="schedule must be one of"):
         run(target, PROMPTS, drafters.make("ngram", target), schedule="fast")
-    with pytest.raises(ValueError, match="verify_widths must lie in"):
+    with pytest.raises(ValueError, match=r"verify_widths\[0\] must be between 1 and 3"):
         run(target, PROMPTS, drafters.make("ngram", target), gamma=2, verify_widths=(5,))
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "error", "message"),
+    [
+        ("layer_skip", dict(skip=[1.9]), TypeError, r"layer_skip: skip\[0\] must be an integer, got 1.9"),
+        ("layer_skip", dict(first=2.0), TypeError, "layer_skip: first must be an integer"),
+        ("draft_model", dict(layers=(99,)), ValueError, r"draft_model: layers\[0\] must be between 0 and 3"),
+        ("draft_model", dict(layers=(0, 0)), ValueError, "draft_model: layers must be distinct"),
+        ("draft_model", dict(layers=2.5), TypeError, r"draft_model: layers must be a list of integers"),
+        ("draft_model", dict(stop_below="high"), TypeError, "draft_model: stop_below must be a number"),
+        ("ngram", dict(max_ngram=2.0), TypeError, "ngram: max_ngram must be an integer"),
+    ],
+)
+def test_drafter_options_are_type_checked(target, name, options, error, message):
+    with pytest.raises(error, match=message):
+        drafters.make(name, target, **options)
+
+
+def test_corrupt_skip_file_is_named(target, tmp_path):
+    path = tmp_path / "skip.json"
+    path.write_text('{"skip": [1, 2')
+    with pytest.raises(ValueError, match=f"layer_skip: skip_file {path} is not a skip set"):
+        drafters.make("layer_skip", target, skip_file=str(path))

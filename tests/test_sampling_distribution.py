@@ -19,10 +19,12 @@ import pytest
 from scipy import stats
 
 import specdec
-from specdec.acceptance import speculative_sampling, typical_acceptance_lossy
+from specdec.acceptance import SpeculativeSampling, TypicalLossy
 from specdec.models import Model, tiny_config
 from specdec.sampling import Sampling, probs, sample
 
+speculative_sampling = SpeculativeSampling()
+typical_acceptance_lossy = TypicalLossy()
 PASS = 1e-3  # the correct rule must give p-values above this
 FAIL = 1e-6  # a wrong rule must give p-values below this
 

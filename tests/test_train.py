@@ -105,8 +105,8 @@ def test_corpus_holds_the_targets_own_continuations_and_top_features(target, cor
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class FeatureProbe:
-    """The target drafting for itself (every draft accepted), recording what the loop gives it
-    (test-only, through a host callback)."""
+    """The target drafting for itself (every draft accepted), recording the hidden states the loop
+    hands it in ``init`` and ``commit`` (test-only, through a host callback)."""
 
     inner: DraftModel
     name = "probe"
@@ -117,22 +117,27 @@ class FeatureProbe:
     def vocab_size(self):
         return self.inner.vocab_size
 
-    def init(self, context):
-        return self.inner.init(context)
+    def init(self, context, hidden):
+        record = lambda *a: SEEN.append([np.asarray(x) for x in a])
+        start = jnp.zeros_like(context.lengths)
+        jax.debug.callback(record, hidden, start, context.lengths - 2)  # positions < lengths - 1 valid
+        return self.inner.init(context, None)
 
     def propose(self, state, context, gamma, key):
-        record = lambda *a: SEEN.append([np.asarray(x) for x in a])
-        jax.debug.callback(record, context.features, context.features_start, context.lengths, context.tokens)
         return self.inner.propose(state, context, gamma, key)
 
-    def commit(self, state, n_accepted, bonus):
-        return self.inner.commit(state, n_accepted, bonus)
+    def commit(self, state, verified):
+        record = lambda *a: SEEN.append([np.asarray(x) for x in a])
+        jax.debug.callback(record, verified.hidden, verified.start, verified.start + verified.n_accepted)
+        return self.inner.commit(state, verified)
 
 
 SEEN = []
 
 
 def test_loop_gives_drafters_the_top_hidden_states_of_verified_positions(target):
+    """init gets the prefill's hidden states, every commit those of the verified positions (the
+    previous pending token and the accepted drafts): equal to a plain forward over the output."""
     SEEN.clear()
     out = specdec.generate(
         target,
@@ -143,17 +148,19 @@ def test_loop_gives_drafters_the_top_hidden_states_of_verified_positions(target)
         eos_ids=(),
         max_new_tokens=12,
     )
+    sequences = [prompt + new for prompt, new in zip(out.prompt_tokens, out.tokens, strict=True)]
+    truths = [top_features(target, np.asarray(seq)[None])[0] for seq in sequences]  # [len, D] each
     checked, longest = 0, 0
-    for features, start, lengths, tokens in SEEN:
+    for hidden, start, last in SEEN:  # callbacks may arrive in any order
+        verify = hidden.shape[1] == 3  # a verify pass (gamma + 1 positions), not the prefill
         for b in range(3):
-            seq = tokens[b, : lengths[b]]
-            truth = top_features(target, seq[None])[0]  # [len, D] from a plain forward pass
-            valid = [i for i in range(features.shape[1]) if start[b] + i < lengths[b] - 1]
-            assert valid, "the position before the pending token is always given"
-            longest = max(longest, len(valid))
+            valid = [i for i in range(hidden.shape[1]) if start[b] + i <= min(last[b], len(sequences[b]) - 1)]
+            assert valid, "at least the first position is always verified"
+            longest = max(longest, len(valid)) if verify else longest
             for i in valid:
-                np.testing.assert_allclose(features[b, i], truth[start[b] + i], atol=1e-4)
+                np.testing.assert_allclose(hidden[b, i], truths[b][start[b] + i], atol=1e-4)
                 checked += 1
+    assert len(SEEN) == 1 + 4  # the prefill, then 4 steps of 3 tokens
     assert longest == 3  # whole windows (pending + 2 accepted drafts) were checked
     assert checked > len(SEEN) * 3 and all(s["new_tokens"] == 12 for s in out.stats)
 

@@ -6,14 +6,15 @@ import dataclasses
 from typing import Any, Protocol
 
 import jax
+import jax.numpy as jnp
 
 from specdec.sampling import Sampling
 
 
 @jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Context:
-    """What a drafter may read about the sequences being generated.
+    """What a drafter may read about the sequences being generated (built by keyword).
 
     tokens:  [B, N] int32   prompt followed by the tokens emitted so far (N = capacity)
     lengths: [B] int32      valid tokens per row; the last one, tokens[b, lengths[b]-1],
@@ -23,15 +24,6 @@ class Context:
                             drafter may stop there; it never has to.
     sampling: static        the transform that turns logits into q (the same as the target's p)
     prompt_len: static      the bucketed prompt length: tokens[:, :prompt_len] hold every prompt
-    features: [B, W, D]     only for drafters with ``needs_features``, else None: the target's
-                            top hidden states (its last layer's output, before the final norm)
-                            from its latest pass, at positions features_start[b] + i. In
-                            ``init``: the prefill's, W = prompt_len, start 0. In ``propose``:
-                            W = gamma + 1 from the last verification, whose first position is
-                            the previous pending token (at the first step: the last prompt
-                            token before the pending one); only positions < lengths - 1 are
-                            meaningful.
-    features_start: [B]     see features
     """
 
     tokens: jax.Array
@@ -39,12 +31,36 @@ class Context:
     budget: jax.Array
     sampling: Sampling = dataclasses.field(metadata=dict(static=True))
     prompt_len: int = dataclasses.field(metadata=dict(static=True))
-    features: jax.Array | None = None
-    features_start: jax.Array | None = None
 
     @property
     def pending(self) -> jax.Array:  # [B]
-        return jax.numpy.take_along_axis(self.tokens, self.lengths[:, None] - 1, axis=1)[:, 0]
+        return jnp.take_along_axis(self.tokens, self.lengths[:, None] - 1, axis=1)[:, 0]
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Verified:
+    """What one verify pass decided, handed to ``Drafter.commit`` (built by keyword).
+
+    start:      [B] int32        position of the first scored token (the previous pending token)
+    n_accepted: [B] int32        leading drafts the target kept (0..K)
+    tokens:     [B, K+1] int32   the accepted path: the kept drafts, then at index n_accepted the
+                                 correction or bonus token (the new pending token); entries past
+                                 n_accepted are meaningless. tokens[:, i] follows position start + i.
+    hidden:     [B, K+1, D]      the target's top hidden states (its last layer's output, before the
+                                 final norm) at positions start + i, only for drafters with
+                                 ``needs_features`` (else None); entries past n_accepted belong to
+                                 rejected drafts.
+    """
+
+    start: jax.Array
+    n_accepted: jax.Array
+    tokens: jax.Array
+    hidden: jax.Array | None = None
+
+    @property
+    def next_token(self) -> jax.Array:  # [B] the new pending token
+        return jnp.take_along_axis(self.tokens, self.n_accepted[:, None], axis=1)[:, 0]
 
 
 class Drafter(Protocol):
@@ -56,10 +72,11 @@ class Drafter(Protocol):
     name: str
     vocab_size: int
     variable_length: bool  # may draft fewer than gamma tokens (a zero q row), even none
-    needs_features: bool  # reads the target's hidden states (Context.features), e.g. EAGLE heads
+    needs_features: bool  # reads the target's hidden states (``hidden`` in init and commit)
 
-    def init(self, context: Context) -> Any:
-        """The drafter's state pytree after reading the prompts (e.g. a prefilled cache)."""
+    def init(self, context: Context, hidden: jax.Array | None) -> Any:
+        """The drafter's state pytree after reading the prompts (e.g. a prefilled cache).
+        hidden [B, prompt_len, D]: the prefill's top hidden states (None unless needs_features)."""
         ...
 
     def propose(self, state: Any, context: Context, gamma: int, key: jax.Array):
@@ -72,7 +89,27 @@ class Drafter(Protocol):
         """
         ...
 
-    def commit(self, state: Any, n_accepted: jax.Array, bonus: jax.Array) -> Any:
-        """Update the state after verification: n_accepted [B] leading drafts were kept,
-        then bonus [B] (the correction or bonus token) became the new pending token."""
+    def commit(self, state: Any, verified: Verified) -> Any:
+        """Update the state after verification (see ``Verified``)."""
         ...
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Autoregressive:
+    """No drafting: every step proposes nothing, so the loop is plain autoregressive decoding."""
+
+    name = "none"
+    vocab_size = None
+    variable_length = False
+    needs_features = False
+
+    def init(self, context: Context, hidden) -> tuple:
+        return ()
+
+    def propose(self, state, context: Context, gamma: int, key):
+        B = context.lengths.shape[0]
+        return jnp.zeros((B, 0), jnp.int32), jnp.zeros((B, 0, 1), jnp.float32), state
+
+    def commit(self, state, verified: Verified):
+        return state

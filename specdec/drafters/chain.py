@@ -8,8 +8,19 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from specdec import checks
 from specdec.drafters.base import Context
 from specdec.sampling import draw, probs
+
+
+def check_stop_below(stop_below, name: str) -> float | None:
+    """The confidence threshold of a chain drafter: None or a number in [0, 1)."""
+    if stop_below is None:
+        return None
+    value = checks.number(stop_below, f"{name}: stop_below")
+    if not 0 <= value < 1:
+        raise ValueError(f"{name}: stop_below must be in [0, 1) or None, got {value}")
+    return value
 
 
 def draft_chain(

@@ -44,10 +44,10 @@ class _Counts:
         seen = (jnp.arange(N)[None, :] < context.lengths[:, None]).astype(jnp.float32)
         return self.prior[None, :] + token_counts(context.tokens, seen, self.vocab_size)
 
-    def init(self, context: Context):
+    def init(self, context: Context, hidden=None):
         return ()
 
-    def commit(self, state, n_accepted, bonus):
+    def commit(self, state, verified):
         return state
 
 

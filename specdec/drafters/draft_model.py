@@ -14,13 +14,15 @@ has stopped.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from specdec.drafters.base import Context
-from specdec.drafters.chain import draft_chain
+from specdec import checks
+from specdec.drafters.base import Context, Verified
+from specdec.drafters.chain import check_stop_below, draft_chain
 from specdec.models import KVCache, Model, forward
 
 
@@ -55,12 +57,13 @@ class DraftModel:
         n = model.config.n_layers
         if layers is None:
             layers = tuple(range(n))
-        elif isinstance(layers, int):
-            if not 1 <= layers <= n:
-                raise ValueError(f"layers must be between 1 and {n} (the draft model's depth), got {layers}")
-            layers = tuple(range(layers))
-        if stop_below is not None and not 0 <= stop_below < 1:
-            raise ValueError(f"stop_below must be in [0, 1) or None, got {stop_below}")
+        elif isinstance(layers, numbers.Integral) and not isinstance(layers, bool):
+            layers = tuple(range(checks.integer(layers, f"{name}: layers", low=1, high=n)))
+        else:
+            layers = checks.integers(layers, f"{name}: layers", low=0, high=n - 1)
+            if not layers or len(set(layers)) != len(layers):
+                raise ValueError(f"{name}: layers must be distinct layer indices, got {list(layers)}")
+        stop_below = check_stop_below(stop_below, name)
         c = model.config
         return cls(
             model.params,
@@ -84,7 +87,8 @@ class DraftModel:
         logits, cache, _ = forward(self.graphdef, self.params, tokens, positions, cache, layers=self.layers)
         return logits, cache
 
-    def init(self, context: Context) -> DraftState:
+    def init(self, context: Context, hidden=None) -> DraftState:
+        del hidden
         B, N = context.tokens.shape
         dtype = self.params["norm"]["weight"][...].dtype
         cache = KVCache.init(len(self.layers), B, self.n_kv_heads, N, self.head_dim, dtype)
@@ -107,11 +111,11 @@ class DraftModel:
         tokens, q, cache, last = draft_chain(logits, advance, cache, context, gamma, key, self.stop_below)
         return tokens, q, DraftState(cache, base, last)
 
-    def commit(self, state: DraftState, n_accepted, bonus):
+    def commit(self, state: DraftState, verified: Verified):
         """A row that accepted the draft of every step run has not cached the last one
         yet: feed it. Other rows write one stale slot past their length (harmless:
         ``propose`` resets lengths from the context)."""
-        del bonus
+        n_accepted = verified.n_accepted
         steps = state.cache.lengths - state.base  # [B] draft steps run (fed tokens)
 
         def catch_up(cache):

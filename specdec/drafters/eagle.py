@@ -8,14 +8,15 @@ feature into a distribution over the token after x_{j+1}:
     h_j = Block(W_fc [e(x_{j+1}); f_j])       ~ f_{j+1}
     q(x_{j+2}) = softmax(LMHead(RMSNorm(h_j)))
 
-Drafting: the loop hands the head the target's features of its last verification
-(``Context.features``). The head first re-reads those positions with the true features
-(one pass over gamma + 1 positions, replacing what it wrote from its own predictions),
-which yields the first draft from the entry that read the pending token; each further
-draft feeds the head its own prediction h and the drafted token, one position at a time.
+The feature window is the head's own state: ``init`` reads the prompt with the prefill's
+features; ``commit`` re-reads the positions the target just verified with their true
+features (one pass over gamma + 1 positions, replacing what drafting wrote from the head's
+own predictions) and keeps h from the entry that read the new pending token. ``propose``
+drafts the first token from that h; each further draft feeds the head its own prediction h
+and the drafted token, one position at a time.
 
 The head's KV cache has one layer and one slot per target position (entry j in slot j),
-so after the re-read it holds exactly the entries for positions before the pending token,
+so after a commit it holds exactly the entries for positions before the pending token,
 like the target's cache. The target's embedding, norm and LM head are shared, not copied.
 """
 
@@ -28,8 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from specdec.drafters.base import Context
-from specdec.drafters.chain import draft_chain
+from specdec.drafters.base import Context, Verified
+from specdec.drafters.chain import check_stop_below, draft_chain
 from specdec.models import KVCache, Model, ModelConfig
 from specdec.models.transformer import Block, Linear, attention_inputs, embed_lookup, rms_norm
 
@@ -78,6 +79,16 @@ def frequent_tokens(counts, n: int) -> np.ndarray:
 
 
 @jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EagleState:
+    """cache: the head's one-layer KVCache; h [B, D]: the head's output at the entry that read
+    the pending token (its prediction of the pending token's feature, which drafts the first token)."""
+
+    cache: KVCache
+    h: jax.Array
+
+
+@jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class Eagle:
     """The drafter: head parameters plus the target's shared embedding, norm and LM head."""
@@ -98,8 +109,7 @@ class Eagle:
     def from_params(
         cls, target: Model, graphdef, params, vocab_ids=None, stop_below: float | None = None
     ) -> Eagle:
-        if stop_below is not None and not 0 <= stop_below < 1:
-            raise ValueError(f"stop_below must be in [0, 1) or None, got {stop_below}")
+        stop_below = check_stop_below(stop_below, "eagle")
         ids = None if vocab_ids is None else jnp.asarray(vocab_ids, jnp.int32)
         return cls(
             params,
@@ -143,39 +153,39 @@ class Eagle:
         full = jnp.full((*logits.shape[:-1], self.vocab_size), -jnp.inf, jnp.float32)
         return full.at[..., self.vocab_ids].set(logits)
 
-    def init(self, context: Context) -> KVCache:
-        """Read the prompt: entries j = 0..T-1 from the prefill's features and tokens j+1."""
+    def init(self, context: Context, hidden) -> EagleState:
+        """Read the prompt: entries j = 0..T-1 from the prefill's features hidden [B, T, D] and
+        tokens j+1; keep h of the entry that read the pending token (position lengths - 2)."""
         B, N = context.tokens.shape
         T = context.prompt_len
         c = self.config
         cache = KVCache.init(1, B, c.n_kv_heads, N, c.head_dim, self.norm.dtype)
         positions = jnp.broadcast_to(jnp.arange(T), (B, T))
-        _, cache = self.run_head(cache, context.features, context.tokens[:, 1 : T + 1], positions)
-        return cache  # lengths are set by every proposal
+        h, cache = self.run_head(cache, hidden, context.tokens[:, 1 : T + 1], positions)
+        return EagleState(cache=cache, h=_at(h, jnp.maximum(context.lengths - 2, 0)))
 
-    def propose(self, cache: KVCache, context: Context, gamma: int, key):
-        N = context.tokens.shape[1]
-        start = context.features_start  # [B]
-        W = context.features.shape[1]
-        j = start[:, None] + jnp.arange(W)[None, :]  # [B, W] positions re-read with true features
-        next_tokens = jnp.take_along_axis(context.tokens, jnp.minimum(j + 1, N - 1), axis=1)
-        h, cache = self.run_head(cache.with_lengths(start), context.features, next_tokens, j)
-        # The entry that read the pending token (at position lengths - 2) gives the first draft.
-        pending_entry = jnp.clip(context.lengths - 2 - start, 0, W - 1)  # [B]
-        h = jnp.take_along_axis(h, pending_entry[:, None, None], axis=1)[:, 0]  # [B, D]
-        cache = cache.with_lengths(context.lengths - 1)
-
+    def propose(self, state: EagleState, context: Context, gamma: int, key):
         def advance(carry, token):  # feed (h, drafted token) at the next position
             cache, h = carry
             h, cache = self.run_head(cache, h[:, None], token[:, None], cache.lengths[:, None])
             return self.logits(h[:, 0]), (cache, h[:, 0])
 
+        carry = (state.cache.with_lengths(context.lengths - 1), state.h)
         tokens, q, (cache, _), _ = draft_chain(
-            self.logits(h), advance, (cache, h), context, gamma, key, self.stop_below
+            self.logits(state.h), advance, carry, context, gamma, key, self.stop_below
         )
-        return tokens, q, cache
+        return tokens, q, EagleState(cache=cache, h=state.h)
 
-    def commit(self, cache, n_accepted, bonus):
-        """Nothing to do: the next proposal re-reads the verified positions from the features."""
-        del n_accepted, bonus
-        return cache
+    def commit(self, state: EagleState, verified: Verified) -> EagleState:
+        """Re-read the verified positions start + i with the target's true features and the tokens
+        that followed them (the accepted path); keep h of the entry that read the new pending token."""
+        W = verified.tokens.shape[1]
+        positions = verified.start[:, None] + jnp.arange(W)[None, :]  # [B, K+1]
+        cache = state.cache.with_lengths(verified.start)
+        h, cache = self.run_head(cache, verified.hidden, verified.tokens, positions)
+        return EagleState(cache=cache, h=_at(h, verified.n_accepted))
+
+
+def _at(x, index):
+    """x[b, index[b]] for x [B, T, D], index [B] -> [B, D]."""
+    return jnp.take_along_axis(x, index[:, None, None], axis=1)[:, 0]

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from specdec import checks
 from specdec.drafters.draft_model import DraftModel
 from specdec.models import Model, forward
 
@@ -44,12 +45,15 @@ def make_layer_skip(target: Model, *, skip=None, first=None, skip_file=None) -> 
         path = Path(skip_file)
         if not path.is_file():
             raise FileNotFoundError(f"layer_skip: skip_file {path} does not exist")
-        skip = json.loads(path.read_text())["skip"]
+        try:
+            skip = json.loads(path.read_text())["skip"]
+        except (ValueError, KeyError, TypeError) as err:
+            raise ValueError(
+                f"layer_skip: skip_file {path} is not a skip set written by save_skip_set ({err})"
+            ) from None
     if first is not None:
-        if not 1 <= first <= n:
-            raise ValueError(f"layer_skip: first must be between 1 and {n}, got {first}")
-        skip = range(first, n)
-    skip = {int(i) for i in skip}
+        skip = range(checks.integer(first, "layer_skip: first", low=1, high=n), n)
+    skip = set(checks.integers(skip, "layer_skip: skip"))
     if not skip <= set(range(n)) or len(skip) >= n:
         raise ValueError(f"layer_skip: skip must be a proper subset of layers 0..{n - 1}, got {sorted(skip)}")
     keep = tuple(i for i in range(n) if i not in skip)

@@ -15,6 +15,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from specdec import checks
 from specdec.drafters.base import Context
 
 
@@ -29,13 +30,15 @@ class NGram:
     needs_features = False
 
     def __post_init__(self):
+        checks.integer(self.max_ngram, "ngram: max_ngram", low=1)
+        checks.integer(self.min_ngram, "ngram: min_ngram", low=1)
         if not 1 <= self.min_ngram <= self.max_ngram:
             raise ValueError(
                 "ngram: need 1 <= min_ngram <= max_ngram, "
                 f"got min_ngram={self.min_ngram}, max_ngram={self.max_ngram}"
             )
 
-    def init(self, context: Context):
+    def init(self, context: Context, hidden=None):
         return ()
 
     def propose(self, state, context: Context, gamma: int, key):
@@ -60,6 +63,5 @@ class NGram:
         q = jax.nn.one_hot(draft, self.vocab_size, dtype=jnp.float32) * known[..., None]  # [B, gamma, V]
         return draft, q, state
 
-    def commit(self, state, n_accepted, bonus):
-        del n_accepted, bonus
+    def commit(self, state, verified):
         return state

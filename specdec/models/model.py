@@ -31,6 +31,14 @@ class Model:
     params: nnx.State
     tokenizer: object | None = None
     name: str = "model"
+    # Compiled decode programs for this model (``specdec.generation.ProgramCache``).
+    programs: object = dataclasses.field(default=None, compare=False, repr=False)
+
+    def __post_init__(self):
+        if self.programs is None:
+            from specdec.generation import ProgramCache  # generation imports models
+
+            object.__setattr__(self, "programs", ProgramCache())
 
     @property
     def dtype(self):
