@@ -1,7 +1,7 @@
 """Draw every figure the results store supports (PNG + PDF) and print the written paths.
 
     python experiments/plot.py                                            # configs/plot.yaml defaults
-    python experiments/plot.py results_path=results/results.jsonl out_dir=figures
+    python experiments/plot.py paths.results_path=results/results.jsonl paths.figures_dir=figures
     python experiments/plot.py 'verify_latencies={1: 0.021, 2: 0.050, 5: 0.062}'
 
 Figures whose data has a single value along their axis (e.g. one temperature) are skipped
@@ -14,6 +14,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import conf
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
@@ -37,15 +38,16 @@ def load(results_path: str):
 @hydra.main(config_path="../configs", config_name="plot", version_base=None)
 def main(cfg: DictConfig) -> None:
     try:
-        frame = load(cfg.results_path)
+        frame = load(cfg.paths.results_path)
         latencies = OmegaConf.to_container(cfg.verify_latencies) if cfg.verify_latencies else None
         r = VerifyCost.from_latencies({int(t): float(s) for t, s in latencies.items()}) if latencies else None
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
         sys.exit(2)
-    for path in plots.make_all(frame, cfg.out_dir, r=r):
+    for path in plots.make_all(frame, cfg.paths.figures_dir, r=r):
         print(path)
 
 
 if __name__ == "__main__":
+    conf.register()
     main()

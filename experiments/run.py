@@ -5,9 +5,11 @@
     python experiments/run.py sweep=default                     # the README's main job
     python experiments/run.py -m drafter=ngram,layer_skip drafter.gamma=1,2,4 sampling=greedy,t07
 
-Each job loads the target once, measures the autoregressive baseline and the method side by
-side on every prompt, appends one row per prompt to ``results_path``, writes ``summary.json``
-into its Hydra run directory, prints a summary table and redraws the figures in ``figures_dir``.
+The configuration is typed (``specdec.config.RunConfig``, registered by ``conf.py``) and fully
+validated, the task read and the results store checked writable before the target is loaded.
+Each job then measures the autoregressive baseline and the method side by side on every prompt,
+appends one row per prompt to ``paths.results_path``, writes ``summary.json`` into its Hydra run
+directory, prints a summary table and redraws the figures in ``paths.figures_dir``.
 """
 
 from __future__ import annotations
@@ -16,18 +18,29 @@ import json
 import sys
 from pathlib import Path
 
+import conf
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from hydra.utils import instantiate
+from omegaconf import DictConfig
 from tqdm import tqdm
 
 from specdec import experiment, plots, results
 
 
-def to_run_config(cfg: DictConfig) -> experiment.RunConfig:
-    """The Hydra config as the library's frozen dataclasses (which validate it)."""
-    return experiment.RunConfig.from_dict(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
+def prepare(cfg: DictConfig) -> experiment.Prepared:
+    """Typed config -> the run's objects. Everything that needs no model (types, ranges, the task
+    file, sampling, the acceptance rule, a writable results store) is checked first."""
+    run_config = conf.typed(cfg)
+    questions = instantiate(cfg.task)
+    sampling = instantiate(cfg.sampling)
+    rule = instantiate(cfg.acceptance)
+    results.ResultsStore(run_config.paths.results_path).check_writable()
+    target = instantiate(cfg.model)
+    drafter = experiment.make_drafter(run_config, target)
+    return experiment.Prepared(
+        cfg=run_config, questions=questions, target=target, drafter=drafter, sampling=sampling, rule=rule
+    )
 
 
 def print_summary(title: str, summary: dict) -> None:
@@ -43,14 +56,12 @@ def print_summary(title: str, summary: dict) -> None:
 @hydra.main(config_path="../configs", config_name="run", version_base=None)
 def main(cfg: DictConfig) -> None:
     try:
-        run_config = to_run_config(cfg)
-        prepared = experiment.prepare(run_config)
-    except (ValueError, FileNotFoundError, OmegaConfBaseException) as err:
-        # Bad configuration: one line naming the key and what is allowed, no traceback wall.
-        key = getattr(err, "full_key", None)
-        print(f"error: {str(err).splitlines()[0]}" + (f" (key: {key})" if key else ""), file=sys.stderr)
+        prepared = prepare(cfg)
+    except conf.USER_ERRORS as err:  # bad configuration: one line naming the key, no traceback wall
+        print(f"error: {conf.one_line(err)}", file=sys.stderr)
         sys.exit(2)
 
+    run_config = prepared.cfg
     title = experiment.describe(run_config)
     with tqdm(total=len(prepared.questions), desc="prompts", unit="prompt") as bar:
 
@@ -64,11 +75,13 @@ def main(cfg: DictConfig) -> None:
     print_summary(title, summary)
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     (out_dir / "summary.json").write_text(json.dumps({"config": title, "summary": summary}, indent=2))
-    frame = results.ResultsStore(run_config.results_path).to_dataframe()
-    written = plots.make_all(frame, cfg.figures_dir)
-    print(f"\nresults: {run_config.results_path} ({len(frame)} rows); summary: {out_dir / 'summary.json'}")
-    print(f"figures: {len(written)} files in {cfg.figures_dir}")
+    paths = run_config.paths
+    frame = results.ResultsStore(paths.results_path).to_dataframe()
+    written = plots.make_all(frame, paths.figures_dir)
+    print(f"\nresults: {paths.results_path} ({len(frame)} rows); summary: {out_dir / 'summary.json'}")
+    print(f"figures: {len(written)} files in {paths.figures_dir}")
 
 
 if __name__ == "__main__":
+    conf.register()
     main()

@@ -2,7 +2,7 @@
 
     python experiments/train_draft.py                          # EAGLE head for SmolLM2 (~30 min, 2-core CPU)
     python experiments/train_draft.py train=distilled          # a 2-layer distilled draft
-    python experiments/train_draft.py model=tiny train.steps=50 data.prompts=32   # a smoke run
+    python experiments/train_draft.py model=tiny train.steps=50 data.prompts=32 train.recipe.vocab=256
 
 The run directory (``run_dir``) collects the corpus, ``checkpoint/``, ``log.jsonl`` and
 ``curves.png``; an interrupted run resumes from its last checkpoint. Use the result with
@@ -15,12 +15,13 @@ import sys
 import time
 from pathlib import Path
 
+import conf
 import hydra
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from hydra.utils import instantiate
+from omegaconf import DictConfig
 
-from specdec import experiment, plots
-from specdec.train import Corpus, TrainConfig, read_log, sample_prompts, self_distillation_corpus, train
+from specdec import plots
+from specdec.train import Corpus, read_log, sample_prompts, self_distillation_corpus, train
 
 
 def make_corpus(target, data: DictConfig, path: Path) -> Corpus:
@@ -50,12 +51,11 @@ def make_corpus(target, data: DictConfig, path: Path) -> Corpus:
 @hydra.main(config_path="../configs", config_name="train_draft", version_base=None)
 def main(cfg: DictConfig) -> None:
     try:
-        train_cfg = TrainConfig(**OmegaConf.to_container(cfg.train, resolve=True))
-        if not 0 < cfg.data.heldout < cfg.data.prompts:
-            raise ValueError(f"data.heldout must be between 1 and data.prompts - 1, got {cfg.data.heldout}")
-        target = experiment.load_target(cfg.model.name, cfg.model.dtype)
-    except (ValueError, FileNotFoundError, OmegaConfBaseException) as err:
-        print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
+        train_cfg = conf.typed(cfg).train  # a TrainDraftConfig
+        target = instantiate(cfg.model)
+        train_cfg.make_recipe().check(target)
+    except conf.USER_ERRORS as err:
+        print(f"error: {conf.one_line(err)}", file=sys.stderr)
         sys.exit(2)
 
     run_dir = Path(cfg.run_dir)
@@ -71,8 +71,9 @@ def main(cfg: DictConfig) -> None:
         f"held-out acceptance (1 - TVD) {last[0]['heldout_accept']:.3f} -> {last[-1]['heldout_accept']:.3f}, "
         f"top-1 agreement {last[0]['heldout_top1']:.3f} -> {last[-1]['heldout_top1']:.3f}"
     )
-    print(f"use it: python experiments/run.py drafter={train_cfg.kind} drafter.options.checkpoint={run_dir}")
+    print(f"use it: python experiments/run.py drafter={train_cfg.kind} drafter.checkpoint={run_dir}")
 
 
 if __name__ == "__main__":
+    conf.register()
     main()

@@ -1,100 +1,55 @@
-"""One experiment: a target, a drafter and sampling settings over a task's prompts, into the results store.
+"""One experiment: a target, a drafter, sampling and acceptance over a task's prompts, into the results store.
 
-The frozen dataclasses here are the source of truth for a run's configuration; the
-Hydra YAML in ``configs/`` mirrors them and ``experiments/run.py`` only converts.
-For every prompt, the autoregressive baseline and the method run in the same
-process at batch 1, turn by turn through the chat template (earlier answers fed
-back), so each speedup is a side-by-side ratio. A baseline already in the store
-for the same (device, target, task, sampling, prompt, loop settings) is reused, and
-a configuration already in the store is skipped unless ``force``.
+The typed ``specdec.config.RunConfig`` says what to measure; ``experiments/run.py`` builds
+its objects (``Prepared``) and calls ``run``. For every prompt, the autoregressive baseline
+and the method run in the same process at batch 1, turn by turn through the chat template
+(earlier answers fed back), so each speedup is a side-by-side ratio.
+
+Identity: a row's ``config_hash`` hashes the resolved configuration (``RunConfig.identity``:
+model, dtype, drafter and all its options, gamma, schedule, sampling, acceptance rule and
+options, seed, max_new_tokens, task) with the device and the prompt. A configuration already
+in the store is skipped unless ``force``; a baseline is reused only by runs whose identity
+differs in the drafter alone (its ``baseline_hash``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import json
-from collections.abc import Mapping
 
 import jax
 import numpy as np
 
 from specdec import drafters, metrics, results, tasks, timing
+from specdec.config import RunConfig
 from specdec.generation import generate_warm
 from specdec.sampling import Sampling
 from specdec.weights import load_model
 
 
-@dataclasses.dataclass(frozen=True)
-class DrafterSpec:
-    """name: a key of ``drafters.REGISTRY`` or "none"; options: keyword arguments of its maker."""
-
-    name: str = "none"
-    gamma: int = 4
-    schedule: str | None = None
-    options: Mapping = dataclasses.field(default_factory=dict)
-
-
-@dataclasses.dataclass(frozen=True)
-class TaskSpec:
-    """name_or_path: "builtin" or a Spec-Bench-format JSONL file."""
-
-    name_or_path: str = "builtin"
-    categories: tuple[str, ...] | None = None
-    per_category: int | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class RunConfig:
-    target: str = "smollm2-135m-instruct"
-    dtype: str = "float32"
-    drafter: DrafterSpec = dataclasses.field(default_factory=DrafterSpec)
-    task: TaskSpec = dataclasses.field(default_factory=TaskSpec)
-    sampling: Sampling = dataclasses.field(default_factory=Sampling)
-    acceptance: str = "speculative"
-    max_new_tokens: int = 64
-    results_path: str = "results/results.jsonl"
-    seed: int = 0
-    force: bool = False
-
-    def __post_init__(self):
-        if self.drafter.name != "none" and self.drafter.name not in drafters.REGISTRY:
-            allowed = ", ".join(["none", *sorted(drafters.REGISTRY)])
-            raise ValueError(f"drafter.name: unknown drafter {self.drafter.name!r}; allowed: {allowed}")
-        if self.drafter.gamma < 1:
-            raise ValueError(f"drafter.gamma must be >= 1, got {self.drafter.gamma}")
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"dtype must be float32 or bfloat16, got {self.dtype!r}")
-
-    @classmethod
-    def from_dict(cls, c: Mapping) -> RunConfig:
-        """From the plain dictionary of a composed Hydra config (``configs/run.yaml``)."""
-        d, t, s = c["drafter"], c["task"], c["sampling"]
-        return cls(
-            target=c["model"]["name"],
-            dtype=c["model"]["dtype"],
-            drafter=DrafterSpec(d["name"], d["gamma"], d["schedule"], d["options"] or {}),
-            task=TaskSpec(t["name_or_path"], t["categories"] and tuple(t["categories"]), t["per_category"]),
-            sampling=Sampling(s["temperature"], s["top_k"], s["top_p"]),
-            acceptance=c["acceptance"],
-            max_new_tokens=c["max_new_tokens"],
-            results_path=c["results_path"],
-            seed=c["seed"],
-            force=c["force"],
-        )
-
-    @property
-    def loop_params(self) -> dict:
-        """Settings that change results but have no column of their own (kept in drafter_params)."""
-        return {"max_new_tokens": self.max_new_tokens, "acceptance": self.acceptance}
+def load_target(name: str, dtype: str = "float32"):
+    """Each target is loaded once per process (a Hydra multirun reuses it across jobs)."""
+    if dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"model.dtype must be float32 or bfloat16, got {dtype!r}")
+    return _load_once(name, dtype)
 
 
 @functools.cache
-def load_target(name: str, dtype: str):
-    """Each target is loaded once per process (a Hydra multirun reuses it across jobs)."""
+def _load_once(name: str, dtype: str):
     return load_model(name, dtype=np.dtype(dtype) if dtype == "float32" else jax.numpy.bfloat16)
+
+
+def make_drafter(cfg: RunConfig, target):
+    """The drafter of ``cfg.drafter`` for ``target`` (None for "none"), built by the registry."""
+    options = cfg.drafter.options()
+    if cfg.drafter.name == "draft_model" and isinstance(options.get("draft"), str):
+        options["draft"] = load_target(options["draft"], cfg.model.dtype)  # a separate draft model
+    try:
+        return drafters.make(cfg.drafter.name, target, **options)
+    except TypeError as err:
+        if "unexpected keyword" not in str(err):
+            raise
+        raise ValueError(f"drafter: {err}") from None
 
 
 def generate_turns(target, question: tasks.Question, **kw) -> dict:
@@ -127,25 +82,39 @@ def _add(a: dict, b: dict) -> dict:
     return out
 
 
-def _config(cfg: RunConfig, device: str, question, drafter: str, params: dict, gamma: int) -> dict:
-    """The configuration columns of a row (``results.CONFIG_COLUMNS``): what identifies a measurement."""
+def _config(cfg: RunConfig, identity: dict, drafter: dict, question) -> dict:
+    """The configuration columns of a row, for the method (``drafter`` = its config) or the
+    baseline (``drafter`` = {"name": "none"}): what identifies a measurement."""
+    key = dict(identity, drafter=drafter, prompt_id=question.question_id)
+    base = dict(identity, drafter=BASELINE, prompt_id=question.question_id)
+    options = {k: v for k, v in drafter.items() if k not in ("name", "gamma", "schedule")}
     return dict(
-        device=device,
-        target=cfg.target,
-        drafter=drafter,
-        drafter_params=params,
-        gamma=gamma,
+        device=identity["device"],
+        target=cfg.model.name,
+        dtype=cfg.model.dtype,
+        drafter=drafter["name"],
+        drafter_params=options,
+        gamma=drafter.get("gamma", 0),
+        schedule=drafter.get("schedule"),
         temperature=cfg.sampling.temperature,
         top_k=cfg.sampling.top_k,
         top_p=cfg.sampling.top_p,
+        acceptance=identity["acceptance"],
+        seed=cfg.seed,
+        max_new_tokens=cfg.max_new_tokens,
         task=cfg.task.name_or_path,
         prompt_id=question.question_id,
+        config=key,
+        config_hash=results.config_hash(key),
+        baseline_hash=results.config_hash(base),
     )
+
+
+BASELINE = {"name": results.BASELINE_DRAFTER}
 
 
 def _row(config: dict, run_id: str, question, stats: dict, **measured) -> dict:
     """A complete results-store row from a configuration and the summed statistics of its turns."""
-    drafted = stats["drafted"]
     return dict(
         config,
         run_id=run_id,
@@ -156,7 +125,7 @@ def _row(config: dict, run_id: str, question, stats: dict, **measured) -> dict:
         prompt_tokens=stats["prompt_tokens"],
         new_tokens=stats["new_tokens"],
         target_calls=stats["target_calls"],
-        drafted=drafted,
+        drafted=stats["drafted"],
         accepted=stats["accepted"],
         alpha=metrics.acceptance_rate(stats["accepted"], stats["rejected"]),
         tau=stats["new_tokens"] / stats["target_calls"],
@@ -167,26 +136,16 @@ def _row(config: dict, run_id: str, question, stats: dict, **measured) -> dict:
     )
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Prepared:
-    """Everything a run needs, loaded and validated before anything is compiled."""
+    """Everything a run needs, built and validated before anything is compiled."""
 
     cfg: RunConfig
-    questions: list
+    questions: list[tasks.Question]
     target: object
-    drafter: object
-
-
-def prepare(cfg: RunConfig) -> Prepared:
-    """Load the task, the target and the drafter; raises ValueError / FileNotFoundError with one
-    clear line on bad input (unknown category, missing file, bad drafter options)."""
-    questions = tasks.load_task(cfg.task.name_or_path, cfg.task.categories, cfg.task.per_category)
-    target = load_target(cfg.target, cfg.dtype)
-    try:
-        drafter = drafters.make(cfg.drafter.name, target, **cfg.drafter.options)
-    except TypeError as err:  # an option the drafter does not take
-        raise ValueError(f"drafter.options: {err}") from None
-    return Prepared(cfg, questions, target, drafter)
+    drafter: object  # None: autoregressive
+    sampling: Sampling
+    rule: object  # an acceptance rule of specdec.acceptance
 
 
 def run(prepared: Prepared, progress=None) -> list[dict]:
@@ -196,32 +155,36 @@ def run(prepared: Prepared, progress=None) -> list[dict]:
     progress: optional callable(done, total, message) for a progress display.
     Returns the method's rows (the baseline's when the drafter is "none").
     """
-    cfg, questions, target, drafter = prepared.cfg, prepared.questions, prepared.target, prepared.drafter
-    d = cfg.drafter
-    store = results.ResultsStore(cfg.results_path)
+    cfg, target, drafter = prepared.cfg, prepared.target, prepared.drafter
+    store = results.ResultsStore(cfg.paths.results_path)
     existing = {results.config_key(row): row for row in store.rows()}
-    device = jax.devices()[0].device_kind
+    identity = dict(device=jax.devices()[0].device_kind, **cfg.identity())
+    method = identity.pop("drafter")
     run_id = results.new_run_id()
-    sampling = dict(temperature=cfg.sampling.temperature, top_k=cfg.sampling.top_k, top_p=cfg.sampling.top_p)
-    loop = dict(max_new_tokens=cfg.max_new_tokens, acceptance=cfg.acceptance, seed=cfg.seed, **sampling)
-    method_params = {**dict(d.options), "schedule": d.schedule, **cfg.loop_params}
+    loop = dict(
+        max_new_tokens=cfg.max_new_tokens,
+        acceptance=prepared.rule,
+        seed=cfg.seed,
+        **dataclasses.asdict(prepared.sampling),
+    )
     c = None if drafter is None else timing.draft_cost_ratio(target, drafter)
 
     rows = []
-    for i, q in enumerate(questions):
-        base_config = _config(cfg, device, q, results.BASELINE_DRAFTER, cfg.loop_params, 0)
-        baseline = existing.get(results.config_key(base_config))
+    for i, q in enumerate(questions := prepared.questions):
+        base_config = _config(cfg, identity, BASELINE, q)
+        baseline = existing.get(base_config["config_hash"])
         if baseline is None or (cfg.force and drafter is None):
             stats = generate_turns(target, q, **loop)
             baseline = _row(base_config, run_id, q, stats, speedup=1.0, cost_ratio_c=0.0)
             baseline["baseline_tokens_per_s"] = baseline["tokens_per_s"]
             store.append([baseline])
-        method_config = _config(cfg, device, q, d.name, method_params, d.gamma)
+        method_config = _config(cfg, identity, method, q)
         if drafter is None:
             rows.append(baseline)
-        elif results.config_key(method_config) in existing and not cfg.force:
-            rows.append(existing[results.config_key(method_config)])
+        elif method_config["config_hash"] in existing and not cfg.force:
+            rows.append(existing[method_config["config_hash"]])
         else:
+            d = cfg.drafter
             stats = generate_turns(target, q, drafter=drafter, gamma=d.gamma, schedule=d.schedule, **loop)
             row = _row(method_config, run_id, q, stats, cost_ratio_c=c)
             row["baseline_tokens_per_s"] = baseline["tokens_per_s"]
@@ -252,10 +215,13 @@ def summarize(rows: list[dict]) -> dict:
 
 def describe(cfg: RunConfig) -> str:
     """One line naming the configuration (for logs and summaries)."""
-    d = cfg.drafter
-    opts = json.dumps(dict(d.options), sort_keys=True)
+    d, s = cfg.drafter, cfg.sampling
+    options = " ".join(f"{k}={v}" for k, v in d.options().items())
+    rule = cfg.identity()["acceptance"]
+    acceptance = " ".join([rule.pop("rule"), *(f"{k}={v}" for k, v in rule.items())])
     return (
-        f"{cfg.target} | drafter={d.name} {opts} gamma={d.gamma} schedule={d.schedule} | "
-        f"T={cfg.sampling.temperature} top_k={cfg.sampling.top_k} top_p={cfg.sampling.top_p} | "
-        f"task={cfg.task.name_or_path} max_new_tokens={cfg.max_new_tokens}"
+        f"{cfg.model.name} ({cfg.model.dtype}) | drafter={d.name} {options} gamma={d.gamma} "
+        f"schedule={d.schedule} | T={s.temperature} top_k={s.top_k} top_p={s.top_p} | "
+        f"acceptance={acceptance} | task={cfg.task.name_or_path} "
+        f"max_new_tokens={cfg.max_new_tokens} seed={cfg.seed}"
     )

@@ -33,6 +33,20 @@ Schema (``COLUMNS``, in this order; every row has exactly these keys). Non-finit
                                   device; null if not measured
     speedup                float  tokens_per_s / baseline_tokens_per_s; null without a baseline
     cost_ratio_c           float  c = drafter step time / target step time at T = 1; null if unknown
+    dtype                  str    the target's parameter dtype: float32 | bfloat16
+    schedule               str    the adaptive draft-length schedule, null = fixed gamma
+    acceptance             dict   the acceptance rule and its options, e.g. {"rule": "TypicalLossy", ...}
+    seed                   int    the PRNG seed of the run
+    max_new_tokens         int    the token budget per turn
+    config                 dict   the resolved configuration this row measured (device, model, drafter
+                                  and all its options, sampling, acceptance, seed, budget, task, prompt)
+    config_hash            str    ``config_hash(config)``: the identity of the measurement
+    baseline_hash          str    the config_hash of this prompt's autoregressive baseline: the same
+                                  configuration with the drafter "none"
+
+Stores written before the last eight columns existed stay readable: such a row is upgraded on
+read (``config`` and ``baseline_hash`` null, ``config_hash`` derived from its old columns with a
+"v1-" prefix, so it never matches, and is never reused for, a configuration measured today).
 
 Writing: ``append`` validates every row first (nothing is written if one is bad), then, under
 an exclusive ``filelock`` on the sidecar ``<path>.lock``, writes the whole block with one
@@ -53,6 +67,7 @@ the configurations whose rows are missing.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import math
 import os
@@ -94,8 +109,17 @@ COLUMNS = (
     "baseline_tokens_per_s",
     "speedup",
     "cost_ratio_c",
+    "dtype",
+    "schedule",
+    "acceptance",
+    "seed",
+    "max_new_tokens",
+    "config",
+    "config_hash",
+    "baseline_hash",
 )
-CONFIG_COLUMNS = (
+V1_COLUMNS = COLUMNS[:28]  # the schema before the configuration identity columns
+V1_CONFIG_COLUMNS = (
     "device",
     "target",
     "drafter",
@@ -114,13 +138,37 @@ class PartialLineWarning(UserWarning):
     """A final line without a newline (an interrupted write) was ignored or removed."""
 
 
-def config_key(row: Mapping) -> tuple:
-    """Stable, hashable key of a row's run configuration: the ``CONFIG_COLUMNS`` values in order,
-    with drafter_params as canonical JSON (sorted keys) so dict order does not matter."""
-    return tuple(
-        json.dumps(_clean(row[c]), sort_keys=True) if c == "drafter_params" else _clean(row[c])
-        for c in CONFIG_COLUMNS
+def config_hash(config: Mapping) -> str:
+    """The identity of a measurement: 16 hex digits of the SHA-256 of its configuration as
+    canonical JSON (sorted keys, tuples as lists), so key order never matters."""
+    text = json.dumps(_clean(dict(config)), sort_keys=True, allow_nan=False, ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def config_key(row: Mapping) -> str:
+    """The key a row is found by: its ``config_hash``."""
+    return row["config_hash"]
+
+
+def _upgrade_v1(row: dict) -> dict:
+    """A row of the 28-column schema in today's ``COLUMNS``; its loop settings were kept in
+    drafter_params then."""
+    params = dict(row["drafter_params"] or {})
+    old_key = {c: row[c] for c in V1_CONFIG_COLUMNS}
+    rule = params.pop("acceptance", None)
+    upgraded = dict(
+        row,
+        drafter_params={k: v for k, v in params.items() if k not in ("schedule", "max_new_tokens")},
+        dtype=None,
+        schedule=params.get("schedule"),
+        acceptance=None if rule is None else {"rule": rule},
+        seed=None,
+        max_new_tokens=params.get("max_new_tokens"),
+        config=None,
+        config_hash="v1-" + config_hash(old_key),
+        baseline_hash=None,
     )
+    return {c: upgraded[c] for c in COLUMNS}
 
 
 def git_commit() -> str:
@@ -192,6 +240,8 @@ def _decode_row(line: bytes) -> tuple[dict | None, str | None]:
         return None, f"not a valid JSON row ({e})"
     if not isinstance(row, dict):
         return None, f"expected a JSON object, got {type(row).__name__}"
+    if set(row) == set(V1_COLUMNS):
+        return _upgrade_v1(row), None
     missing = [c for c in COLUMNS if c not in row]
     unknown = [c for c in row if c not in COLUMNS]
     if missing or unknown:
@@ -258,6 +308,19 @@ class ResultsStore:
                 os.close(fd)
         return len(rows)
 
+    def check_writable(self) -> None:
+        """Create the parent folder, take the lock and open the file for appending (writing
+        nothing), so a store that cannot be written fails before any measurement, naming the path."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with FileLock(self.lock_path, timeout=60):
+                existed = self.path.exists()
+                os.close(os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644))
+                if not existed:
+                    self.path.unlink()  # leave no empty store behind
+        except OSError as err:
+            raise ValueError(f"results store {self.path} is not writable: {err.strerror or err}") from None
+
     def rows(self) -> list[dict]:
         """Every row, in file order; [] if the file does not exist yet.
 
@@ -300,23 +363,6 @@ class ResultsStore:
         """The set of ``key_fn(row)`` over all rows: configurations a resumed sweep can skip."""
         return {key_fn(row) for row in self.rows()}
 
-    def has(self, key: tuple) -> bool:
+    def has(self, key: str) -> bool:
         """Whether a row with this ``config_key`` exists (reads the file: use ``finished`` in loops)."""
         return key in self.finished()
-
-    def baseline(self, target, task, temperature, top_k, top_p, prompt_id, device=None) -> float | None:
-        """Measured autoregressive tokens/s for this prompt, or None: the latest matching row's
-        ``baseline_tokens_per_s``, or the ``tokens_per_s`` of an autoregressive (drafter "none")
-        row. ``device``: only rows from this device (None: any)."""
-        want = dict(target=target, task=task, temperature=temperature, top_k=top_k, top_p=top_p)
-        want["prompt_id"] = prompt_id
-        for row in reversed(self.rows()):
-            if any(row[k] != _clean(v) for k, v in want.items()):
-                continue
-            if device is not None and row["device"] != device:
-                continue
-            if row["baseline_tokens_per_s"] is not None:
-                return float(row["baseline_tokens_per_s"])
-            if row["drafter"] == BASELINE_DRAFTER and row["tokens_per_s"] is not None:
-                return float(row["tokens_per_s"])
-        return None

@@ -43,6 +43,20 @@ def smollm2_hf(smollm2_gguf):
 
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "experiments"))  # the entry points' Hydra glue (conf.py), as they see it
+
+
+def compose(config_name: str, overrides=(), return_hydra_config=False):
+    """A config of ``configs/`` composed as the entry points compose it (schemas registered)."""
+    import conf
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    conf.register()
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
+        return hydra_compose(
+            config_name=config_name, overrides=list(overrides), return_hydra_config=return_hydra_config
+        )
 
 
 def run_experiment(*overrides, cwd) -> subprocess.CompletedProcess:
@@ -60,11 +74,7 @@ def run_experiment(*overrides, cwd) -> subprocess.CompletedProcess:
 
 def store_overrides(folder: Path) -> list[str]:
     """Overrides that put a run's results store, figures and Hydra run directories in ``folder``."""
-    return [
-        f"results_path={folder}/results.jsonl",
-        f"figures_dir={folder}/figures",
-        f"runs_dir={folder}/runs",
-    ]
+    return [f"paths.results_dir={folder}"]
 
 
 @dataclasses.dataclass(frozen=True)

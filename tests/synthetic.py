@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from specdec import theory
+from specdec import results, theory
 
 # name -> (drafter_params, base per-token acceptance rate, cost ratio c)
 DRAFTERS = {
@@ -47,9 +47,43 @@ def make_row(**overrides) -> dict:
         baseline_tokens_per_s=20.0,
         speedup=2.0,
         cost_ratio_c=0.01,
+        dtype="float32",
+        schedule=None,
+        acceptance={"rule": "SpeculativeSampling"},
+        seed=0,
+        max_new_tokens=64,
     )
     row.update(overrides)
+    config = {k: row[k] for k in IDENTITY}
+    baseline = dict(config, drafter="none", drafter_params={}, gamma=0, schedule=None)
+    row.setdefault("config", config)
+    try:
+        row.setdefault("config_hash", results.config_hash(config))
+        row.setdefault("baseline_hash", results.config_hash(baseline))
+    except (TypeError, ValueError):  # a deliberately unserialisable value (the validation tests)
+        row.setdefault("config_hash", "unserialisable")
+        row.setdefault("baseline_hash", "unserialisable")
     return row
+
+
+# The columns of make_row's rows that identify a measurement.
+IDENTITY = (
+    "device",
+    "target",
+    "dtype",
+    "drafter",
+    "drafter_params",
+    "gamma",
+    "schedule",
+    "temperature",
+    "top_k",
+    "top_p",
+    "acceptance",
+    "seed",
+    "max_new_tokens",
+    "task",
+    "prompt_id",
+)
 
 
 def synthetic_rows(

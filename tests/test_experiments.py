@@ -1,45 +1,138 @@
 """Hydra configs and experiments/run.py end to end, on the tiny random model."""
 
+import dataclasses
 import json
+import re
+import shlex
 import shutil
 from pathlib import Path
 
+import conf
+import numpy as np
 import pytest
-from conftest import run_experiment, store_overrides
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
+import run as run_script
+from conftest import compose, run_experiment, store_overrides
+from hydra.utils import instantiate
 
-from specdec import experiment
+import specdec
+from specdec import acceptance, config, experiment, results, sampling
+from specdec.models import Model
 from specdec.results import ResultsStore
+from specdec.weights.hf import save_hf_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 
+# What a group option needs besides itself to compose and instantiate on the tiny model.
+NEEDS = {
+    ("model", "hf_dir"): ["model.name=some/folder"],
+    ("task", "spec_bench_file"): ["task.name_or_path=some/question.jsonl"],
+    ("drafter", "layer_skip"): ["drafter.skip=[1,2]"],  # the defaults are for SmolLM2's 30 layers
+    ("drafter", "draft_model"): ["drafter.layers=2"],
+    ("drafter", "eagle"): ["drafter.checkpoint=untrained"],
+    ("drafter", "distilled"): ["drafter.checkpoint=untrained"],
+}
+
 
 def group_options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
+    stored = list(conf.GROUPS.get(group, {}))
+    return sorted(stored + [p.stem for p in (CONFIGS / group).glob("*.yaml")])
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return experiment.load_target("tiny-random")
 
 
 @pytest.mark.parametrize(
     ("group", "option"),
-    [(g, o) for g in ("model", "drafter", "task", "sampling", "sweep") for o in group_options(g)],
+    [
+        (g, o)
+        for g in ("model", "drafter", "task", "sampling", "acceptance", "debug")
+        for o in group_options(g)
+    ],
 )
-def test_every_config_composes(group, option):
-    overrides = [f"{group}={option}"]
-    if option == "hf_dir":
-        overrides.append("model.name=some/folder")
-    if option == "spec_bench_file":
-        overrides.append("task.name_or_path=some/question.jsonl")
-    sweep = group == "sweep"
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
-        cfg = compose(config_name="run", overrides=overrides, return_hydra_config=sweep)
-    if sweep:
-        assert cfg.hydra.mode.name == "MULTIRUN" and cfg.hydra.sweeper.params
+def test_every_config_composes_and_instantiates(group, option, tiny, tmp_path):
+    cfg = compose("run", ["model=tiny", f"{group}={option}", *NEEDS.get((group, option), [])])
+    run_config = conf.typed(cfg)
+    assert isinstance(run_config, config.RunConfig)
+    assert isinstance(instantiate(cfg.sampling), sampling.Sampling)
+    assert type(instantiate(cfg.acceptance)).__name__ in {r.__name__ for r in acceptance.RULES.values()}
+    if group == "task" and option != "builtin":
+        return  # the file does not exist here; test_bad_configuration_is_one_clear_line covers it
+    assert instantiate(cfg.task)
+    if group == "model":
+        assert run_config.model.name == conf.GROUPS["model"][option].name or option == "hf_dir"
+        if option == "tiny":
+            assert instantiate(cfg.model) is tiny  # loaded once per process
         return
-    run_config = experiment.RunConfig.from_dict(OmegaConf.to_container(cfg, resolve=True))
-    assert isinstance(run_config, experiment.RunConfig)
     if group == "drafter":
-        assert run_config.drafter.name == option.removesuffix("_searched")
+        assert run_config.drafter.name == conf.GROUPS["drafter"][option].name
+        if option == "layer_skip_searched":
+            path = tmp_path / "layer_skip.json"
+            path.write_text(json.dumps({"skip": [1, 2]}))
+            run_config.drafter.skip_file = str(path)
+        drafter = experiment.make_drafter(run_config, tiny)
+        assert (drafter is None) == (option == "none")
+        if drafter is not None:
+            assert drafter.name == run_config.drafter.name
+
+
+@pytest.mark.parametrize("option", [p.stem for p in (CONFIGS / "sweep").glob("*.yaml")])
+def test_every_sweep_composes(option):
+    cfg = compose("run", [f"sweep={option}"], return_hydra_config=True)
+    assert cfg.hydra.mode.name == "MULTIRUN" and cfg.hydra.sweeper.params
+
+
+def test_a_separate_draft_model_by_path(tiny, tmp_path):
+    """drafter=draft_model drafter.draft=<HF folder>: another model drafts, losslessly."""
+    other = Model.random(dataclasses.replace(tiny.config, n_layers=2), seed=5, tokenizer=tiny.tokenizer)
+    save_hf_dir(other, tmp_path / "draft")
+    cfg = compose(
+        "run", ["model=tiny", "drafter=draft_model", f"drafter.draft={tmp_path}/draft", "drafter.layers=null"]
+    )
+    drafter = experiment.make_drafter(conf.typed(cfg), tiny)
+    assert drafter.layers == (0, 1)
+    theirs = np.asarray(other.params["embed_tokens"]["weight"][...])
+    assert np.array_equal(np.asarray(drafter.params["embed_tokens"]["weight"][...]), theirs)
+    auto = specdec.generate(tiny, ["hello there"], max_new_tokens=8)
+    spec = specdec.generate(tiny, ["hello there"], drafter=drafter, gamma=3, max_new_tokens=8)
+    assert spec.tokens == auto.tokens and spec.stats[0]["drafted"] > 0
+
+
+def doc_commands() -> list[tuple[str, str, list[str]]]:
+    """Every ``python experiments/<script>.py ...`` command in README.md and docs/*.md:
+    (where, script, arguments), comments and shell continuations removed."""
+    found = []
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        text = path.read_text().replace("\\\n", " ")
+        for n, line in enumerate(text.splitlines(), start=1):
+            for match in re.finditer(r"python3? experiments/(\w+)\.py([^`#\n]*)", line):
+                found.append((f"{path.name}:{n}", match.group(1), shlex.split(match.group(2))))
+    return found
+
+
+def first_of_sweep(argument: str) -> str:
+    """``key=a,b,c`` (a Hydra sweep) -> ``key=a``; lists in brackets are kept whole."""
+    key, _, value = argument.partition("=")
+    return f"{key}={value.split(',')[0]}" if "," in value and not value.startswith("[") else argument
+
+
+@pytest.mark.parametrize(("where", "script", "arguments"), doc_commands(), ids=lambda x: str(x))
+def test_every_documented_command_composes(where, script, arguments):
+    assert (ROOT / "experiments" / f"{script}.py").is_file(), where
+    hydra_configs = {"run": "run", "train_draft": "train_draft", "plot": "plot"}
+    if script not in hydra_configs:
+        return  # argparse scripts: test_bench.py and test_layer_skip run them
+    overrides = [first_of_sweep(a) for a in arguments if a != "-m"]
+    cfg = compose(hydra_configs[script], overrides)
+    if script != "plot":
+        conf.typed(cfg)
+
+
+def test_documented_commands_were_found():
+    scripts = {script for _, script, _ in doc_commands()}
+    assert {"run", "train_draft", "plot"} <= scripts
 
 
 def test_sweep_writes_one_row_per_prompt_and_config(tiny_sweep):
@@ -94,21 +187,65 @@ def test_rerunning_a_sweep_skips_finished_configurations(tiny_sweep, tmp_path):
         (["task=spec_bench_file", "task.name_or_path=missing.jsonl"], "missing.jsonl"),
         (["task=spec_bench_file"], "task.name_or_path"),
         (["drafter.gamma=0"], "drafter.gamma must be >= 1"),
+        (["drafter.gamma=2.5"], "drafter.gamma"),
         (["max_new_tokens=0"], "max_new_tokens must be >= 1"),
+        (["seed=abc"], "seed"),
         (["task.categories=[poetry]"], "unknown categories ['poetry']"),
-        (["+drafter.options.window=3"], "drafter.options"),
+        (["+drafter.window=3"], "drafter.window: unknown key; allowed: name, gamma, schedule, max_ngram"),
         (["sampling.top_p=1.5"], "top_p must be in (0, 1]"),
+        (["sampling.temperature=inf"], "temperature must be finite"),
+        (["acceptance=bogus"], "Could not find 'acceptance/bogus'"),
+        (
+            ["acceptance=typical_lossy", "acceptance.epsilon=2"],
+            "acceptance.epsilon must be a number in [0, 1]",
+        ),
+        (["drafter=layer_skip", "drafter.skip=[1.9]"], "drafter.skip[0]"),
+        (["drafter=draft_model", "drafter.layers=[99]"], "draft_model: layers[0] must be between 0 and 3"),
+        (["drafter=draft_model", "drafter.draft=no-such-model"], "model 'no-such-model' is neither"),
+        (["model.dtype=float16"], "model.dtype must be float32 or bfloat16"),
     ],
 )
 def test_bad_configuration_is_one_clear_line(tmp_path, overrides, message):
-    proc = run_experiment(
-        "model=tiny",
-        f"results_path={tmp_path}/r.jsonl",
-        f"runs_dir={tmp_path}/runs",
-        *overrides,
-        cwd=tmp_path,
-    )
+    proc = run_experiment("model=tiny", *store_overrides(tmp_path), *overrides, cwd=tmp_path)
     assert proc.returncode != 0
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
-    assert not (tmp_path / "r.jsonl").exists()
+    assert not (tmp_path / "results.jsonl").exists()
+
+
+def test_unwritable_store_fails_before_any_measurement(tmp_path):
+    """A results path that cannot be written is refused before the model is loaded: no baseline is
+    measured and lost."""
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    proc = run_experiment(
+        "model=tiny", f"paths.results_path={blocked}/r.jsonl", *store_overrides(tmp_path), cwd=tmp_path
+    )
+    assert proc.returncode == 2
+    assert f"error: results store {blocked}/r.jsonl is not writable" in proc.stderr
+    assert "prompts" not in proc.stderr  # the progress bar never started
+
+
+def test_identity_separates_dtype_and_seed_and_reuses_baselines_across_drafters(tmp_path, tiny):
+    """A bfloat16 or reseeded run is measured anew (never skipped as already measured, never given
+    the float32 baseline); another drafter of the same configuration reuses the baseline."""
+
+    def measure(*overrides):
+        common = ["model=tiny", "task.categories=[qa]", "task.per_category=1", "max_new_tokens=4"]
+        experiment.run(run_script.prepare(compose("run", [*common, *store_overrides(tmp_path), *overrides])))
+        return ResultsStore(tmp_path / "results.jsonl").rows()
+
+    rows = measure("drafter=ngram")
+    assert [r["drafter"] for r in rows] == ["none", "ngram"]
+    assert rows[1]["baseline_hash"] == rows[0]["config_hash"]
+    rows = measure("drafter=bigram")  # the same baseline serves another drafter
+    assert [r["drafter"] for r in rows] == ["none", "ngram", "bigram"]
+    assert rows[2]["baseline_hash"] == rows[0]["config_hash"]
+    assert len(measure("drafter=ngram")) == 3  # already measured: skipped
+    rows = measure("drafter=ngram", "model.dtype=bfloat16")
+    assert [(r["drafter"], r["dtype"]) for r in rows[3:]] == [("none", "bfloat16"), ("ngram", "bfloat16")]
+    rows = measure("drafter=ngram", "seed=1")
+    assert [(r["drafter"], r["seed"]) for r in rows[5:]] == [("none", 1), ("ngram", 1)]
+    assert len({r["config_hash"] for r in rows}) == len(rows) == 7
+    for r in rows:
+        assert r["config_hash"] == results.config_hash(r["config"])

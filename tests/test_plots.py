@@ -296,8 +296,8 @@ def test_plot_script_writes_figures(tmp_path):
     ResultsStore(tmp_path / "results" / "results.jsonl").append(synthetic_rows(temperatures=(0.0,)))
     out = run_plot_script(
         tmp_path,
-        "results_path=results/results.jsonl",
-        "out_dir=figs",
+        "paths.results_path=results/results.jsonl",
+        "paths.figures_dir=figs",
         "verify_latencies={1: 0.021, 2: 0.05, 5: 0.062}",
     )
     assert out.returncode == 0, out.stderr
@@ -311,7 +311,9 @@ def test_plot_script_writes_figures(tmp_path):
 
 
 def test_plot_script_missing_results_file(tmp_path):
-    out = run_plot_script(tmp_path, "results_path=missing/results.jsonl", f"out_dir={tmp_path / 'figs'}")
+    out = run_plot_script(
+        tmp_path, "paths.results_path=missing/results.jsonl", f"paths.figures_dir={tmp_path / 'figs'}"
+    )
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == ["error: results file not found: missing/results.jsonl"]
     assert out.stdout == "" and not (tmp_path / "figs").exists()

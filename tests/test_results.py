@@ -15,8 +15,8 @@ from specdec.results import COLUMNS, PartialLineWarning, ResultsStore, config_ke
 
 
 def test_columns_are_the_documented_schema():
-    assert len(COLUMNS) == len(set(COLUMNS)) == 28
-    assert COLUMNS[:3] == ("run_id", "time", "git_commit") and COLUMNS[-1] == "cost_ratio_c"
+    assert len(COLUMNS) == len(set(COLUMNS)) == 36
+    assert COLUMNS[:3] == ("run_id", "time", "git_commit") and COLUMNS[-1] == "baseline_hash"
     for c in COLUMNS:  # every column is documented in the module docstring
         assert f"\n    {c} " in results.__doc__
 
@@ -190,22 +190,41 @@ def test_resume_keys(tmp_path):
     hash(config_key(make_row()))
 
 
-def test_baseline_lookup(tmp_path):
-    store = ResultsStore(tmp_path / "r.jsonl")
-    args = ("smollm2-135m-instruct", "builtin", 0.0, None, None)
-    assert store.baseline(*args, 7) is None
-    # An autoregressive row is its own baseline.
-    store.append(
-        [make_row(drafter="none", gamma=0, prompt_id=7, tokens_per_s=12.5, baseline_tokens_per_s=None)]
+def test_config_hash_is_the_canonical_identity():
+    config = make_row()["config"]
+    assert results.config_hash(config) == make_row()["config_hash"]
+    assert results.config_hash(dict(reversed(list(config.items())))) == results.config_hash(config)
+    assert results.config_hash({**config, "drafter_params": {"min_ngram": 1, "max_ngram": 3}}) == (
+        results.config_hash(config)
     )
-    assert store.baseline(*args, 7) == 12.5
-    assert store.baseline(*args, 8) is None
-    assert store.baseline("smollm2-135m-instruct", "builtin", 0.7, None, None, 7) is None
-    # A speculative row carrying a measured baseline; the latest one wins.
-    store.append([make_row(prompt_id=8, baseline_tokens_per_s=11.0)])
-    assert store.baseline(*args, 8) == 11.0
-    assert store.baseline(*args, 8, device="cpu") == 11.0
-    assert store.baseline(*args, 8, device="NVIDIA H100") is None
+    # Every setting that changes a measurement changes the key: dtype and seed included.
+    for change in (dict(dtype="bfloat16"), dict(seed=1), dict(max_new_tokens=32), dict(schedule="heuristic")):
+        assert make_row(**change)["config_hash"] != make_row()["config_hash"], change
+    assert make_row(gamma=2)["baseline_hash"] == make_row(gamma=4)["baseline_hash"]  # drafter alone
+    assert make_row(dtype="bfloat16")["baseline_hash"] != make_row()["baseline_hash"]
+
+
+def test_stores_of_the_first_schema_stay_readable(tmp_path):
+    """A row written before the identity columns existed reads as today's schema, with a key that
+    no new configuration can match (it is re-measured, never wrongly reused)."""
+    old = {c: v for c, v in make_row().items() if c in results.V1_COLUMNS}
+    old["drafter_params"] = {
+        "max_ngram": 3,
+        "schedule": None,
+        "max_new_tokens": 64,
+        "acceptance": "speculative",
+    }
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps(old) + "\n")
+    store = ResultsStore(path)
+    store.append([make_row(prompt_id=2)])
+    first, second = store.rows()
+    assert list(first) == list(COLUMNS) and first["config_hash"].startswith("v1-")
+    assert first["drafter_params"] == {"max_ngram": 3}
+    assert first["max_new_tokens"] == 64 and first["acceptance"] == {"rule": "speculative"}
+    assert first["dtype"] is None and first["config"] is None
+    assert second["config_hash"] == make_row(prompt_id=2)["config_hash"]
+    assert len(store.to_dataframe()) == 2
 
 
 def test_git_commit_and_run_id(monkeypatch):

@@ -8,12 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import conf
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
+from conftest import compose
 
 import specdec
 from specdec import drafters
@@ -275,12 +275,11 @@ def script(name, *overrides, cwd):
 
 @pytest.mark.parametrize("option", ["eagle", "distilled"])
 def test_train_configs_compose(option):
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
-        cfg = compose(config_name="train_draft", overrides=[f"train={option}"])
-        run = compose(config_name="run", overrides=[f"drafter={option}"])
-    assert TrainConfig(**OmegaConf.to_container(cfg.train, resolve=True)).kind == option
+    cfg = conf.typed(compose("train_draft", [f"train={option}"]))
+    run = conf.typed(compose("run", [f"drafter={option}"]))
+    assert isinstance(cfg.train, TrainConfig) and cfg.train.kind == option
     # The drafter config finds what train_draft.py writes by default.
-    assert cfg.run_dir == run.drafter.options.checkpoint == f"checkpoints/{option}-smollm2-135m-instruct"
+    assert cfg.run_dir == run.drafter.checkpoint == f"checkpoints/{option}-smollm2-135m-instruct"
 
 
 @pytest.mark.slow
@@ -291,7 +290,7 @@ def test_train_draft_makes_a_drafter_that_run_py_uses_by_name(tmp_path):
         "train.steps=20",
         "train.warmup_steps=2",
         "train.eval_every=10",
-        "train.recipe.vocab=2048",
+        "train.recipe.vocab=256",
         "data.prompts=12",
         "data.heldout=2",
         "data.prompt_tokens=8",
@@ -307,17 +306,15 @@ def test_train_draft_makes_a_drafter_that_run_py_uses_by_name(tmp_path):
         "run.py",
         "model=tiny",
         "drafter=eagle",
-        f"drafter.options.checkpoint={tmp_path}/eagle",
+        f"drafter.checkpoint={tmp_path}/eagle",
         "task.per_category=1",
         "task.categories=[qa]",
         "max_new_tokens=8",
-        f"results_path={tmp_path}/r.jsonl",
-        f"runs_dir={tmp_path}/runs",
-        f"figures_dir={tmp_path}/figures",
+        f"paths.results_dir={tmp_path}",
         cwd=tmp_path,
     )
     assert measured.returncode == 0, measured.stderr[-3000:]
-    rows = [r for r in ResultsStore(tmp_path / "r.jsonl").rows() if r["drafter"] == "eagle"]
+    rows = [r for r in ResultsStore(tmp_path / "results.jsonl").rows() if r["drafter"] == "eagle"]
     assert len(rows) == 1 and rows[0]["tau"] >= 1.0 and rows[0]["target_calls"] >= 1
 
 
@@ -328,6 +325,9 @@ def test_train_draft_makes_a_drafter_that_run_py_uses_by_name(tmp_path):
         (["+train.recipe.divergence=js"], "error: train.recipe: unknown option 'divergence' for eagle"),
         (["data.heldout=0"], "error: data.heldout must be between 1"),
         (["train=medusa"], "Could not find 'train/medusa'"),
+        (["train.steps=2.5"], "train.steps"),
+        (["+train.epochs=3"], "error: train.epochs: unknown key"),
+        ([], "error: train.recipe.vocab must be between 1 and 512, got 8192"),  # tiny's vocabulary
     ],
 )
 def test_train_draft_bad_configuration_is_one_clear_line(tmp_path, overrides, message):

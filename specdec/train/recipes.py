@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from specdec import checks
 from specdec.drafters.draft_model import DraftModel
 from specdec.drafters.eagle import Eagle, frequent_tokens, readout_logits, target_readout
 from specdec.models import KVCache, Model
@@ -39,9 +40,15 @@ class Distilled:
     layers: tuple[int, ...] = (0, -1)  # target layers the draft's layers start from
     divergence: str = "tvd"  # a key of losses.DIVERGENCES
 
+    def check(self, target: Model) -> None:
+        """Options that depend on the target, checked before any data is made."""
+        n = target.config.n_layers
+        checks.integers(self.layers, "train.recipe.layers", low=-n, high=n - 1)
+
     def init(self, target: Model, counts=None):
         """-> (graphdef, trainable, frozen, teacher); ``counts`` [V] (corpus token counts) unused."""
         del counts
+        self.check(target)
         n = target.config.n_layers
         picked = [i % n for i in self.layers]
         config = dataclasses.replace(target.config, n_layers=len(picked))
@@ -94,14 +101,15 @@ class EagleRecipe:
     vocab: int | None = None
     normalized_features: bool = False
 
+    def check(self, target: Model) -> None:
+        """Options that depend on the target, checked before any data is made."""
+        checks.optional_integer(self.vocab, "train.recipe.vocab", low=1, high=target.config.vocab_size)
+
     def init(self, target: Model, counts=None):
         """-> (graphdef, trainable, frozen, teacher); ``counts`` [V]: corpus token counts (for ``vocab``)."""
+        self.check(target)
         ids = None
         if self.vocab is not None:
-            if not 1 <= self.vocab <= target.config.vocab_size:
-                raise ValueError(
-                    f"train.recipe.vocab must be in 1..{target.config.vocab_size}, got {self.vocab}"
-                )
             if counts is None:
                 raise ValueError("the eagle recipe's vocab subset needs the corpus token counts")
             ids = frequent_tokens(counts, self.vocab)

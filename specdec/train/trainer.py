@@ -17,6 +17,7 @@ import json
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -35,12 +36,13 @@ from specdec.weights.files import one_line, read_json, read_safetensors
 COUNTS = "token_counts"  # the corpus token counts [V], stored with the weights (vocabulary subsets)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass
 class TrainConfig:
-    """kind: "distilled" or "eagle"; recipe: that recipe's options (see ``specdec.train.recipes``)."""
+    """kind: "distilled" or "eagle"; recipe: that recipe's options (see ``specdec.train.recipes``).
+    Also the typed schema of the ``train`` config group (``experiments/conf.py``)."""
 
     kind: str = "eagle"
-    recipe: dict = dataclasses.field(default_factory=dict)
+    recipe: dict[str, Any] = dataclasses.field(default_factory=dict)
     steps: int = 300
     batch_size: int = 8
     learning_rate: float = 1e-3

@@ -1,0 +1,235 @@
+"""The typed configuration of a run: the schema Hydra composes and the identity of a measurement.
+
+Plain dataclasses (the library never imports Hydra): ``experiments/conf.py`` registers them
+with Hydra's ConfigStore, where they are the options of the config groups, so a YAML file or
+a command-line override only selects and overrides, and a value of the wrong type fails at
+composition, naming its key. ``_target_`` names what ``hydra.utils.instantiate`` builds from a
+node (model, sampling, acceptance rule, task); drafters are built by their registry
+(``specdec.drafters.make(name, target, **options)``).
+
+``RunConfig.__post_init__`` checks the rest (ranges, names) before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import field
+from typing import Any
+
+from specdec import checks
+
+MISSING = "???"  # OmegaConf's marker of a value that must be given
+
+
+@dataclasses.dataclass
+class ModelSpec:
+    """A target by zoo name (smollm2-135m-instruct, tiny-random), HF checkpoint folder or .gguf file."""
+
+    _target_: str = "specdec.experiment.load_target"
+    name: str = MISSING
+    dtype: str = "float32"  # float32 | bfloat16
+
+
+@dataclasses.dataclass
+class DrafterConfig:
+    """A way of drafting: ``name`` (a key of ``specdec.drafters.REGISTRY``, or "none"), the loop's
+    draft length and schedule; a subclass adds the drafter's own options as fields."""
+
+    name: str = "none"
+    gamma: int = 4  # K: draft tokens per step
+    schedule: str | None = None  # null | heuristic (adaptive gamma)
+
+    def options(self) -> dict:
+        """The keyword arguments of the drafter's maker: every field a subclass adds."""
+        base = {f.name for f in dataclasses.fields(DrafterConfig)}
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in base}
+
+
+@dataclasses.dataclass
+class NoDrafterConfig(DrafterConfig):
+    """Plain autoregressive decoding: only the baseline rows."""
+
+    gamma: int = 1
+
+
+@dataclasses.dataclass
+class NGramConfig(DrafterConfig):
+    """Prompt lookup: propose what followed the latest earlier match of the last n tokens."""
+
+    name: str = "ngram"
+    max_ngram: int = 3
+    min_ngram: int = 1
+
+
+@dataclasses.dataclass
+class DraftModelConfig(DrafterConfig):
+    """A separate draft model sharing the tokenizer (``draft``: zoo name, HF folder or .gguf; null:
+    the target itself), run on its first ``layers`` layers (an int) or these layer indices."""
+
+    name: str = "draft_model"
+    gamma: int = 3
+    draft: str | None = None
+    layers: Any = 8  # int | list[int] | null (all)
+    stop_below: float | None = None  # stop a row's drafting below this draft confidence
+
+
+@dataclasses.dataclass
+class LayerSkipConfig(DrafterConfig):
+    """Self-speculative decoding: the target without the layers in ``skip`` (or keeping its
+    ``first`` k layers, or the set experiments/search_layer_skip.py wrote to ``skip_file``)."""
+
+    name: str = "layer_skip"
+    gamma: int = 3
+    skip: list[int] | None = None
+    first: int | None = None
+    skip_file: str | None = None
+
+
+@dataclasses.dataclass
+class CountConfig(DrafterConfig):
+    """Leviathan et al.'s count baselines (unigram, bigram) over the context plus ``corpus``."""
+
+    name: str = "unigram"
+    gamma: int = 2
+    corpus: list[str] = field(default_factory=list)
+
+
+@dataclasses.dataclass
+class TrainedConfig(DrafterConfig):
+    """A trained drafter (eagle, distilled): ``checkpoint`` is a run directory of
+    experiments/train_draft.py, or "untrained" for the recipe's starting point."""
+
+    name: str = "eagle"
+    checkpoint: str = MISSING
+    stop_below: float | None = None
+
+
+@dataclasses.dataclass
+class TaskConfig:
+    """A prompt set: "builtin" or any Spec-Bench-format JSONL file; optionally some categories and
+    the first ``per_category`` prompts of each."""
+
+    _target_: str = "specdec.tasks.load_task"
+    name_or_path: str = MISSING  # "builtin" or a path
+    categories: list[str] | None = None
+    per_category: int | None = None
+
+
+@dataclasses.dataclass
+class SamplingConfig:
+    """How tokens are chosen (``specdec.sampling.Sampling``); temperature 0 is greedy."""
+
+    _target_: str = "specdec.sampling.Sampling"
+    temperature: float = 0.0
+    top_k: int | None = None
+    top_p: float | None = None
+
+
+@dataclasses.dataclass
+class AcceptanceConfig:
+    """An acceptance rule of ``specdec.acceptance``; subclasses add the rule's options."""
+
+    _target_: str = "specdec.acceptance.SpeculativeSampling"
+
+
+@dataclasses.dataclass
+class TypicalLossyConfig(AcceptanceConfig):
+    """Medusa's typical acceptance: NOT lossless."""
+
+    _target_: str = "specdec.acceptance.TypicalLossy"
+    epsilon: float = 0.09
+    delta: float = 0.3
+
+
+@dataclasses.dataclass
+class PathsConfig:
+    """Where a run writes (relative paths are taken from the current directory)."""
+
+    results_dir: str = "results"
+    results_path: str = "${paths.results_dir}/results.jsonl"
+    figures_dir: str = "${paths.results_dir}/figures"
+    runs_dir: str = "${paths.results_dir}/runs"  # Hydra run directories (config, log, summary.json)
+    checkpoints_dir: str = "checkpoints"
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """One experiment: a target, a drafter, sampling and acceptance over a task's prompts.
+
+    The fields without a default are config groups: composition fills them with one option
+    (a subclass instance for drafter and acceptance), so an option's own missing values (``???``)
+    stay missing and are reported instead of being filled by a default.
+    """
+
+    model: ModelSpec = MISSING
+    drafter: DrafterConfig = MISSING
+    task: TaskConfig = MISSING
+    sampling: SamplingConfig = MISSING
+    acceptance: AcceptanceConfig = MISSING
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    max_new_tokens: int = 64
+    seed: int = 0
+    force: bool = False  # re-measure configurations already in the results store
+
+    def __post_init__(self):
+        from specdec import drafters  # drafters import models; keep this module light
+
+        d = self.drafter
+        if d.name != "none" and d.name not in drafters.REGISTRY:
+            allowed = ", ".join(["none", *sorted(drafters.REGISTRY)])
+            raise ValueError(f"drafter.name: unknown drafter {d.name!r}; allowed: {allowed}")
+        checks.integer(d.gamma, "drafter.gamma", low=1)
+        if d.schedule not in (None, "heuristic"):
+            raise ValueError(f"drafter.schedule must be null or heuristic, got {d.schedule!r}")
+        checks.integer(self.max_new_tokens, "max_new_tokens", low=1)
+        checks.integer(self.seed, "seed")
+        if self.model.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"model.dtype must be float32 or bfloat16, got {self.model.dtype!r}")
+        checks.optional_integer(self.task.per_category, "task.per_category", low=1)
+
+    def identity(self) -> dict:
+        """The resolved settings that change what is measured: everything but where results go and
+        ``force``; ``_target_`` keys dropped, the acceptance rule named by its class."""
+
+        def plain(node) -> dict:
+            return {k: v for k, v in dataclasses.asdict(node).items() if k != "_target_"}
+
+        return dict(
+            model=plain(self.model),
+            drafter=plain(self.drafter),
+            task=self.task.name_or_path,  # a row is one prompt: which ones a run selects is no identity
+            sampling=plain(self.sampling),
+            acceptance={"rule": self.acceptance._target_.rsplit(".", 1)[-1], **plain(self.acceptance)},
+            max_new_tokens=self.max_new_tokens,
+            seed=self.seed,
+        )
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """The self-distillation corpus of experiments/train_draft.py: sequences the target writes itself."""
+
+    prompts: int = 160  # user messages sampled from the target at temperature 1
+    prompt_tokens: int = 48
+    response_tokens: int = 128
+    temperature: float = 0.0  # of the answers (0: greedy, as the default evaluation)
+    heldout: int = 16  # sequences kept out of training for the held-out acceptance curve
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("prompts", "prompt_tokens", "response_tokens"):
+            checks.integer(getattr(self, name), f"data.{name}", low=1)
+        checks.integer(self.heldout, "data.heldout", low=1, high=self.prompts - 1)
+        checks.number(self.temperature, "data.temperature", low=0.0)
+
+
+@dataclasses.dataclass
+class TrainDraftConfig:
+    """A drafter training run: data, then an optax recipe (the ``train`` group: a TrainConfig)."""
+
+    model: ModelSpec = MISSING
+    train: Any = MISSING  # a specdec.train.TrainConfig (the train group)
+    data: DataConfig = field(default_factory=DataConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    run_dir: str = "${paths.checkpoints_dir}/${train.kind}-${model.name}"  # corpus, checkpoint/, log
+    resume: bool = True  # continue from run_dir's checkpoint (same config) after an interruption
