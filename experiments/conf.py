@@ -10,12 +10,14 @@ whose defaults list starts from one of these (``defaults: [ngram, _self_]``).
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 from hydra.core.config_store import ConfigStore
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from specdec import experiment
 from specdec.config import (
     AcceptanceConfig,
     CountConfig,
@@ -34,11 +36,24 @@ from specdec.config import (
 )
 from specdec.train import TrainConfig
 
+
+def load_target(name: str, dtype: str = "float32"):
+    """``specdec.experiment.load_target``, once per process and (name, dtype): the jobs of a
+    Hydra multirun share the loaded target (and so its compiled programs)."""
+    return _loaded(name, dtype)
+
+
+@functools.cache
+def _loaded(name: str, dtype: str):
+    return experiment.load_target(name, dtype)
+
+
+LOADER = f"{__name__}.load_target"
 GROUPS = {
     "model": {
-        "smollm2_135m": ModelSpec(name="smollm2-135m-instruct"),  # the embedded default target
-        "tiny": ModelSpec(name="tiny-random"),  # random weights, its own 512-token tokenizer
-        "hf_dir": ModelSpec(),  # model=hf_dir model.name=/path/to/folder (Llama, Mistral, Qwen2)
+        "smollm2_135m": ModelSpec(LOADER, name="smollm2-135m-instruct"),  # the embedded default target
+        "tiny": ModelSpec(LOADER, name="tiny-random"),  # random weights, its own 512-token tokenizer
+        "hf_dir": ModelSpec(LOADER),  # model=hf_dir model.name=/path/to/folder (Llama, Mistral, Qwen2)
     },
     "drafter": {
         "none": NoDrafterConfig(),

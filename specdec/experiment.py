@@ -15,7 +15,6 @@ differs in the drafter alone (its ``baseline_hash``).
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import jax
 import numpy as np
@@ -28,14 +27,9 @@ from specdec.weights import load_model
 
 
 def load_target(name: str, dtype: str = "float32"):
-    """Each target is loaded once per process (a Hydra multirun reuses it across jobs)."""
+    """``load_model`` with the dtype by name (float32 | bfloat16), as configs give it."""
     if dtype not in ("float32", "bfloat16"):
         raise ValueError(f"model.dtype must be float32 or bfloat16, got {dtype!r}")
-    return _load_once(name, dtype)
-
-
-@functools.cache
-def _load_once(name: str, dtype: str):
     return load_model(name, dtype=np.dtype(dtype) if dtype == "float32" else jax.numpy.bfloat16)
 
 

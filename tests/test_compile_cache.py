@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import specdec  # noqa: F401  (enables the cache in this process too; harmless)
 from specdec import compile_cache
 
@@ -56,6 +58,7 @@ def loop_entries(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if "decode_loop" in p.name)
 
 
+@pytest.mark.slow
 def test_second_process_loads_the_decode_loop_from_the_cache(tmp_path):
     cache = tmp_path / "compile"
     # Cache every program, however quickly it compiled (a tiny model compiles in well under 1 s).

@@ -41,7 +41,7 @@ def group_options(group: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def tiny():
-    return experiment.load_target("tiny-random")
+    return conf.load_target("tiny-random")  # what model=tiny instantiates
 
 
 @pytest.mark.parametrize(
@@ -135,6 +135,7 @@ def test_documented_commands_were_found():
     assert {"run", "train_draft", "plot"} <= scripts
 
 
+@pytest.mark.slow
 def test_sweep_writes_one_row_per_prompt_and_config(tiny_sweep):
     out, proc = tiny_sweep.out, tiny_sweep.proc
     rows = ResultsStore(tiny_sweep.results_path).rows()
@@ -162,6 +163,7 @@ def test_sweep_writes_one_row_per_prompt_and_config(tiny_sweep):
     assert list((out / "figures").glob("*.png"))
 
 
+@pytest.mark.slow
 def test_rerunning_a_sweep_skips_finished_configurations(tiny_sweep, tmp_path):
     # On a copy of the shared sweep's store, so the other tests see it unchanged.
     shutil.copy(tiny_sweep.results_path, tmp_path / "results.jsonl")
@@ -205,7 +207,27 @@ def test_rerunning_a_sweep_skips_finished_configurations(tiny_sweep, tmp_path):
         (["model.dtype=float16"], "model.dtype must be float32 or bfloat16"),
     ],
 )
+def test_bad_configuration_is_refused_before_loading(tmp_path, overrides, message):
+    """In process, as run.py composes and prepares: the error names the key or file."""
+    with pytest.raises(Exception) as info:
+        run_script.prepare(compose("run", ["model=tiny", *store_overrides(tmp_path), *overrides]))
+    err = info.value
+    assert message in f"{conf.one_line(err)} {err.__cause__ or ''}"
+    assert not (tmp_path / "results.jsonl").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["drafter=medusa"], "Could not find 'drafter/medusa'"),
+        (["drafter=layer_skip", "drafter.skip=[1.9]"], "drafter.skip[0]"),
+        (["+drafter.window=3"], "error: drafter.window: unknown key"),
+        (["sampling.temperature=inf"], "error: temperature must be finite"),
+    ],
+)
 def test_bad_configuration_is_one_clear_line(tmp_path, overrides, message):
+    """The command line, in a fresh process: a short message, no traceback, nothing written."""
     proc = run_experiment("model=tiny", *store_overrides(tmp_path), *overrides, cwd=tmp_path)
     assert proc.returncode != 0
     assert message in proc.stderr
@@ -213,17 +235,15 @@ def test_bad_configuration_is_one_clear_line(tmp_path, overrides, message):
     assert not (tmp_path / "results.jsonl").exists()
 
 
-def test_unwritable_store_fails_before_any_measurement(tmp_path):
+def test_unwritable_store_fails_before_any_measurement(tmp_path, monkeypatch):
     """A results path that cannot be written is refused before the model is loaded: no baseline is
     measured and lost."""
     blocked = tmp_path / "file"
     blocked.write_text("not a folder")
-    proc = run_experiment(
-        "model=tiny", f"paths.results_path={blocked}/r.jsonl", *store_overrides(tmp_path), cwd=tmp_path
-    )
-    assert proc.returncode == 2
-    assert f"error: results store {blocked}/r.jsonl is not writable" in proc.stderr
-    assert "prompts" not in proc.stderr  # the progress bar never started
+    cfg = compose("run", ["model=smollm2_135m", f"paths.results_path={blocked}/r.jsonl"])
+    monkeypatch.setattr(conf, "load_target", lambda *a, **k: pytest.fail("the model was loaded"))
+    with pytest.raises(ValueError, match=f"results store {blocked}/r.jsonl is not writable"):
+        run_script.prepare(cfg)
 
 
 def test_identity_separates_dtype_and_seed_and_reuses_baselines_across_drafters(tmp_path, tiny):

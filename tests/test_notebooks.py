@@ -79,6 +79,7 @@ def printed(everything: str, pattern: str) -> float:
     return float(re.search(pattern + r" = ([\d.]+)", everything).group(1))
 
 
+@pytest.mark.slow
 def test_explore_sweep(tiny_sweep, python3_kernel, monkeypatch):
     path = tiny_sweep.results_path
     texts, nb = run_notebook("explore_sweep.ipynb", path, python3_kernel, monkeypatch)
@@ -94,6 +95,7 @@ def test_explore_sweep(tiny_sweep, python3_kernel, monkeypatch):
     assert images(nb) == 3
 
 
+@pytest.mark.slow
 def test_theory_vs_measurement(tiny_sweep, python3_kernel, monkeypatch):
     path = tiny_sweep.results_path
     texts, nb = run_notebook("theory_vs_measurement.ipynb", path, python3_kernel, monkeypatch)

@@ -310,6 +310,7 @@ def test_plot_script_writes_figures(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["figs", "results"]
 
 
+@pytest.mark.slow
 def test_plot_script_missing_results_file(tmp_path):
     out = run_plot_script(
         tmp_path, "paths.results_path=missing/results.jsonl", f"paths.figures_dir={tmp_path / 'figs'}"

@@ -318,6 +318,7 @@ def test_train_draft_makes_a_drafter_that_run_py_uses_by_name(tmp_path):
     assert len(rows) == 1 and rows[0]["tau"] >= 1.0 and rows[0]["target_calls"] >= 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
