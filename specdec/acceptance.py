@@ -92,6 +92,11 @@ class GreedyMatch:
         return n, jnp.take_along_axis(target, n[:, None], axis=1)[:, 0]
 
     def for_sampling(self, sampling: Sampling):
+        if not sampling.greedy:
+            raise ValueError(
+                f"acceptance: GreedyMatch is exact only at temperature 0, got {sampling.temperature}; "
+                "use SpeculativeSampling (it becomes GreedyMatch at temperature 0)"
+            )
         return self
 
 

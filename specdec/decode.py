@@ -210,7 +210,8 @@ def decode_loop(target_def, target_params, drafter, tokens, prompt_lengths, cach
             prompt_len=T,
         )
 
-    # Prefill every prompt token but the last; the last one is the first pending token.
+    # Prefill the whole prompt bucket [B, T], padding included: the first verify pass rolls the cache
+    # back to lengths - 1, so the last prompt token becomes the first pending token.
     with jax.named_scope("prefill"):
         positions = jnp.broadcast_to(jnp.arange(T), (B, T))
         _, cache, hidden = target_pass(tokens[:, :T], positions, cache.with_lengths(0))

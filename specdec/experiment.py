@@ -79,8 +79,8 @@ def _add(a: dict, b: dict) -> dict:
 def _config(cfg: RunConfig, identity: dict, drafter: dict, question) -> dict:
     """The configuration columns of a row, for the method (``drafter`` = its config) or the
     baseline (``drafter`` = {"name": "none"}): what identifies a measurement."""
-    key = dict(identity, drafter=drafter, prompt_id=question.question_id)
-    base = dict(identity, drafter=BASELINE, prompt_id=question.question_id)
+    key = dict(identity, drafter=dict(drafter), prompt_id=question.question_id)
+    base = dict(identity, drafter=dict(BASELINE), prompt_id=question.question_id)
     options = {k: v for k, v in drafter.items() if k not in ("name", "gamma", "schedule")}
     return dict(
         device=identity["device"],

@@ -142,10 +142,11 @@ def generate(
     """
     sampling = Sampling(temperature, top_k, top_p)
     rule = acceptance_rules.make(acceptance) if isinstance(acceptance, str) else acceptance
-    if not hasattr(rule, "for_sampling"):
+    if isinstance(rule, type) or not hasattr(rule, "for_sampling"):
         raise TypeError(
             f"acceptance must be a rule name ({', '.join(acceptance_rules.RULES)}) or rule, got {rule!r}"
         )
+    rule.for_sampling(sampling)  # a rule that refuses these sampling settings says so here, not in tracing
     max_new_tokens = checks.integer(max_new_tokens, "max_new_tokens", low=1)
     seed = checks.integer(seed, "seed")
     min_bucket = checks.integer(min_bucket, "min_bucket", low=1)

@@ -74,14 +74,46 @@ def accepted_length_distribution(accept_by_position) -> np.ndarray:
     return np.clip(a[:-1] - a[1:], 0.0, None)
 
 
+SETTINGS = ("schedule", "acceptance", "dtype", "max_new_tokens")  # besides drafter_params
+
+
+def _short(value) -> str:
+    """A setting as a label shows it: an acceptance rule by its name and options."""
+    if isinstance(value, dict) and "rule" in value:
+        options = ", ".join(f"{k}={v}" for k, v in value.items() if k != "rule")
+        return value["rule"] + (f"[{options}]" if options else "")
+    return str(value)
+
+
 def prepare(df: pd.DataFrame) -> pd.DataFrame:
-    """A copy with numeric columns coerced (null -> NaN) and a ``label`` per drafter setting."""
+    """A copy with numeric columns coerced (null -> NaN) and a ``label`` per drafter setting: the
+    drafter's name, followed by the settings (its options, schedule, acceptance rule, dtype, token
+    budget) that differ between its rows, so different configurations are never pooled."""
     out = df.copy()
     out[NUMERIC] = out[NUMERIC].apply(pd.to_numeric, errors="coerce")
-    params = out["drafter_params"].map(lambda p: json.dumps(p if isinstance(p, dict) else {}, sort_keys=True))
-    several = params.groupby(out["drafter"]).transform("nunique") > 1
-    short = params.map(lambda s: "(" + ", ".join(f"{k}={v}" for k, v in json.loads(s).items()) + ")")
-    out["label"] = out["drafter"].where(~several, out["drafter"] + " " + short)
+
+    def settings(row: dict) -> dict:
+        params = row["drafter_params"] if isinstance(row["drafter_params"], dict) else {}
+        extra = {k: row.get(k) for k in SETTINGS}
+        return {**params, **{k: v for k, v in extra.items() if v is not None and v == v}}  # v == v: not NaN
+
+    drafters = list(out["drafter"])
+    table = [settings(row) for row in out.to_dict("records")]
+    groups: dict[str, list[dict]] = {}
+    for drafter, s in zip(drafters, table, strict=True):
+        groups.setdefault(drafter, []).append(s)
+    varying = {
+        d: [
+            k
+            for k in sorted({k for s in g for k in s})
+            if len({json.dumps(s.get(k), sort_keys=True) for s in g}) > 1
+        ]
+        for d, g in groups.items()
+    }
+    out["label"] = [
+        f"{d} ({', '.join(f'{k}={_short(s.get(k))}' for k in varying[d])})" if varying[d] else d
+        for d, s in zip(drafters, table, strict=True)
+    ]
     out["category"] = out["category"].fillna("unknown").astype(str)
     return out
 

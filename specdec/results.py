@@ -29,8 +29,8 @@ Schema (``COLUMNS``, in this order; every row has exactly these keys). Non-finit
     accept_by_position     list   [gamma] floats: acceptance rate of each draft position
     wall_s                 float  seconds of the compiled call after block_until_ready, compile excluded
     tokens_per_s           float  new_tokens / wall_s
-    baseline_tokens_per_s  float  autoregressive tokens/s of the same prompt, target, sampling and
-                                  device; null if not measured
+    baseline_tokens_per_s  float  autoregressive tokens/s of the row whose config_hash is this row's
+                                  baseline_hash (same configuration, drafter "none"); null if not measured
     speedup                float  tokens_per_s / baseline_tokens_per_s; null without a baseline
     cost_ratio_c           float  c = drafter step time / target step time at T = 1; null if unknown
     dtype                  str    the target's parameter dtype: float32 | bfloat16
@@ -132,6 +132,7 @@ V1_CONFIG_COLUMNS = (
     "prompt_id",
 )
 BASELINE_DRAFTER = "none"
+V1_RULES = {"speculative": "SpeculativeSampling", "typical_lossy": "TypicalLossy"}  # names -> classes
 
 
 class PartialLineWarning(UserWarning):
@@ -161,7 +162,7 @@ def _upgrade_v1(row: dict) -> dict:
         drafter_params={k: v for k, v in params.items() if k not in ("schedule", "max_new_tokens")},
         dtype=None,
         schedule=params.get("schedule"),
-        acceptance=None if rule is None else {"rule": rule},
+        acceptance=None if rule is None else {"rule": V1_RULES.get(rule, rule)},
         seed=None,
         max_new_tokens=params.get("max_new_tokens"),
         config=None,
@@ -241,7 +242,10 @@ def _decode_row(line: bytes) -> tuple[dict | None, str | None]:
     if not isinstance(row, dict):
         return None, f"expected a JSON object, got {type(row).__name__}"
     if set(row) == set(V1_COLUMNS):
-        return _upgrade_v1(row), None
+        try:
+            return _upgrade_v1(row), None
+        except (TypeError, ValueError, AttributeError) as e:
+            return None, f"a row of the first schema that cannot be read ({e})"
     missing = [c for c in COLUMNS if c not in row]
     unknown = [c for c in row if c not in COLUMNS]
     if missing or unknown:

@@ -78,7 +78,7 @@ def verify_cost(model: Model, widths=(1, 2, 3, 4, 5, 6, 8, 12, 16), **kw) -> tup
 
 @functools.partial(jax.jit, static_argnames="steps")
 def _draft_steps(drafter, state, context: Context, key, hidden, steps=8):
-    """``steps`` one-token drafting steps (propose, then commit of the draft as if accepted) inside
+    """``steps`` one-token drafting steps (propose, then commit) inside
     one program, as in ``decode_loop``; each reads tokens the previous one changed, so none can be
     hoisted out of the loop. hidden [1, 2, D]: verified hidden states (None unless needs_features)."""
     lengths = context.lengths
@@ -87,8 +87,10 @@ def _draft_steps(drafter, state, context: Context, key, hidden, steps=8):
         state, shift = carry
         ctx = dataclasses.replace(context, tokens=context.tokens + shift)
         draft, _, state = drafter.propose(state, ctx, 1, jax.random.fold_in(key, i))
-        path = jnp.concatenate([draft, draft], axis=1)  # [1, 2]: the draft kept, then a bonus token
-        verified = Verified(start=lengths - 1, n_accepted=jnp.ones_like(lengths), tokens=path, hidden=hidden)
+        # The draft rejected, its correction token next: a full block (and a draft model's catch-up
+        # forward) is the exception, so one step costs one proposal plus the commit's own work.
+        path = jnp.concatenate([draft, draft], axis=1)  # [1, 2]
+        verified = Verified(start=lengths - 1, n_accepted=jnp.zeros_like(lengths), tokens=path, hidden=hidden)
         return drafter.commit(state, verified), draft[:, :1] % 2
 
     return jax.lax.fori_loop(0, steps, step, (state, jnp.zeros((1, 1), jnp.int32)))[1]

@@ -250,3 +250,19 @@ def test_min_bucket_is_an_argument(target):
     small = run(target, PROMPTS[:2], max_new_tokens=6)
     large = run(target, PROMPTS[:2], max_new_tokens=6, min_bucket=64)
     assert large.compile_s > 0 and large.tokens == small.tokens
+
+
+def test_acceptance_rules_are_objects_with_options(target, drafts):
+    """A rule object with its options; a class or a rule that is wrong for the sampling is refused."""
+    from specdec.acceptance import GreedyMatch, TypicalLossy
+
+    out = run(target, PROMPTS[:2], drafter=drafts["truncated"], gamma=2, acceptance=TypicalLossy(0.05, 0.2))
+    assert all(len(t) == 24 for t in out.tokens)
+    with count_compiles() as compiles:
+        with pytest.raises(TypeError, match="acceptance must be a rule"):
+            run(target, PROMPTS, drafter=drafts["truncated"], acceptance=TypicalLossy)
+        with pytest.raises(ValueError, match="GreedyMatch is exact only at temperature 0"):
+            run(target, PROMPTS, drafter=drafts["truncated"], acceptance=GreedyMatch(), temperature=0.7)
+        with pytest.raises(ValueError, match=r"acceptance.epsilon must be a number in \[0, 1\]"):
+            TypicalLossy(epsilon=1.5)
+    assert compiles["n"] == 0

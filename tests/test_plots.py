@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import synthetic
 from matplotlib.container import ErrorbarContainer
 from matplotlib.figure import Figure
 from synthetic import BLOCKS, CATEGORIES, DRAFTERS, synthetic_rows
@@ -93,6 +94,15 @@ def test_prepare_labels_and_speculative(frame):
     )
     labels = set(plots.speculative(pd.DataFrame(two, columns=list(COLUMNS)))["label"])
     assert labels == {"draft_model (layers=4)", "draft_model (layers=8)"}
+    # Settings that used to hide in drafter_params still split the label, not the measurements.
+    rows = [synthetic.make_row(), synthetic.make_row(schedule="heuristic")]
+    rows.append(synthetic.make_row(acceptance={"rule": "TypicalLossy", "epsilon": 0.09, "delta": 0.3}))
+    labels = set(plots.prepare(pd.DataFrame(rows, columns=list(COLUMNS)))["label"])
+    assert labels == {
+        "ngram (acceptance=SpeculativeSampling, schedule=None)",
+        "ngram (acceptance=SpeculativeSampling, schedule=heuristic)",
+        "ngram (acceptance=TypicalLossy[epsilon=0.09, delta=0.3], schedule=None)",
+    }
 
 
 def test_summarize(frame):

@@ -221,10 +221,14 @@ def test_stores_of_the_first_schema_stay_readable(tmp_path):
     first, second = store.rows()
     assert list(first) == list(COLUMNS) and first["config_hash"].startswith("v1-")
     assert first["drafter_params"] == {"max_ngram": 3}
-    assert first["max_new_tokens"] == 64 and first["acceptance"] == {"rule": "speculative"}
+    assert first["max_new_tokens"] == 64 and first["acceptance"] == {"rule": "SpeculativeSampling"}
     assert first["dtype"] is None and first["config"] is None
     assert second["config_hash"] == make_row(prompt_id=2)["config_hash"]
     assert len(store.to_dataframe()) == 2
+    broken = ResultsStore(tmp_path / "broken.jsonl")
+    broken.path.write_text(json.dumps(dict(old, drafter_params="layers=8")) + "\n")
+    with pytest.raises(ValueError, match=r"broken\.jsonl:1: a row of the first schema that cannot be read"):
+        broken.rows()
 
 
 def test_git_commit_and_run_id(monkeypatch):
