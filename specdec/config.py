@@ -21,6 +21,14 @@ from specdec import checks
 MISSING = "???"  # OmegaConf's marker of a value that must be given
 
 
+DTYPES = ("float32", "bfloat16")  # a target's parameter dtype, by name
+
+
+def check_dtype(dtype: str) -> None:
+    if dtype not in DTYPES:
+        raise ValueError(f"model.dtype must be float32 or bfloat16, got {dtype!r}")
+
+
 @dataclasses.dataclass
 class ModelSpec:
     """A target by zoo name (smollm2-135m-instruct, tiny-random), HF checkpoint folder or .gguf file."""
@@ -41,8 +49,13 @@ class DrafterConfig:
 
     def options(self) -> dict:
         """The keyword arguments of the drafter's maker: every field a subclass adds."""
+        return self.options_of({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+
+    @staticmethod
+    def options_of(settings: dict) -> dict:
+        """``settings`` (a drafter's fields by name) without the loop's: name, gamma, schedule."""
         base = {f.name for f in dataclasses.fields(DrafterConfig)}
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in base}
+        return {k: v for k, v in settings.items() if k not in base}
 
 
 @dataclasses.dataclass
@@ -172,19 +185,17 @@ class RunConfig:
     force: bool = False  # re-measure configurations already in the results store
 
     def __post_init__(self):
-        from specdec import drafters  # drafters import models; keep this module light
+        from specdec import drafters  # drafters and the loop import models; keep this module light
+        from specdec.decode import SCHEDULES
 
         d = self.drafter
-        if d.name != "none" and d.name not in drafters.REGISTRY:
-            allowed = ", ".join(["none", *sorted(drafters.REGISTRY)])
-            raise ValueError(f"drafter.name: unknown drafter {d.name!r}; allowed: {allowed}")
+        drafters.check_name(d.name, "drafter.name: ")
         checks.integer(d.gamma, "drafter.gamma", low=1)
-        if d.schedule not in (None, "heuristic"):
+        if d.schedule not in SCHEDULES:
             raise ValueError(f"drafter.schedule must be null or heuristic, got {d.schedule!r}")
         checks.integer(self.max_new_tokens, "max_new_tokens", low=1)
         checks.integer(self.seed, "seed")
-        if self.model.dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"model.dtype must be float32 or bfloat16, got {self.model.dtype!r}")
+        check_dtype(self.model.dtype)
         checks.optional_integer(self.task.per_category, "task.per_category", low=1)
 
     def identity(self) -> dict:

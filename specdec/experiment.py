@@ -20,7 +20,7 @@ import jax
 import numpy as np
 
 from specdec import drafters, metrics, results, tasks, timing
-from specdec.config import RunConfig
+from specdec.config import DrafterConfig, RunConfig, check_dtype
 from specdec.generation import generate_warm
 from specdec.sampling import Sampling
 from specdec.weights import load_model
@@ -28,8 +28,7 @@ from specdec.weights import load_model
 
 def load_target(name: str, dtype: str = "float32"):
     """``load_model`` with the dtype by name (float32 | bfloat16), as configs give it."""
-    if dtype not in ("float32", "bfloat16"):
-        raise ValueError(f"model.dtype must be float32 or bfloat16, got {dtype!r}")
+    check_dtype(dtype)
     return load_model(name, dtype=np.dtype(dtype) if dtype == "float32" else jax.numpy.bfloat16)
 
 
@@ -81,7 +80,7 @@ def _config(cfg: RunConfig, identity: dict, drafter: dict, question) -> dict:
     baseline (``drafter`` = {"name": "none"}): what identifies a measurement."""
     key = dict(identity, drafter=dict(drafter), prompt_id=question.question_id)
     base = dict(identity, drafter=dict(BASELINE), prompt_id=question.question_id)
-    options = {k: v for k, v in drafter.items() if k not in ("name", "gamma", "schedule")}
+    options = DrafterConfig.options_of(drafter)
     return dict(
         device=identity["device"],
         target=cfg.model.name,
@@ -211,8 +210,7 @@ def describe(cfg: RunConfig) -> str:
     """One line naming the configuration (for logs and summaries)."""
     d, s = cfg.drafter, cfg.sampling
     options = " ".join(f"{k}={v}" for k, v in d.options().items())
-    rule = cfg.identity()["acceptance"]
-    acceptance = " ".join([rule.pop("rule"), *(f"{k}={v}" for k, v in rule.items())])
+    acceptance = results.rule_label(cfg.identity()["acceptance"])
     return (
         f"{cfg.model.name} ({cfg.model.dtype}) | drafter={d.name} {options} gamma={d.gamma} "
         f"schedule={d.schedule} | T={s.temperature} top_k={s.top_k} top_p={s.top_p} | "

@@ -35,7 +35,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-from specdec import theory
+from specdec import results, theory
 from specdec.results import BASELINE_DRAFTER
 
 log = logging.getLogger(__name__)
@@ -79,10 +79,7 @@ SETTINGS = ("schedule", "acceptance", "dtype", "max_new_tokens")  # besides draf
 
 def _short(value) -> str:
     """A setting as a label shows it: an acceptance rule by its name and options."""
-    if isinstance(value, dict) and "rule" in value:
-        options = ", ".join(f"{k}={v}" for k, v in value.items() if k != "rule")
-        return value["rule"] + (f"[{options}]" if options else "")
-    return str(value)
+    return results.rule_label(value) if isinstance(value, dict) and "rule" in value else str(value)
 
 
 def prepare(df: pd.DataFrame) -> pd.DataFrame:

@@ -151,6 +151,12 @@ def config_key(row: Mapping) -> str:
     return row["config_hash"]
 
 
+def rule_label(acceptance: Mapping) -> str:
+    """An ``acceptance`` column value as text: the rule, then its options in brackets."""
+    options = ", ".join(f"{k}={v}" for k, v in acceptance.items() if k != "rule")
+    return acceptance["rule"] + (f"[{options}]" if options else "")
+
+
 def _upgrade_v1(row: dict) -> dict:
     """A row of the 28-column schema in today's ``COLUMNS``; its loop settings were kept in
     drafter_params then."""

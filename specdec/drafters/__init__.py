@@ -67,13 +67,18 @@ REGISTRY = {
 }
 
 
+def check_name(name: str | None, where: str = "") -> None:
+    """ValueError (prefixed by ``where``) unless ``name`` is None, "none" or a key of ``REGISTRY``."""
+    if name not in (None, "none") and name not in REGISTRY:
+        raise ValueError(f"{where}unknown drafter {name!r}; allowed: none, {', '.join(sorted(REGISTRY))}")
+
+
 def make(name: str | None, target, **options) -> Drafter | None:
     """Build the drafter called ``name`` for ``target``; ``None`` or ``"none"`` means autoregressive."""
+    check_name(name)
     if name is None or name == "none":
         return None
-    if name not in REGISTRY:
-        raise ValueError(f"unknown drafter {name!r}; allowed: none, {', '.join(sorted(REGISTRY))}")
     return REGISTRY[name](target, **options)
 
 
-__all__ = ["REGISTRY", "Bigram", "Context", "DraftModel", "Drafter", "NGram", "Unigram", "make"]
+__all__ = ["REGISTRY", "Bigram", "Context", "DraftModel", "Drafter", "NGram", "Unigram", "check_name", "make"]

@@ -57,7 +57,7 @@ class DraftModel:
         n = model.config.n_layers
         if layers is None:
             layers = tuple(range(n))
-        elif isinstance(layers, numbers.Integral) and not isinstance(layers, bool):
+        elif isinstance(layers, numbers.Integral):  # bools included: checks.integer refuses them
             layers = tuple(range(checks.integer(layers, f"{name}: layers", low=1, high=n)))
         else:
             layers = checks.integers(layers, f"{name}: layers", low=0, high=n - 1)
