@@ -14,6 +14,11 @@ when all K were accepted). With K = 0 every rule is plain sampling from p[:, 0].
 A drafter that stopped early leaves q[:, i] all zeros: position i was not drafted.
 Every rule rejects it, and since max(0, p - 0) = p the token sampled there is
 the bonus token from p, exactly as if the drafter had proposed only i tokens.
+
+Token trees (``specdec.trees.walk``) use three more methods of each rule, one sibling at a time:
+``try_child(r, q, x, u) -> keep [B]`` judges child x [B] drawn from q [B, V] against the current
+target distribution r [B, V] with a uniform u [B]; ``after_rejection(r, q) -> r`` is what the
+next sibling is judged against; ``next_token(r, key) -> [B]`` draws the token after the path.
 """
 
 from __future__ import annotations
@@ -34,6 +39,11 @@ def _leading(accepted: jax.Array) -> jax.Array:
 def _prob_of(dist: jax.Array, draft: jax.Array) -> jax.Array:
     """dist[b, i, draft[b, i]] for dist [B, >=K, V], draft [B, K] -> [B, K]."""
     return jnp.take_along_axis(dist[:, : draft.shape[1]], draft[..., None], axis=-1)[..., 0]
+
+
+def _prob_at(dist: jax.Array, token: jax.Array) -> jax.Array:
+    """dist[b, token[b]] for dist [B, V], token [B] -> [B]."""
+    return jnp.take_along_axis(dist, token[:, None], axis=-1)[:, 0]
 
 
 def _at(x: jax.Array, index: jax.Array) -> jax.Array:
@@ -69,6 +79,19 @@ class SpeculativeSampling:
         dist = jnp.where(mass > 0, dist / jnp.where(mass > 0, mass, 1.0), _at(p, n))
         return n, sample(dist, key_next)
 
+    def try_child(self, r, q, x, u):
+        """Keep x with probability min(1, r(x) / q(x))."""
+        return u * _prob_at(q, x) < _prob_at(r, x)
+
+    def after_rejection(self, r, q):
+        """The residual normalize(max(0, r - q)) (r itself if that is zero: p = q, never rejected)."""
+        residual = jnp.maximum(r - q, 0.0)
+        mass = jnp.sum(residual, axis=-1, keepdims=True)
+        return jnp.where(mass > 0, residual / jnp.where(mass > 0, mass, 1.0), r)
+
+    def next_token(self, r, key):
+        return sample(r, key)
+
     def for_sampling(self, sampling: Sampling):
         """At temperature 0 p is one-hot: the same rule in its exact, random-free form."""
         return GreedyMatch() if sampling.greedy else self
@@ -90,6 +113,19 @@ class GreedyMatch:
         target = jnp.argmax(p, axis=-1).astype(jnp.int32)  # [B, K+1]
         n = _leading((draft == target[:, : draft.shape[1]]) & (_prob_of(q, draft) > 0))
         return n, jnp.take_along_axis(target, n[:, None], axis=1)[:, 0]
+
+    def try_child(self, r, q, x, u):
+        del q, u
+        return x == jnp.argmax(r, axis=-1)
+
+    def after_rejection(self, r, q):
+        """r is one-hot at a token no rejected child holds: the residual is r itself."""
+        del q
+        return r
+
+    def next_token(self, r, key):
+        del key
+        return jnp.argmax(r, axis=-1).astype(jnp.int32)
 
     def for_sampling(self, sampling: Sampling):
         if not sampling.greedy:
@@ -121,12 +157,28 @@ class TypicalLossy:
                 raise ValueError(f"acceptance.{field} must be a number in [0, 1], got {value!r}")
 
     def __call__(self, p, q, draft, key):
-        K = draft.shape[1]
-        p_k = p[:, :K]
-        entropy = -jnp.sum(jnp.where(p_k > 0, p_k * jnp.log(jnp.where(p_k > 0, p_k, 1.0)), 0.0), axis=-1)
-        typical = _prob_of(p, draft) > jnp.minimum(self.epsilon, self.delta * jnp.exp(-entropy))
+        typical = self._typical(p[:, : draft.shape[1]], draft)
         n = _leading(typical & (_prob_of(q, draft) > 0))
         return n, sample(_at(p, n), key)
+
+    def _typical(self, p, x):
+        """p(x) > min(epsilon, delta exp(-H(p))) for p [..., V], x [...]."""
+        entropy = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0), axis=-1)
+        return jnp.take_along_axis(p, x[..., None], axis=-1)[..., 0] > jnp.minimum(
+            self.epsilon, self.delta * jnp.exp(-entropy)
+        )
+
+    def try_child(self, r, q, x, u):
+        """Every sibling is judged against the node's own p (r is never changed): lossy."""
+        del q, u
+        return self._typical(r, x)
+
+    def after_rejection(self, r, q):
+        del q
+        return r
+
+    def next_token(self, r, key):
+        return sample(r, key)
 
     def for_sampling(self, sampling: Sampling):
         return self

@@ -30,10 +30,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from specdec import trees
 from specdec.acceptance import SpeculativeSampling
 from specdec.drafters.base import Autoregressive, Context, Verified
 from specdec.models import KVCache, forward
 from specdec.sampling import Sampling, probs
+from specdec.trees import Tree
 
 SCHEDULES = (None, "heuristic")
 
@@ -79,9 +81,11 @@ class Stats:
     verified: jax.Array
     accept_by_position: jax.Array
     accepted_hist: jax.Array
+    tried: jax.Array
+    hits: jax.Array
 
     @classmethod
-    def zeros(cls, batch: int, gamma: int) -> Stats:
+    def zeros(cls, batch: int, gamma: int, ranks: int = 1) -> Stats:
         z = jnp.zeros((batch,), jnp.int32)
         return cls(
             new_tokens=z,
@@ -92,13 +96,20 @@ class Stats:
             verified=z,
             accept_by_position=jnp.zeros((batch, gamma), jnp.int32),
             accepted_hist=jnp.zeros((batch, gamma + 1), jnp.int32),
+            tried=jnp.zeros((batch, gamma, ranks), jnp.int32),
+            hits=jnp.zeros((batch, gamma, ranks), jnp.int32),
         )
 
-    def update(self, active, count, n, n_drafted, width) -> Stats:
+    def update(self, active, count, n, n_drafted, width, tried=None, hits=None) -> Stats:
         """Add one step: active [B] rows, count [B] tokens emitted, n [B] drafts accepted out of
-        n_drafted [B], width positions scored."""
+        n_drafted [B], width positions scored; a tree's tried, hits [B, K, R] (a chain's are
+        derived: draft i is judged when the i before it were accepted)."""
         a = active.astype(jnp.int32)
         K = self.accept_by_position.shape[1]
+        if tried is None:
+            i = jnp.arange(K)[None, :]
+            tried = ((i <= n[:, None]) & (i < n_drafted[:, None]))[..., None].astype(jnp.int32)
+            hits = (i < n[:, None])[..., None].astype(jnp.int32)
         return Stats(
             new_tokens=self.new_tokens + count,
             target_calls=self.target_calls + a,
@@ -108,6 +119,8 @@ class Stats:
             verified=self.verified + a * width,
             accept_by_position=self.accept_by_position + a[:, None] * (jnp.arange(K)[None, :] < n[:, None]),
             accepted_hist=self.accepted_hist + a[:, None] * jax.nn.one_hot(n, K + 1, dtype=jnp.int32),
+            tried=self.tried + a[:, None, None] * tried,
+            hits=self.hits + a[:, None, None] * hits,
         )
 
 
@@ -187,19 +200,30 @@ def decode_loop(target_def, target_params, drafter, tokens, prompt_lengths, cach
     drafter = Autoregressive() if drafter is None else drafter
     B = tokens.shape[0]
     K, T = cfg.gamma, cfg.prompt_len
+    tree_drafter = getattr(drafter, "tree_nodes", None) is not None  # proposes a Tree (specdec.trees)
+    ranks = drafter.max_siblings if tree_drafter else 1
     top = (cache.n_layers - 1,) if drafter.needs_features else ()  # the layers whose output drafters read
 
-    def target_pass(tokens, positions, cache, width=None):
+    def target_pass(tokens, positions, cache, width=None, mask=None):
         """The first ``width`` positions -> p [B, W, V], cache, top hidden states [B, W, D] (or None),
-        both zero-padded to W = tokens.shape[1]."""
+        both zero-padded to W = tokens.shape[1]. mask [B, W, W]: among the new tokens (default causal)."""
         W = tokens.shape[1]
         width = W if width is None else width
         logits, cache, hidden = forward(
-            target_def, target_params, tokens[:, :width], positions[:, :width], cache, hidden_layers=top
+            target_def,
+            target_params,
+            tokens[:, :width],
+            positions[:, :width],
+            cache,
+            mask=mask,
+            hidden_layers=top,
         )
         pad = ((0, 0), (0, W - width), (0, 0))
         hidden = jnp.pad(hidden[0], pad) if top else None
         return jnp.pad(probs(logits, cfg.sampling), pad), cache, hidden
+
+    def pending(state: LoopState):  # [B, 1] the token after the cached ones
+        return jnp.take_along_axis(state.tokens, state.lengths[:, None] - 1, axis=1)
 
     def context(state: LoopState) -> Context:
         return Context(
@@ -223,7 +247,7 @@ def decode_loop(target_def, target_params, drafter, tokens, prompt_lengths, cach
             budget=jnp.full((B,), K, jnp.int32),
             cache=cache,
             drafter_state=None,
-            stats=Stats.zeros(B, K),
+            stats=Stats.zeros(B, K, ranks),
         )
         state = dataclasses.replace(state, drafter_state=drafter.init(context(state), hidden))
 
@@ -231,7 +255,7 @@ def decode_loop(target_def, target_params, drafter, tokens, prompt_lengths, cach
         """Score the pending token and the drafts in one target pass, only as wide as the longest
         row needs (the smallest compiled width). -> p [B, K+1, V], cache, hidden, width []."""
         start = state.lengths - 1  # the pending token's position
-        tokens = jnp.concatenate([jnp.take_along_axis(state.tokens, start[:, None], axis=1), draft], axis=1)
+        tokens = jnp.concatenate([pending(state), draft], axis=1)
         positions = start[:, None] + jnp.arange(K + 1)[None, :]  # [B, K+1]
         cache = state.cache.with_lengths(start)  # roll back rejected slots
         widths = jnp.asarray(cfg.widths)
@@ -240,24 +264,53 @@ def decode_loop(target_def, target_params, drafter, tokens, prompt_lengths, cach
         p, cache, hidden = jax.lax.switch(branch, passes, tokens, positions, cache)
         return p, cache, hidden, widths[branch]
 
+    def verify_tree(state: LoopState, tree: Tree, ancestor):
+        """Score the pending token (entry 0) and every node (entry j + 1, at position start + depth,
+        slot start + 1 + j, seeing its ancestors) in one pass. -> p [B, N+1, V], cache, hidden."""
+        start = state.lengths - 1
+        tokens = jnp.concatenate([pending(state), tree.tokens], axis=1)
+        positions = start[:, None] + trees.depths(ancestor)
+        return target_pass(tokens, positions, state.cache.with_lengths(start), mask=ancestor)
+
     def step(state: LoopState) -> LoopState:
         key_draft, key_accept = jax.random.split(jax.random.fold_in(key, state.step))
+        start = state.lengths - 1
         with jax.named_scope("draft"):
-            draft, q, drafter_state = drafter.propose(state.drafter_state, context(state), K, key_draft)
-            drafted = drafted_mask(q, state.budget)  # [B, K]
-            q = jnp.where(drafted[..., None], q, 0.0)  # [B, K, V]
-            n_drafted = jnp.sum(drafted, axis=1)  # [B]
+            if tree_drafter:
+                tree, drafter_state = drafter.propose(state.drafter_state, context(state), K, key_draft)
+                ancestor = trees.ancestors(tree.parent)  # [B, N+1, N+1]
+                tree = trees.restrict(tree, ancestor, jnp.where(state.done, 0, state.budget))
+                n_drafted = jnp.sum(tree.valid, axis=1)  # [B]
+            else:
+                draft, q, drafter_state = drafter.propose(state.drafter_state, context(state), K, key_draft)
+                drafted = drafted_mask(q, state.budget)  # [B, K]
+                q = jnp.where(drafted[..., None], q, 0.0)  # [B, K, V]
+                n_drafted = jnp.sum(drafted, axis=1)  # [B]
         with jax.named_scope("verify"):
-            p, cache, hidden, width = verify(state, draft, n_drafted)  # [B, K+1, V]
+            if tree_drafter:
+                p, cache, hidden = verify_tree(state, tree, ancestor)  # [B, N+1, V]
+                width = tree.n_nodes + 1
+            else:
+                p, cache, hidden, width = verify(state, draft, n_drafted)  # [B, K+1, V]
         with jax.named_scope("accept"):
-            n, next_token = cfg.accept(p, q, draft, key_accept)
-            n = jnp.where(state.done, 0, n)
-            path = jnp.concatenate([draft, jnp.zeros((B, 1), jnp.int32)], axis=1)  # [B, K+1]
-            path = jnp.where(jnp.arange(K + 1)[None, :] == n[:, None], next_token[:, None], path)
+            if tree_drafter:
+                outcome = trees.walk(cfg.accept, p, tree, key_accept, K, drafter.max_siblings)
+                n, nodes, tried, hits = outcome.n, outcome.nodes, outcome.tried, outcome.hits
+                path = trees.accepted_path(tree, outcome)  # [B, K+1]
+            else:
+                n, next_token = cfg.accept(p, q, draft, key_accept)
+                n = jnp.where(state.done, 0, n)
+                nodes, tried, hits = None, None, None
+                path = jnp.concatenate([draft, jnp.zeros((B, 1), jnp.int32)], axis=1)  # [B, K+1]
+                path = jnp.where(jnp.arange(K + 1)[None, :] == n[:, None], next_token[:, None], path)
         with jax.named_scope("emit"):
             tokens, lengths, count, finished = emit(cfg, state, prompt_lengths, path, n)
         with jax.named_scope("commit"):
-            verified = Verified(start=state.lengths - 1, n_accepted=n, tokens=path, hidden=hidden)
+            if tree_drafter:  # the accepted path into consecutive slots; its features in path order
+                cache = trees.compact(cache, start, nodes, n)
+                if hidden is not None:
+                    hidden = jnp.take_along_axis(hidden, trees.path_entries(outcome)[..., None], axis=1)
+            verified = Verified(start=start, n_accepted=n, tokens=path, hidden=hidden, nodes=nodes)
             return LoopState(
                 step=state.step + 1,
                 tokens=tokens,
@@ -266,7 +319,7 @@ def decode_loop(target_def, target_params, drafter, tokens, prompt_lengths, cach
                 budget=next_budget(cfg.schedule, state.budget, n, n_drafted, K),
                 cache=cache,
                 drafter_state=drafter.commit(drafter_state, verified),
-                stats=state.stats.update(~state.done, count, n, n_drafted, width),
+                stats=state.stats.update(~state.done, count, n, n_drafted, width, tried, hits),
             )
 
     def active(state: LoopState):

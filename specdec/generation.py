@@ -163,15 +163,23 @@ def generate(
             f"drafter vocab_size {drafter.vocab_size} differs from target vocab_size "
             f"{target.config.vocab_size}; they must share one tokenizer"
         )
+    # A verify pass writes gamma + 1 slots after the cached tokens, a tree's N + 1.
+    lookahead = getattr(drafter, "tree_nodes", None) or gamma
     ids = encode_prompts(target, prompts, chat)
     longest = max(len(x) for x in ids)
     prompt_len = bucket(longest, min_bucket)
-    needed = capacity_for(prompt_len, max_new_tokens, gamma)
+    needed = capacity_for(prompt_len, max_new_tokens, lookahead)
     capacity = needed if capacity is None else checks.integer(capacity, "capacity", low=1)
-    if prompt_len + max_new_tokens + gamma + 1 > capacity:
+    if prompt_len + max_new_tokens + lookahead + 1 > capacity:
         raise ValueError(
-            f"prompt of {longest} tokens (bucket {prompt_len}) + max_new_tokens {max_new_tokens} + gamma+1 "
-            f"{gamma + 1} does not fit the cache capacity {capacity}"
+            f"prompt of {longest} tokens (bucket {prompt_len}) + max_new_tokens {max_new_tokens} + "
+            f"{lookahead + 1} verified positions does not fit the cache capacity {capacity}"
+        )
+    window = target.config.sliding_window
+    if lookahead != gamma and window is not None and window < capacity:
+        raise ValueError(
+            f"token trees need a cache within the target's sliding window ({window} tokens): "
+            f"capacity {capacity} is larger (a tree's slots are not its positions)"
         )
     if longest + max_new_tokens > target.config.max_position:
         raise ValueError(

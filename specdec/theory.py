@@ -184,3 +184,244 @@ def alpha_from_tau(tau, gamma, iters: int = 60):
         below = _expected(mid, g) < tau
         lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
     return _out(0.5 * (lo + hi))
+
+
+# --- Token trees (Sequoia: Chen et al. 2024, "Scalable, Robust, and Hardware-aware Speculative Decoding")
+#
+# A tree shape is ``paths``: tuples of sibling ranks from the root (the pending token, not listed) to
+# each node; (0, 1) is the rank-1 child of the rank-0 child of the root. ``acceptance`` a is [D, R]
+# (or [R]: the same at every depth): a[d, k] is the chance that the rank-k child of a node at depth d
+# is accepted given the walk reached that node and rejected ranks < k. Depths or ranks past the array
+# count as 0. So the walk takes the edge to the rank-k child with probability
+#
+#     p[d, k] = (1 - a[d, 0]) ... (1 - a[d, k-1]) a[d, k]
+#
+# and P(v accepted) is the product of p over v's edges. E = sum_v P(v) drafts are accepted per step
+# (E + 1 tokens emitted), for draft_steps c + r(N + 1) target-step units: N = len(paths) tree
+# positions plus the pending token go through one target pass.
+
+
+def check_paths(paths, name: str = "paths") -> tuple[tuple[int, ...], ...]:
+    """Validate a tree shape; return it breadth first (by depth, then lexicographically).
+
+    Every path is a non-empty tuple of ints >= 0, appears once, has its parent path (all but the
+    last rank) listed unless it is a root child, and its elder sibling (last rank - 1) listed
+    unless its rank is 0. At least one path.
+    """
+    try:
+        raw = list(paths)
+    except TypeError:
+        raise ValueError(f"{name}: must be a sequence of tuples of ints, got {paths!r}") from None
+    if not raw:
+        raise ValueError(f"{name}: is empty, a tree needs at least one node")
+    out = []
+    for p in raw:
+        if not isinstance(p, tuple | list) or not p:
+            raise ValueError(f"{name}: {p!r} is not a non-empty tuple of ranks")
+        for x in p:
+            if isinstance(x, bool) or not isinstance(x, int | np.integer):
+                raise ValueError(f"{name}: {p!r} has a non-integer rank {x!r}")
+        p = tuple(int(x) for x in p)
+        if min(p) < 0:
+            raise ValueError(f"{name}: {p} has a negative rank")
+        out.append(p)
+    seen: set[tuple[int, ...]] = set()
+    for p in out:
+        if p in seen:
+            raise ValueError(f"{name}: {p} appears twice")
+        seen.add(p)
+    for p in out:
+        if len(p) > 1 and p[:-1] not in seen:
+            raise ValueError(f"{name}: {p} has no parent {p[:-1]}")
+        if p[-1] > 0 and (*p[:-1], p[-1] - 1) not in seen:
+            raise ValueError(f"{name}: {p} has no elder sibling {(*p[:-1], p[-1] - 1)}")
+    return tuple(sorted(out, key=lambda p: (len(p), p)))
+
+
+def chain_paths(gamma: int) -> tuple[tuple[int, ...], ...]:
+    """The chain ((0,), (0, 0), ...) of gamma nodes: plain speculative decoding as a tree."""
+    if isinstance(gamma, bool) or int(gamma) != gamma or gamma < 1:
+        raise ValueError(f"gamma must be an integer >= 1, got {gamma}")
+    return tuple((0,) * i for i in range(1, int(gamma) + 1))
+
+
+def _acceptance(acceptance) -> np.ndarray:
+    a = _unit_interval("acceptance", acceptance)
+    if a.ndim not in (1, 2):
+        raise ValueError(f"acceptance must be [R] or [D, R] (depth, rank), got shape {a.shape}")
+    return a
+
+
+def _edge_probs(a: np.ndarray, depth: int) -> np.ndarray:
+    """p[k] for the children of a node at ``depth``, trailing zeros dropped (those ranks add nothing)."""
+    row = a if a.ndim == 1 else (a[depth] if depth < a.shape[0] else np.zeros(0))
+    p = row * np.concatenate([[1.0], np.cumprod(1.0 - row)[:-1]])  # [R]
+    nz = np.flatnonzero(p)
+    return p[: nz[-1] + 1] if nz.size else p[:0]
+
+
+def _depth(paths) -> int:
+    return max(len(p) for p in paths)
+
+
+def tree_expected_accepted(paths, acceptance) -> float:
+    """E = sum over nodes of P(node accepted): mean accepted drafts per step (tokens = E + 1)."""
+    paths, a = check_paths(paths), _acceptance(acceptance)
+    rows = [_edge_probs(a, d) for d in range(_depth(paths))]
+    prob = {(): 1.0}
+    for p in paths:  # breadth first: the parent is already done
+        row = rows[len(p) - 1]
+        prob[p] = prob[p[:-1]] * (float(row[p[-1]]) if p[-1] < len(row) else 0.0)
+    return float(sum(prob.values()) - 1.0)
+
+
+def tree_speedup(paths, acceptance, c, r: VerifyCost | None = None, draft_steps=None) -> float:
+    """(E + 1) / (c draft_steps + r(N + 1)); draft_steps defaults to the depth (a drafter pass a level)."""
+    paths, c = check_paths(paths), _scalar_c(c)
+    steps = _depth(paths) if draft_steps is None else draft_steps
+    if isinstance(steps, bool) or int(steps) != steps or steps < 0:
+        raise ValueError(f"draft_steps must be an integer >= 0, got {draft_steps}")
+    r = VerifyCost.free() if r is None else r
+    return float((tree_expected_accepted(paths, acceptance) + 1.0) / (c * steps + r(len(paths) + 1.0)))
+
+
+def _scalar_c(c) -> float:
+    c = _non_negative("c", c)
+    if c.ndim != 0:
+        raise ValueError(f"c must be a scalar, got {c}")
+    return float(c)
+
+
+def _count(name: str, x) -> int:
+    if isinstance(x, bool) or int(x) != x or x < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {x}")
+    return int(x)
+
+
+class _TreeDP:
+    """Sequoia's exact dynamic program over subtree size and depth bound.
+
+    F(t, h)[n]: the best sum, over the n nodes of a subtree hanging from a node v at depth t with
+    nothing deeper than t + h, of P(node accepted | v accepted) (v itself counts 1). The children of
+    v take ranks 0..m-1 with sizes summing to n - 1; allocate ranks in turn (Sequoia's recursion):
+
+        C_k[n] = max_{1<=s<=n} p[t, k] F(t+1, h-1)[s] + C_{k+1}[n - s],   C_k[0] = 0,
+        F(t, h)[n] = 1 + C_0[n - 1],   F(t, 0) = [1 at n = 1, else -inf].
+
+    Sizes are exact, not "at most", since r(T) need not rise with T. Ranks with p = 0 (past the
+    array or after a certain acceptance) are worth 0 at any size, so C_K = 0 there (filled with
+    leaves). For [D, R] acceptance, nodes deeper than D are worth 0, so a bound reaching past D is
+    clamped to D: the nodes it would put there do as well as extra leaves under v. Memoised on
+    (acceptance row, h); max_nodes N, ranks K <= N: O(rows x depths x K x N^2).
+    """
+
+    def __init__(self, a: np.ndarray, max_nodes: int):
+        self.a, self.size = a, max_nodes + 1  # subtree sizes 0..max_nodes + 1 (the root included)
+        self.memo: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}  # (F, choice[K, sizes])
+
+    def _key(self, t: int, h: int) -> tuple[int, int, int]:
+        """(row, clamped h, depth to use) for a node at depth t with bound h below it."""
+        if self.a.ndim == 1:
+            return 0, h, 0
+        deep = self.a.shape[0]
+        row = min(t, deep)
+        return row, min(h, max(deep - t, 1)), row
+
+    def f(self, t: int, h: int) -> tuple[np.ndarray, np.ndarray, int]:
+        row, h, t = self._key(t, h)
+        if (row, h) not in self.memo:
+            n = self.size + 1
+            F = np.full(n, -np.inf)  # [sizes]
+            if h == 0:
+                F[1], choice = 1.0, np.zeros((0, n), dtype=np.int64)
+            else:
+                F, choice = self._children(t, h)
+            self.memo[row, h] = (F, choice)
+        return (*self.memo[row, h], h)
+
+    def _children(self, t: int, h: int) -> tuple[np.ndarray, np.ndarray]:
+        n = self.size + 1
+        p = _edge_probs(self.a, t)[: self.size]  # [K]
+        sub = self.f(t + 1, h - 1)[0]  # [sizes]
+        sizes = np.arange(n)
+        take = (sizes[None, :] >= 1) & (sizes[None, :] <= sizes[:, None])  # [n, s]: s in 1..n
+        rest = np.clip(sizes[:, None] - sizes[None, :], 0, None)  # [n, s]
+        C = np.zeros(n)  # [sizes]: C_K, ranks >= K are worth nothing
+        choice = np.zeros((len(p), n), dtype=np.int64)  # [K, sizes]
+        fits, sub = np.isfinite(sub), np.where(np.isfinite(sub), sub, 0.0)  # 0 * -inf would be nan
+        for k in range(len(p) - 1, -1, -1):
+            gain = np.where(fits, p[k] * sub, -np.inf)
+            M = np.where(take, gain[None, :] + C[rest], -np.inf)  # [n, s]
+            choice[k] = np.argmax(M, axis=1)
+            C = np.concatenate([[0.0], M[1:].max(axis=1)])
+        F = np.full(n, -np.inf)
+        F[1:] = 1.0 + C[:-1]
+        return F, choice
+
+    def build(self, t: int, h: int, n: int, prefix: tuple[int, ...], out: list) -> None:
+        """Append to ``out`` the paths of the best n-node subtree (root included) under ``prefix``."""
+        _, choice, h = self.f(t, h)
+        left, k = n - 1, 0
+        while left > 0:
+            s = int(choice[k, left]) if k < len(choice) else 1  # worthless ranks: leaves
+            out.append((*prefix, k))
+            self.build(t + 1, h - 1, s, (*prefix, k), out)
+            left, k = left - s, k + 1
+
+
+def best_expected_by_size(acceptance, max_nodes: int, max_depth: int | None = None) -> np.ndarray:
+    """E[n, d]: the most accepted drafts from a tree of exactly n nodes and depth <= d (exact DP).
+
+    Shape [max_nodes + 1, max_depth + 1] (max_depth defaults to max_nodes); E[0, :] = 0 and
+    E[n >= 1, 0] = -inf (no such tree). Non-decreasing in n and in d.
+    """
+    a, n_max = _acceptance(acceptance), _count("max_nodes", max_nodes)
+    d_max = n_max if max_depth is None else _count("max_depth", max_depth)
+    return _best_expected(_TreeDP(a, n_max), n_max, d_max)
+
+
+def _best_expected(dp: _TreeDP, n_max: int, d_max: int) -> np.ndarray:
+    E = np.full((n_max + 1, d_max + 1), -np.inf)  # [n, d]
+    E[0] = 0.0
+    for d in range(1, d_max + 1):
+        E[1:, d] = dp.f(0, d)[0][2 : n_max + 2] - 1.0  # subtree sizes count the root
+    return E
+
+
+@dataclasses.dataclass(frozen=True)
+class TreeChoice:
+    """A static tree and its predicted cost: ``paths`` is () when plain decoding is best."""
+
+    paths: tuple[tuple[int, ...], ...]
+    expected_accepted: float
+    depth: int
+    n_nodes: int
+    speedup: float
+
+
+def optimal_tree(
+    acceptance, r: VerifyCost | None, c, max_nodes: int, max_depth: int | None = None
+) -> TreeChoice:
+    """The tree maximising (E + 1) / (c depth + r(n + 1)) over n <= max_nodes, depth <= max_depth.
+
+    Sequoia's exact DP (``best_expected_by_size``) with the measured r(T) in place of an assumed
+    hardware model; n = 0 (plain decoding, speedup 1 / r(1) = 1) wins unless a tree is strictly
+    faster. Ties go to fewer nodes, then less depth. Returns a ``TreeChoice``.
+    """
+    c, a, n_max = _scalar_c(c), _acceptance(acceptance), _count("max_nodes", max_nodes)
+    d_max = n_max if max_depth is None else _count("max_depth", max_depth)
+    r = VerifyCost.free() if r is None else r
+    dp = _TreeDP(a, n_max)
+    E = _best_expected(dp, n_max, d_max)[1:, 1:]  # [n, d] for n, d >= 1
+    n = np.arange(1, n_max + 1, dtype=np.float64)[:, None]
+    d = np.arange(1, d_max + 1, dtype=np.float64)[None, :]
+    s = (E + 1.0) / (c * d + np.asarray(r(n + 1.0)))  # [n, d]
+    best = np.unravel_index(np.argmax(s), s.shape)  # first maximum: fewest nodes, then least depth
+    plain = 1.0 / float(r(1.0))
+    if not s[best] > plain:
+        return TreeChoice((), 0.0, 0, 0, plain)
+    out: list[tuple[int, ...]] = []
+    dp.build(0, int(best[1]) + 1, int(best[0]) + 2, (), out)
+    paths = check_paths(out)
+    e = tree_expected_accepted(paths, a)
+    return TreeChoice(paths, e, _depth(paths), len(paths), tree_speedup(paths, a, c, r))

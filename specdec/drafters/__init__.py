@@ -9,6 +9,7 @@ from specdec.drafters.count_baselines import Bigram, Unigram, token_counts
 from specdec.drafters.draft_model import DraftModel
 from specdec.drafters.layer_skip import make_layer_skip
 from specdec.drafters.ngram import NGram
+from specdec.drafters.tree import TreeDrafter, TreeSpec
 
 
 def _draft_model(target, *, draft=None, layers=None, stop_below=None):
@@ -67,18 +68,49 @@ REGISTRY = {
 }
 
 
+TREE_DRAFTERS = ("draft_model", "layer_skip", "distilled", "eagle")
+
+
 def check_name(name: str | None, where: str = "") -> None:
     """ValueError (prefixed by ``where``) unless ``name`` is None, "none" or a key of ``REGISTRY``."""
     if name not in (None, "none") and name not in REGISTRY:
         raise ValueError(f"{where}unknown drafter {name!r}; allowed: none, {', '.join(sorted(REGISTRY))}")
 
 
-def make(name: str | None, target, **options) -> Drafter | None:
-    """Build the drafter called ``name`` for ``target``; ``None`` or ``"none"`` means autoregressive."""
+def make(name: str | None, target, *, tree=None, **options) -> Drafter | None:
+    """Build the drafter called ``name`` for ``target``; ``None`` or ``"none"`` means autoregressive.
+
+    tree: draft token trees instead of chains (drafters with a distribution): a dict with
+    kind="static" and paths=[[0], [1], [0, 0], ...] or kind="dynamic" with n_nodes, depth and
+    top_k (``specdec.drafters.tree``); None drafts chains.
+    """
     check_name(name)
     if name is None or name == "none":
+        if tree is not None:
+            raise ValueError("tree: autoregressive decoding (drafter none) drafts no tree")
         return None
-    return REGISTRY[name](target, **options)
+    drafter = REGISTRY[name](target, **options)
+    if tree is None:
+        return drafter
+    if not hasattr(drafter, "tree_feed"):
+        raise ValueError(
+            f"{name}: tree drafting needs a drafter with a distribution ({', '.join(TREE_DRAFTERS)}); "
+            "prompt lookup drafts several candidates with ngram's n_candidates"
+        )
+    return TreeDrafter(drafter, TreeSpec.make(tree, f"{name}: tree"))
 
 
-__all__ = ["REGISTRY", "Bigram", "Context", "DraftModel", "Drafter", "NGram", "Unigram", "check_name", "make"]
+__all__ = [
+    "REGISTRY",
+    "TREE_DRAFTERS",
+    "Bigram",
+    "Context",
+    "DraftModel",
+    "Drafter",
+    "NGram",
+    "TreeDrafter",
+    "TreeSpec",
+    "Unigram",
+    "check_name",
+    "make",
+]

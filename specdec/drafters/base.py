@@ -51,12 +51,15 @@ class Verified:
                                  final norm) at positions start + i, only for drafters with
                                  ``needs_features`` (else None); entries past n_accepted belong to
                                  rejected drafts.
+    nodes:      [B, K] int32     tree drafters only (else None): the tree node of the i-th
+                                 accepted draft (entries past n_accepted meaningless).
     """
 
     start: jax.Array
     n_accepted: jax.Array
     tokens: jax.Array
     hidden: jax.Array | None = None
+    nodes: jax.Array | None = None
 
     @property
     def next_token(self) -> jax.Array:  # [B] the new pending token
@@ -73,6 +76,10 @@ class Drafter(Protocol):
     vocab_size: int
     variable_length: bool  # may draft fewer than gamma tokens (a zero q row), even none
     needs_features: bool  # reads the target's hidden states (``hidden`` in init and commit)
+
+    # A tree drafter also has ``tree_nodes`` (N, static) and ``max_siblings`` (R, the sibling
+    # ranks the statistics tell apart), and its ``propose`` returns (specdec.trees.Tree, state):
+    # at most N nodes, of depth <= gamma.
 
     def init(self, context: Context, hidden: jax.Array | None) -> Any:
         """The drafter's state pytree after reading the prompts (e.g. a prefilled cache).

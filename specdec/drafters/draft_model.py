@@ -111,6 +111,51 @@ class DraftModel:
         tokens, q, cache, last = draft_chain(logits, advance, cache, context, gamma, key, self.stop_below)
         return tokens, q, DraftState(cache, base, last)
 
+    def tree_root(self, state: DraftState, context: Context):
+        """Feed the pending token: its logits draft the root's children; the tree's slots follow it."""
+        base = context.lengths - 1
+        logits, cache = self._step(state.cache.with_lengths(base), context.pending[:, None], base[:, None])
+        return logits[:, 0], cache, base + 1
+
+    def tree_feed(self, cache, tokens, parents, positions, slot, visible):
+        """Feed tree nodes tokens [B, F] at slots slot + f; each sees ``visible`` [B, F, S] of the
+        cache and itself. -> logits [B, F, V], cache."""
+        del parents  # a draft model's state is its cache
+        F = tokens.shape[1]
+        mask = jnp.broadcast_to(jnp.eye(F, dtype=bool), (tokens.shape[0], F, F))
+        logits, cache, _ = forward(
+            self.graphdef,
+            self.params,
+            tokens,
+            positions,
+            cache.with_lengths(slot),
+            mask=mask,
+            cached_mask=visible,
+            layers=self.layers,
+        )
+        return logits, cache
+
+    def tree_commit(self, cache, fed_slot, verified: Verified) -> DraftState:
+        """Keep the accepted path: move its fed nodes' entries to slots start + 1 + i (like the
+        target's cache) and feed its last node if it was a leaf (never fed). fed_slot [B, N]:
+        where each tree node's entry is (-1: not fed)."""
+        start, n = verified.start, verified.n_accepted
+        K = verified.nodes.shape[1]
+        i = jnp.arange(K)[None, :]
+        slots = jnp.take_along_axis(fed_slot, verified.nodes, axis=1)  # [B, K]
+        fed = (i < n[:, None]) & (slots >= 0)
+        cache = cache.with_lengths(start + 1).move(jnp.where(fed, slots, start[:, None] + 1 + i))
+        last = jnp.take_along_axis(verified.tokens, jnp.maximum(n - 1, 0)[:, None], axis=1)
+        leaf = (n > 0) & ~jnp.take_along_axis(fed, jnp.maximum(n - 1, 0)[:, None], axis=1)[:, 0]
+        # Rows without a leaf to feed write one slot past their length (stale, reset by propose).
+        slot = start + n + jnp.where(leaf, 0, 1)
+
+        def catch_up(cache):
+            return self._step(cache.with_lengths(slot), last, slot[:, None])[1]
+
+        cache = jax.lax.cond(jnp.any(leaf), catch_up, lambda c: c, cache)
+        return DraftState(cache.with_lengths(start + n + 1), start + n + 1, jnp.zeros_like(n))
+
     def commit(self, state: DraftState, verified: Verified):
         """A row that accepted the draft of every step run has not cached the last one
         yet: feed it. Other rows write one stale slot past their length (harmless:

@@ -43,10 +43,11 @@ class EagleHead(nnx.Module):
         self.layer = Block(cfg, dtype=dtype, rngs=rngs)
         self.cfg = cfg
 
-    def __call__(self, features, embeds, positions, cache: KVCache):
+    def __call__(self, features, embeds, positions, cache: KVCache, mask=None, cached_mask=None):
         """features, embeds [B, T, D]; positions [B, T]; cache: one layer, entries appended at
-        ``cache.lengths`` -> (predicted next features [B, T, D], cache advanced by T)."""
-        visible, rope = attention_inputs(self.cfg, cache, positions)
+        ``cache.lengths``; mask, cached_mask: as for the model's forward (token trees)
+        -> (predicted next features [B, T, D], cache advanced by T)."""
+        visible, rope = attention_inputs(self.cfg, cache, positions, mask, cached_mask)
         x = self.fc(jnp.concatenate([embeds, features], axis=-1).astype(features.dtype))
         x, cache = self.layer(x, cache, 0, visible, rope)
         return x, cache.with_lengths(cache.lengths + features.shape[1])
@@ -138,10 +139,10 @@ class Eagle:
     def variable_length(self) -> bool:
         return self.stop_below is not None
 
-    def run_head(self, cache, features, tokens, positions):
+    def run_head(self, cache, features, tokens, positions, **masks):
         """features [B, T, D], next tokens [B, T], positions [B, T] -> (h [B, T, D], cache)."""
         head = nnx.merge(self.graphdef, self.params)
-        return head(features, embed_lookup(self.embed, tokens), positions, cache)
+        return head(features, embed_lookup(self.embed, tokens), positions, cache, **masks)
 
     def logits(self, h):  # [B, D] -> [B, V]
         logits = readout_logits(h, self.norm, self.head, self.config.norm_eps)
@@ -175,6 +176,29 @@ class Eagle:
             self.logits(state.h), advance, carry, context, gamma, key, self.stop_below
         )
         return tokens, q, EagleState(cache=cache, h=state.h)
+
+    def tree_root(self, state: EagleState, context: Context):
+        """The root's children come from h; the entry reading a depth-1 node goes to slot lengths - 1."""
+        base = context.lengths - 1
+        return self.logits(state.h), (state.cache, state.h[:, None]), base
+
+    def tree_feed(self, carry, tokens, parents, positions, slot, visible):
+        """Feed tree nodes tokens [B, F] (at ``positions``) with their parents' predicted features
+        (parents: entries of the previous feed): entries at positions - 1, slots slot + f."""
+        cache, h_prev = carry
+        F = tokens.shape[1]
+        features = jnp.take_along_axis(h_prev, parents[..., None], axis=1)  # [B, F, D]
+        mask = jnp.broadcast_to(jnp.eye(F, dtype=bool), (tokens.shape[0], F, F))
+        h, cache = self.run_head(
+            cache.with_lengths(slot), features, tokens, positions - 1, mask=mask, cached_mask=visible
+        )
+        return self.logits(h), (cache, h)
+
+    def tree_commit(self, carry, fed_slot, verified: Verified) -> EagleState:
+        """Tree entries need no moving: ``commit`` re-reads the accepted path."""
+        del fed_slot
+        cache, h = carry
+        return self.commit(EagleState(cache=cache, h=h[:, 0]), verified)
 
     def commit(self, state: EagleState, verified: Verified) -> EagleState:
         """Re-read the verified positions start + i with the target's true features and the tokens

@@ -68,7 +68,23 @@ class KVCache:
         Does not advance lengths (the forward does that once, after all layers). Callers keep
         lengths[b] + T <= capacity (``generate`` sizes the capacity for it).
         """
-        B, T = k_new.shape[:2]
+        to_layout = (0, 2, 3, 1)  # [B, T, Hkv, Dh] -> [B, Hkv, Dh, T]
+        return self._put(layer, jnp.transpose(k_new, to_layout), jnp.transpose(v_new, to_layout))
+
+    def move(self, source: jax.Array) -> KVCache:
+        """Copy slot source[b, t] to slot lengths[b] + t in every layer (source [B, T]; a token
+        tree's accepted path into consecutive slots). Lengths are unchanged."""
+        slots = source[:, None, None, :]
+        out = self
+        for layer in range(self.n_layers):  # gather [B, Hkv, Dh, T] from the old buffers, write in place
+            keys = jnp.take_along_axis(self.k[layer], slots, axis=3)
+            values = jnp.take_along_axis(self.v[layer], slots, axis=3)
+            out = out._put(layer, keys, values)
+        return out
+
+    def _put(self, layer: int, keys: jax.Array, values: jax.Array) -> KVCache:
+        """Write keys, values [B, Hkv, Dh, T] (the storage layout) of one layer at slots lengths[b] + t."""
+        B, T = keys.shape[0], keys.shape[3]
 
         def put(buffers, new):
             buffer = buffers[layer]
@@ -85,6 +101,4 @@ class KVCache:
                 buffer = buffer.at[rows, :, :, slots].set(jnp.moveaxis(new, 3, 1), mode="drop")
             return (*buffers[:layer], buffer, *buffers[layer + 1 :])
 
-        to_layout = (0, 2, 3, 1)  # [B, T, Hkv, Dh] -> [B, Hkv, Dh, T]
-        keys, values = jnp.transpose(k_new, to_layout), jnp.transpose(v_new, to_layout)
         return dataclasses.replace(self, k=put(self.k, keys), v=put(self.v, values))

@@ -109,11 +109,12 @@ def apply_rope(x, rope):
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
 
 
-def attention_inputs(cfg: ModelConfig, cache: KVCache, positions, mask=None):
+def attention_inputs(cfg: ModelConfig, cache: KVCache, positions, mask=None, cached_mask=None):
     """What every layer's attention needs for T new tokens appended after ``cache.lengths``:
     visible = (cached [B, T, S], new [B, T, T]) bool, and the RoPE angles of ``positions`` [B, T].
 
-    New token t of row b sees the row's cached slots s < lengths[b] and, among the new
+    New token t of row b sees the row's cached slots s < lengths[b] (only those ``cached_mask``
+    [B, T, S] allows, if given: a drafter growing a token tree in its cache) and, among the new
     tokens, those before it (or what ``mask`` [B, T, T] allows).
     """
     B, T = positions.shape
@@ -122,6 +123,8 @@ def attention_inputs(cfg: ModelConfig, cache: KVCache, positions, mask=None):
     t, u = jnp.arange(T)[None, :, None], jnp.arange(T)[None, None, :]
     see_cached = jnp.broadcast_to(s < lengths, (B, T, cache.capacity))  # [B, T, S]
     see_new = jnp.broadcast_to(u <= t, (B, T, T)) if mask is None else mask  # [B, T, T]
+    if cached_mask is not None:
+        see_cached &= cached_mask
     if cfg.sliding_window is not None:  # slot distance within the window (slots = positions in a chain)
         see_cached &= s > lengths + t - cfg.sliding_window
         see_new &= u > t - cfg.sliding_window
@@ -209,6 +212,7 @@ class Transformer(nnx.Module):
         cache: KVCache,
         *,
         mask: jax.Array | None = None,
+        cached_mask: jax.Array | None = None,
         layers: tuple[int, ...] | None = None,
         hidden_layers: tuple[int, ...] = (),
         layer_mask: jax.Array | None = None,
@@ -218,7 +222,8 @@ class Transformer(nnx.Module):
         tokens, positions: [B, T] int32.
         cache: KVCache with one cached layer per layer run (``len(layers)``).
         mask: optional [B, T, T] bool among the new tokens (True = may attend); default causal.
-            Every new token always sees the row's earlier ``cache.lengths[b]`` slots.
+            Every new token sees the row's earlier ``cache.lengths[b]`` slots, or those of them
+            that ``cached_mask`` [B, T, S] allows.
         layers: static tuple of layer indices to run (first k, or a skip set), default all.
             The lm head and final norm always run; no weights are copied.
         hidden_layers: static layer indices whose output residual stream to return.
@@ -232,7 +237,7 @@ class Transformer(nnx.Module):
         cfg = self.cfg
         layers = tuple(range(cfg.n_layers)) if layers is None else tuple(layers)
         T = tokens.shape[1]
-        visible, rope = attention_inputs(cfg, cache, positions, mask)
+        visible, rope = attention_inputs(cfg, cache, positions, mask, cached_mask)
         x = self.embed_tokens(tokens)  # [B, T, D]
         hidden = []
         for cache_layer, i in enumerate(layers):
