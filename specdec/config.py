@@ -49,13 +49,31 @@ class DrafterConfig:
 
     def options(self) -> dict:
         """The keyword arguments of the drafter's maker: every field a subclass adds."""
-        return self.options_of({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+        return self.options_of(dataclasses.asdict(self))
 
     @staticmethod
     def options_of(settings: dict) -> dict:
-        """``settings`` (a drafter's fields by name) without the loop's: name, gamma, schedule."""
+        """``settings`` (a drafter's fields by name) without the loop's: name, gamma, schedule;
+        a tree without a kind (a chain) is left out, and so are a tree's unset options."""
         base = {f.name for f in dataclasses.fields(DrafterConfig)}
-        return {k: v for k, v in settings.items() if k not in base}
+        options = {k: v for k, v in settings.items() if k not in base}
+        tree = options.pop("tree", None)
+        if tree is not None and tree.get("kind") is not None:
+            options["tree"] = {k: v for k, v in tree.items() if v is not None}
+        return options
+
+
+@dataclasses.dataclass
+class TreeConfig:
+    """Draft token trees (``specdec.drafters.tree``): kind null (chains), static (``paths`` of sibling
+    ranks, e.g. [[0],[1],[0,0]]) or dynamic (``n_nodes`` best of a tree grown ``depth`` levels deep,
+    expanding ``top_k`` nodes per level). With a tree, drafter.gamma bounds the depth."""
+
+    kind: str | None = None  # null | static | dynamic
+    paths: Any = None  # list[list[int]] for a static tree
+    n_nodes: int | None = None
+    depth: int | None = None
+    top_k: int | None = None
 
 
 @dataclasses.dataclass
@@ -72,6 +90,7 @@ class NGramConfig(DrafterConfig):
     name: str = "ngram"
     max_ngram: int = 3
     min_ngram: int = 1
+    n_candidates: int = 1  # > 1: a tree of that many matches' continuations
 
 
 @dataclasses.dataclass
@@ -84,6 +103,7 @@ class DraftModelConfig(DrafterConfig):
     draft: str | None = None
     layers: Any = 8  # int | list[int] | null (all)
     stop_below: float | None = None  # stop a row's drafting below this draft confidence
+    tree: TreeConfig = field(default_factory=TreeConfig)
 
 
 @dataclasses.dataclass
@@ -96,6 +116,7 @@ class LayerSkipConfig(DrafterConfig):
     skip: list[int] | None = None
     first: int | None = None
     skip_file: str | None = None
+    tree: TreeConfig = field(default_factory=TreeConfig)
 
 
 @dataclasses.dataclass
@@ -115,6 +136,7 @@ class TrainedConfig(DrafterConfig):
     name: str = "eagle"
     checkpoint: str = MISSING
     stop_below: float | None = None
+    tree: TreeConfig = field(default_factory=TreeConfig)
 
 
 @dataclasses.dataclass
@@ -205,9 +227,10 @@ class RunConfig:
         def plain(node) -> dict:
             return {k: v for k, v in dataclasses.asdict(node).items() if k != "_target_"}
 
+        drafter = {f.name: getattr(self.drafter, f.name) for f in dataclasses.fields(DrafterConfig)}
         return dict(
             model=plain(self.model),
-            drafter=plain(self.drafter),
+            drafter=dict(drafter, **self.drafter.options()),  # a chain's identity has no tree
             task=self.task.name_or_path,  # a row is one prompt: which ones a run selects is no identity
             sampling=plain(self.sampling),
             acceptance={"rule": self.acceptance._target_.rsplit(".", 1)[-1], **plain(self.acceptance)},

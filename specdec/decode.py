@@ -32,7 +32,7 @@ import jax.numpy as jnp
 
 from specdec import trees
 from specdec.acceptance import SpeculativeSampling
-from specdec.drafters.base import Autoregressive, Context, Verified
+from specdec.drafters.base import Autoregressive, Context, Verified, tree_size
 from specdec.models import KVCache, forward
 from specdec.sampling import Sampling, probs
 from specdec.trees import Tree
@@ -200,7 +200,7 @@ def decode_loop(target_def, target_params, drafter, tokens, prompt_lengths, cach
     drafter = Autoregressive() if drafter is None else drafter
     B = tokens.shape[0]
     K, T = cfg.gamma, cfg.prompt_len
-    tree_drafter = getattr(drafter, "tree_nodes", None) is not None  # proposes a Tree (specdec.trees)
+    tree_drafter = tree_size(drafter, K) is not None  # proposes a Tree (specdec.trees)
     ranks = drafter.max_siblings if tree_drafter else 1
     top = (cache.n_layers - 1,) if drafter.needs_features else ()  # the layers whose output drafters read
 

@@ -72,6 +72,10 @@ def _add(a: dict, b: dict) -> dict:
     summed = ("new_tokens", "target_calls", "drafted", "accepted", "rejected", "wall_s", "prompt_tokens")
     out = {k: a[k] + b[k] for k in summed}
     out["accept_by_position"] = (by_pos / max(calls, 1)).tolist()
+    out["accept_by_rank"] = {
+        k: (np.asarray(a["accept_by_rank"][k]) + np.asarray(b["accept_by_rank"][k])).tolist()
+        for k in ("tried", "accepted")
+    }
     return out
 
 
@@ -123,6 +127,7 @@ def _row(config: dict, run_id: str, question, stats: dict, **measured) -> dict:
         alpha=metrics.acceptance_rate(stats["accepted"], stats["rejected"]),
         tau=stats["new_tokens"] / stats["target_calls"],
         accept_by_position=stats["accept_by_position"],
+        accept_by_rank=stats["accept_by_rank"] if stats["drafted"] else None,
         wall_s=stats["wall_s"],
         tokens_per_s=stats["new_tokens"] / stats["wall_s"],
         **measured,
@@ -160,7 +165,7 @@ def run(prepared: Prepared, progress=None) -> list[dict]:
         seed=cfg.seed,
         **dataclasses.asdict(prepared.sampling),
     )
-    c = None if drafter is None else timing.draft_cost_ratio(target, drafter)
+    c = None if drafter is None else timing.draft_cost_ratio(target, drafter, gamma=cfg.drafter.gamma)
 
     rows = []
     for i, q in enumerate(questions := prepared.questions):

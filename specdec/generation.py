@@ -19,6 +19,7 @@ import numpy as np
 from specdec import acceptance as acceptance_rules
 from specdec import checks, metrics
 from specdec.decode import SCHEDULES, LoopConfig, decode_loop
+from specdec.drafters.base import tree_size
 from specdec.models import Model
 from specdec.sampling import Sampling
 
@@ -164,7 +165,7 @@ def generate(
             f"{target.config.vocab_size}; they must share one tokenizer"
         )
     # A verify pass writes gamma + 1 slots after the cached tokens, a tree's N + 1.
-    lookahead = getattr(drafter, "tree_nodes", None) or gamma
+    lookahead = tree_size(drafter, gamma) or gamma
     ids = encode_prompts(target, prompts, chat)
     longest = max(len(x) for x in ids)
     prompt_len = bucket(longest, min_bucket)

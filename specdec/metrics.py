@@ -26,7 +26,8 @@ def acceptance_rate(accepted: int, rejected: int) -> float:
 def row_stats(stats, wall_s: float) -> list[dict]:
     """One dict per row: new_tokens, target_calls, drafted, accepted, rejected, verified (positions
     the target scored), alpha, tau, mean_gamma, accept_by_position (rate per draft
-    position), accepted_hist (steps per accepted length), wall_s and tokens_per_s (the
+    position), accepted_hist (steps per accepted length), accept_by_rank (children tried and
+    accepted by depth and sibling rank, [K][R] counts), wall_s and tokens_per_s (the
     batch's wall time, shared by its rows)."""
     s = {k: np.asarray(v) for k, v in vars(stats).items()}
     rows = []
@@ -46,6 +47,7 @@ def row_stats(stats, wall_s: float) -> list[dict]:
                 mean_gamma=drafted / calls if calls else float("nan"),
                 accept_by_position=(s["accept_by_position"][b] / max(calls, 1)).tolist(),
                 accepted_hist=s["accepted_hist"][b].tolist(),
+                accept_by_rank=dict(tried=s["tried"][b].tolist(), accepted=s["hits"][b].tolist()),
                 wall_s=wall_s,
                 tokens_per_s=new / wall_s if wall_s > 0 else float("nan"),
             )

@@ -43,6 +43,10 @@ Schema (``COLUMNS``, in this order; every row has exactly these keys). Non-finit
     config_hash            str    ``config_hash(config)``: the identity of the measurement
     baseline_hash          str    the config_hash of this prompt's autoregressive baseline: the same
                                   configuration with the drafter "none"
+    accept_by_rank         dict   {"tried": [gamma][R], "accepted": [gamma][R]} int counts of the
+                                  children judged / accepted by depth - 1 and sibling rank (R = 1 for a
+                                  chain); theory.tree_acceptance turns them into the tree cost model's
+                                  table; null for rows without drafts or written before it existed
 
 Stores written before the last eight columns existed stay readable: such a row is upgraded on
 read (``config`` and ``baseline_hash`` null, ``config_hash`` derived from its old columns with a
@@ -117,8 +121,10 @@ COLUMNS = (
     "config",
     "config_hash",
     "baseline_hash",
+    "accept_by_rank",
 )
 V1_COLUMNS = COLUMNS[:28]  # the schema before the configuration identity columns
+V2_COLUMNS = COLUMNS[:36]  # the schema before accept_by_rank
 V1_CONFIG_COLUMNS = (
     "device",
     "target",
@@ -174,6 +180,7 @@ def _upgrade_v1(row: dict) -> dict:
         config=None,
         config_hash="v1-" + config_hash(old_key),
         baseline_hash=None,
+        accept_by_rank=None,
     )
     return {c: upgraded[c] for c in COLUMNS}
 
@@ -252,6 +259,8 @@ def _decode_row(line: bytes) -> tuple[dict | None, str | None]:
             return _upgrade_v1(row), None
         except (TypeError, ValueError, AttributeError) as e:
             return None, f"a row of the first schema that cannot be read ({e})"
+    if set(row) == set(V2_COLUMNS):
+        return dict(row, accept_by_rank=None), None
     missing = [c for c in COLUMNS if c not in row]
     unknown = [c for c in row if c not in COLUMNS]
     if missing or unknown:

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from specdec.drafters.base import Context, Verified
+from specdec.drafters.base import Context, Verified, tree_size
 from specdec.models import Model, forward
 from specdec.sampling import Sampling, probs
 from specdec.theory import VerifyCost
@@ -96,13 +96,32 @@ def _draft_steps(drafter, state, context: Context, key, hidden, steps=8):
     return jax.lax.fori_loop(0, steps, step, (state, jnp.zeros((1, 1), jnp.int32)))[1]
 
 
+@functools.partial(jax.jit, static_argnames=("gamma", "steps"))
+def _tree_steps(drafter, state, context: Context, key, hidden, gamma: int, steps=8):
+    """``steps`` tree proposals of depth <= gamma, each committed with nothing accepted."""
+    lengths = context.lengths
+
+    def step(i, carry):
+        state, shift = carry
+        ctx = dataclasses.replace(context, tokens=context.tokens + shift)
+        tree, state = drafter.propose(state, ctx, gamma, jax.random.fold_in(key, i))
+        n = jnp.zeros_like(lengths)
+        path = jnp.broadcast_to(tree.tokens[:, :1], (1, gamma + 1))
+        nodes = jnp.zeros((1, gamma), jnp.int32)
+        verified = Verified(start=lengths - 1, n_accepted=n, tokens=path, hidden=hidden, nodes=nodes)
+        return drafter.commit(state, verified), tree.tokens[:, :1] % 2
+
+    return jax.lax.fori_loop(0, steps, step, (state, jnp.zeros((1, 1), jnp.int32)))[1]
+
+
 def draft_cost_ratio(
-    target: Model, drafter, *, context: int = 256, capacity: int = 512, repeats=20, steps=8
+    target: Model, drafter, *, gamma: int = 1, context: int = 256, capacity: int = 512, repeats=20, steps=8
 ) -> float:
     """c: median seconds of one drafting step of one token (``propose`` + ``commit``) over one
     target decode step, both timed as ``steps`` calls inside one compiled loop (no per-call
     dispatch, as in ``decode_loop``; timing a lone jitted call would add the dispatch, which on
-    a GPU is a large share of a step)."""
+    a GPU is a large share of a step). A tree drafter: one whole tree of depth <= gamma per
+    proposal, divided by its depth (``drafter.depth(gamma)``: its draft forward passes)."""
     if drafter is None:
         return 0.0
     ctx = Context(
@@ -115,5 +134,11 @@ def draft_cost_ratio(
     hidden = lambda T: jnp.zeros((1, T, target.config.dim), target.dtype) if drafter.needs_features else None
     state = jax.jit(drafter.init)(ctx, hidden(context))
     key = jax.random.key(0)
-    draft = median_s(lambda: _draft_steps(drafter, state, ctx, key, hidden(2), steps=steps), repeats) / steps
+    if tree_size(drafter, gamma) is not None:
+        run = lambda: _tree_steps(drafter, state, ctx, key, hidden(gamma + 1), gamma, steps=steps)
+        draft = median_s(run, repeats) / steps / drafter.depth(gamma)
+    else:
+        draft = (
+            median_s(lambda: _draft_steps(drafter, state, ctx, key, hidden(2), steps=steps), repeats) / steps
+        )
     return draft / forward_s(target, 1, context=context, capacity=capacity, steps=steps, repeats=repeats)

@@ -52,6 +52,7 @@ def make_row(**overrides) -> dict:
         acceptance={"rule": "SpeculativeSampling"},
         seed=0,
         max_new_tokens=64,
+        accept_by_rank={"tried": [[32], [16], [8], [4]], "accepted": [[16], [8], [4], [4]]},
     )
     row.update(overrides)
     config = {k: row[k] for k in IDENTITY}

@@ -15,8 +15,8 @@ from specdec.results import COLUMNS, PartialLineWarning, ResultsStore, config_ke
 
 
 def test_columns_are_the_documented_schema():
-    assert len(COLUMNS) == len(set(COLUMNS)) == 36
-    assert COLUMNS[:3] == ("run_id", "time", "git_commit") and COLUMNS[-1] == "baseline_hash"
+    assert len(COLUMNS) == len(set(COLUMNS)) == 37
+    assert COLUMNS[:3] == ("run_id", "time", "git_commit") and COLUMNS[-1] == "accept_by_rank"
     for c in COLUMNS:  # every column is documented in the module docstring
         assert f"\n    {c} " in results.__doc__
 
@@ -229,6 +229,20 @@ def test_stores_of_the_first_schema_stay_readable(tmp_path):
     broken.path.write_text(json.dumps(dict(old, drafter_params="layers=8")) + "\n")
     with pytest.raises(ValueError, match=r"broken\.jsonl:1: a row of the first schema that cannot be read"):
         broken.rows()
+
+
+def test_stores_of_the_second_schema_read_with_no_rank_counts(tmp_path):
+    """A row written before accept_by_rank existed keeps its identity (it is reused, not
+    re-measured) and reads with accept_by_rank null."""
+    old = {c: v for c, v in make_row().items() if c in results.V2_COLUMNS}
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps(old) + "\n")
+    (row,) = ResultsStore(path).rows()
+    assert list(row) == list(COLUMNS) and row["accept_by_rank"] is None
+    assert row["config_hash"] == make_row()["config_hash"]
+    path.write_text(json.dumps(dict(old, extra=1)) + "\n")
+    with pytest.raises(ValueError, match=r"unknown: \['extra'\]"):
+        ResultsStore(path).rows()
 
 
 def test_git_commit_and_run_id(monkeypatch):

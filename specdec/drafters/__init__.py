@@ -19,9 +19,10 @@ def _draft_model(target, *, draft=None, layers=None, stop_below=None):
     return DraftModel.from_model(target if draft is None else draft, layers, stop_below=stop_below)
 
 
-def _ngram(target, *, max_ngram=3, min_ngram=1):
-    """Prompt lookup: propose what followed the latest earlier match of the last n tokens."""
-    return NGram(target.config.vocab_size, max_ngram, min_ngram)
+def _ngram(target, *, max_ngram=3, min_ngram=1, n_candidates=1):
+    """Prompt lookup: propose what followed the latest earlier match of the last n tokens;
+    with ``n_candidates`` > 1, a tree of the continuations of that many matches."""
+    return NGram(target.config.vocab_size, max_ngram, min_ngram, n_candidates=n_candidates)
 
 
 def _corpus_prior(target, corpus) -> jnp.ndarray:

@@ -77,9 +77,9 @@ class Drafter(Protocol):
     variable_length: bool  # may draft fewer than gamma tokens (a zero q row), even none
     needs_features: bool  # reads the target's hidden states (``hidden`` in init and commit)
 
-    # A tree drafter also has ``tree_nodes`` (N, static) and ``max_siblings`` (R, the sibling
-    # ranks the statistics tell apart), and its ``propose`` returns (specdec.trees.Tree, state):
-    # at most N nodes, of depth <= gamma.
+    # A tree drafter also has ``tree_size(gamma)`` (N nodes per tree, or None when it drafts
+    # chains) and ``max_siblings`` (R, the sibling ranks the statistics tell apart); its
+    # ``propose`` then returns (specdec.trees.Tree of N nodes, depth <= gamma; state).
 
     def init(self, context: Context, hidden: jax.Array | None) -> Any:
         """The drafter's state pytree after reading the prompts (e.g. a prefilled cache).
@@ -99,6 +99,12 @@ class Drafter(Protocol):
     def commit(self, state: Any, verified: Verified) -> Any:
         """Update the state after verification (see ``Verified``)."""
         ...
+
+
+def tree_size(drafter, gamma: int) -> int | None:
+    """Nodes of the trees ``drafter`` proposes with this gamma; None for a chain drafter."""
+    size = getattr(drafter, "tree_size", None)
+    return None if size is None else size(gamma)
 
 
 @jax.tree_util.register_dataclass

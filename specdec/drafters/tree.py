@@ -79,25 +79,29 @@ class TreeSpec:
             depth=checks.integer(tree.get("depth", 5), f"{where}.depth", low=1),
             top_k=checks.integer(tree.get("top_k", 4), f"{where}.top_k", low=1),
         )
-        if spec.n_nodes > spec.pool:
+        if spec.n_nodes > spec.pool():
             raise ValueError(
-                f"{where}.n_nodes={spec.n_nodes} exceeds the {spec.pool} nodes a dynamic tree of depth "
+                f"{where}.n_nodes={spec.n_nodes} exceeds the {spec.pool()} nodes a dynamic tree of depth "
                 f"{spec.depth} and top_k {spec.top_k} grows"
             )
         return spec
 
-    @property
-    def pool(self) -> int:
-        """Nodes a dynamic tree grows before keeping the best n_nodes."""
-        return self.top_k + (self.depth - 1) * self.top_k**2
+    def pool(self, gamma: int | None = None) -> int:
+        """Nodes a dynamic tree grows (its depth bounded by gamma) before keeping the best n_nodes."""
+        depth = self.depth if gamma is None else self.depth_for(gamma)
+        return self.top_k + (depth - 1) * self.top_k**2
 
-    @property
-    def size(self) -> int:
-        return len(self.paths) if self.kind == "static" else self.n_nodes
+    def size(self, gamma: int) -> int:
+        """Nodes of the proposed trees (a static tree's nodes deeper than gamma are invalid)."""
+        return len(self.paths) if self.kind == "static" else min(self.n_nodes, self.pool(gamma))
 
     @property
     def max_siblings(self) -> int:
         return 1 + max(path[-1] for path in self.paths) if self.kind == "static" else self.top_k
+
+    def depth_for(self, gamma: int) -> int:
+        """The depth of the trees drafted with this gamma (gamma bounds it)."""
+        return min(max(len(p) for p in self.paths) if self.kind == "static" else self.depth, gamma)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,9 +153,12 @@ class TreeDrafter:
     def needs_features(self) -> bool:
         return self.inner.needs_features
 
-    @property
-    def tree_nodes(self) -> int:
-        return self.spec.size
+    def tree_size(self, gamma: int) -> int:
+        return self.spec.size(gamma)
+
+    def depth(self, gamma: int) -> int:
+        """Levels of the proposed trees: one draft forward pass each."""
+        return self.spec.depth_for(gamma)
 
     @property
     def max_siblings(self) -> int:
@@ -194,7 +201,7 @@ def _grow_static(drafter: TreeDrafter, logits, carry, region, context: Context, 
     layout = _Layout.of(drafter.spec.paths)
     B, N = logits.shape[0], len(layout.parent)
     R = drafter.spec.max_siblings
-    max_depth = min(int(layout.depth.max()), gamma)
+    max_depth = drafter.spec.depth_for(gamma)
     node_tokens = jnp.zeros((B, N), jnp.int32)
     fed_slot = jnp.full((B, N), -1, jnp.int32)
     ancestor_slots = jnp.full((B, N, max(max_depth - 1, 1)), -1, jnp.int32)  # fed ancestors per node
@@ -240,7 +247,7 @@ def _grow_static(drafter: TreeDrafter, logits, carry, region, context: Context, 
 def _grow_dynamic(drafter: TreeDrafter, logits, carry, region, context: Context, gamma: int):
     """EAGLE-2: expand the top_k best nodes of each depth, keep the n_nodes best overall."""
     spec = drafter.spec
-    k, depth_max = spec.top_k, min(spec.depth, gamma)
+    k, depth_max = spec.top_k, spec.depth_for(gamma)
     B = logits.shape[0]
     score, tokens = jax.lax.top_k(_log_probs(logits), k)  # [B, k]: depth 1
     pool_tokens, pool_score, pool_parent = [tokens], [score], [jnp.full((B, k), -1, jnp.int32)]
@@ -286,7 +293,7 @@ def _grow_dynamic(drafter: TreeDrafter, logits, carry, region, context: Context,
     depth = jnp.asarray(np.concatenate(pool_depth))
     # Keep the n_nodes best; a tiny depth penalty breaks ties towards parents (a child's score is
     # at most its parent's), so a kept node's parent is kept. Pool order is topological.
-    n = min(spec.n_nodes, tokens.shape[1])
+    n = spec.size(gamma)
     keep = jnp.sort(jax.lax.top_k(score - 1e-6 * depth[None, :], n)[1], axis=1)  # [B, n] pool indices
     kept_parent = jnp.take_along_axis(parent, keep, axis=1)
     is_parent = kept_parent[:, :, None] == keep[:, None, :]  # [B, n, n]
