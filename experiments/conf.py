@@ -32,6 +32,7 @@ from specdec.config import (
     TaskConfig,
     TrainDraftConfig,
     TrainedConfig,
+    TreeConfig,
     TypicalLossyConfig,
 )
 from specdec.train import TrainConfig
@@ -68,6 +69,11 @@ GROUPS = {
         "distilled": TrainedConfig(
             name="distilled", checkpoint="${paths.checkpoints_dir}/distilled-${model.name}"
         ),
+    },
+    # Tree shapes for drafters with a distribution: drafter/tree=dynamic16 (gamma bounds the depth).
+    "drafter/tree": {
+        "chain": TreeConfig(),
+        **{f"dynamic{n}": TreeConfig(kind="dynamic", n_nodes=n, depth=5, top_k=4) for n in (4, 8, 16, 32)},
     },
     "task": {
         "builtin": TaskConfig(name_or_path="builtin"),  # 30 prompts, 6 Spec-Bench categories

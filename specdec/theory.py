@@ -425,3 +425,17 @@ def optimal_tree(
     paths = check_paths(out)
     e = tree_expected_accepted(paths, a)
     return TreeChoice(paths, e, _depth(paths), len(paths), tree_speedup(paths, a, c, r))
+
+
+def tree_acceptance(tried, accepted) -> np.ndarray:
+    """The acceptance table [D, R] of the tree cost model from the loop's counts (the results
+    column ``accept_by_rank``): accepted / tried per (depth - 1, sibling rank), 0 where nothing
+    was tried. tried, accepted: [D, R] counts (arrays or nested lists); rows can be summed first."""
+    tried, accepted = np.asarray(tried, np.float64), np.asarray(accepted, np.float64)
+    if tried.ndim != 2 or tried.shape != accepted.shape:
+        raise ValueError(
+            f"tried and accepted must be [D, R] counts of one shape, got {tried.shape}, {accepted.shape}"
+        )
+    if np.any(accepted < 0) or np.any(accepted > tried):
+        raise ValueError("accepted must lie in [0, tried] for every depth and rank")
+    return np.divide(accepted, tried, out=np.zeros_like(tried), where=tried > 0)

@@ -16,6 +16,7 @@ from hydra.utils import instantiate
 
 import specdec
 from specdec import acceptance, config, experiment, results, sampling
+from specdec.drafters.base import tree_size
 from specdec.models import Model
 from specdec.results import ResultsStore
 from specdec.weights.hf import save_hf_dir
@@ -82,6 +83,62 @@ def test_every_config_composes_and_instantiates(group, option, tiny, tmp_path):
 def test_every_sweep_composes(option):
     cfg = compose("run", [f"sweep={option}"], return_hydra_config=True)
     assert cfg.hydra.mode.name == "MULTIRUN" and cfg.hydra.sweeper.params
+
+
+def sweep_members(option: str) -> list[list[str]]:
+    """The overrides of every member of configs/sweep/<option>.yaml (its params' grid)."""
+    params = compose("run", [f"sweep={option}"], return_hydra_config=True).hydra.sweeper.params
+    grid = [[]]
+    for key, values in params.items():
+        grid = [[*member, f"{key}={v}"] for member in grid for v in str(values).split(",")]
+    return grid
+
+
+@pytest.mark.parametrize(
+    ("option", "base"), [("trees", ["drafter=layer_skip", "drafter.skip=[1]"]), ("trees_ngram", [])]
+)
+def test_every_tree_sweep_member_builds_its_tree(tiny, option, base):
+    """Each member of the tree sweeps composes and builds a drafter whose trees have the size the
+    member asks for (a chain: none)."""
+    sizes = set()
+    for member in sweep_members(option):
+        run_config = conf.typed(compose("run", ["model=tiny", *base, *member]))
+        drafter = experiment.make_drafter(run_config, tiny)
+        d = run_config.drafter
+        size = tree_size(drafter, d.gamma)
+        if option == "trees_ngram":
+            assert size == (None if d.n_candidates == 1 else d.n_candidates * d.gamma)
+        elif d.tree.kind is None:
+            assert size is None
+        else:  # dynamic, top_k 4: at most 4 + (depth - 1) 16 nodes grow
+            assert size == min(d.tree.n_nodes, 4 + (min(d.tree.depth, d.gamma) - 1) * 16)
+        sizes.add(size)
+    assert None in sizes and len(sizes) >= 3
+
+
+@pytest.mark.slow
+def test_a_tree_run_records_acceptance_by_rank(tmp_path):
+    """A dynamic-tree run end to end: lossless (greedy tokens as the baseline's), the tree in the
+    row's identity, children tried and accepted by depth and sibling rank in accept_by_rank."""
+    overrides = ["model=tiny", "drafter=layer_skip", "drafter.skip=[1]", "+drafter/tree=dynamic8"]
+    proc = run_experiment(
+        *overrides, "task.per_category=1", "max_new_tokens=8", *store_overrides(tmp_path), cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = ResultsStore(tmp_path / "results.jsonl").rows()
+    method = [r for r in rows if r["drafter"] == "layer_skip"]
+    assert len(method) == 6
+    for r in method:
+        assert r["drafter_params"]["tree"] == {"kind": "dynamic", "n_nodes": 8, "depth": 5, "top_k": 4}
+        base = next(b for b in rows if b["drafter"] == "none" and b["prompt_id"] == r["prompt_id"])
+        assert r["new_tokens"] == base["new_tokens"]
+        tried, accepted = (
+            np.asarray(r["accept_by_rank"]["tried"]),
+            np.asarray(r["accept_by_rank"]["accepted"]),
+        )
+        assert tried.shape == (3, 4) and np.all(accepted <= tried)
+        assert tried[0].sum() >= r["target_calls"]  # every step tries a depth-1 child at least
+        assert accepted.sum() == r["accepted"]
 
 
 def test_a_separate_draft_model_by_path(tiny, tmp_path):

@@ -209,3 +209,12 @@ def test_large_tree_is_fast():
 def test_bad_input_names_the_argument(call, name):
     with pytest.raises(ValueError, match=rf"^{name}\b"):
         call()
+
+
+def test_tree_acceptance_from_the_loops_counts():
+    table = theory.tree_acceptance([[4, 2], [2, 0]], [[2, 1], [1, 0]])
+    np.testing.assert_array_equal(table, [[0.5, 0.5], [0.5, 0.0]])  # nothing tried: 0
+    with pytest.raises(ValueError, match=r"accepted must lie in \[0, tried\]"):
+        theory.tree_acceptance([[1]], [[2]])
+    with pytest.raises(ValueError, match="one shape"):
+        theory.tree_acceptance([[1, 1]], [[1]])
