@@ -381,6 +381,40 @@ def acceptance_by_position(df: pd.DataFrame, conditional: bool = False, show_the
 # ---- writing ---------------------------------------------------------------------------------
 
 
+def trees_vs_nodes(records: list[dict], title: str = "") -> Figure:
+    """Chains against token trees (``experiments/bench_trees.py``'s records: label, kind of chain |
+    dynamic | static, nodes, tau, speedup, predicted). Left: tau against the number of draft nodes
+    (a chain of gamma tokens has gamma nodes); right: measured speedup (solid) and the speedup
+    predicted from the measured tau, c and r(T) (dashed), against the nodes."""
+    fig = Figure(figsize=(PANEL[0] * 2, PANEL[1]), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2, squeeze=False)
+    for ax, ylabel in zip(axes[0], (TAU_LABEL, SPEEDUP_LABEL), strict=True):
+        ax.set_xlabel("draft nodes per step")
+        ax.set_ylabel(ylabel)
+        ax.set_xscale("log", base=2)
+    kinds = [k for k in ("chain", "dynamic", "static") if any(r["kind"] == k for r in records)]
+    colors = _colors(kinds)
+    for i, kind in enumerate(kinds):
+        rows = sorted((r for r in records if r["kind"] == kind), key=lambda r: r["nodes"])
+        x = [r["nodes"] for r in rows]
+        style_ = dict(color=colors[kind], marker=MARKERS[i], ls="-" if len(rows) > 1 else "none")
+        axes[0, 0].plot(x, [r["tau"] for r in rows], label=kind, **style_)
+        axes[0, 1].plot(x, [r["speedup"] for r in rows], label=f"{kind}, measured", **style_)
+        axes[0, 1].plot(
+            x,
+            [r["predicted"] for r in rows],
+            label=f"{kind}, predicted",
+            **{**style_, "ls": "--", "mfc": "none"},
+        )
+    axes[0, 1].axhline(1.0, color="0.4", lw=0.8, ls=":", gid="reference")
+    axes[0, 0].legend()
+    axes[0, 1].legend()
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
 def save(fig: Figure, out_dir, name: str) -> list[Path]:
     """Write ``fig`` as ``out_dir/name.png`` and ``out_dir/name.pdf``; returns both paths."""
     paths = [Path(out_dir, f"{name}.{ext}") for ext in ("png", "pdf")]

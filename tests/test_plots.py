@@ -328,3 +328,20 @@ def test_plot_script_missing_results_file(tmp_path):
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == ["error: results file not found: missing/results.jsonl"]
     assert out.stdout == "" and not (tmp_path / "figs").exists()
+
+
+def test_trees_vs_nodes_draws_measured_and_predicted_per_kind(tmp_path):
+    records = [
+        dict(label="chain g=2", kind="chain", nodes=2, tau=1.5, speedup=1.1, predicted=1.2),
+        dict(label="chain g=4", kind="chain", nodes=4, tau=1.7, speedup=1.15, predicted=1.25),
+        dict(label="dynamic 8", kind="dynamic", nodes=8, tau=2.1, speedup=1.3, predicted=1.35),
+        dict(label="dynamic 16", kind="dynamic", nodes=16, tau=2.3, speedup=1.2, predicted=1.3),
+        dict(label="optimal static 6", kind="static", nodes=6, tau=2.0, speedup=1.32, predicted=1.36),
+    ]
+    fig = plots.trees_vs_nodes(records, title="t")
+    tau_ax, speed_ax = fig.axes
+    assert [line.get_label() for line in tau_ax.get_lines()] == ["chain", "dynamic", "static"]
+    dynamic = next(line for line in speed_ax.get_lines() if line.get_label() == "dynamic, predicted")
+    assert list(dynamic.get_xdata()) == [8, 16] and list(dynamic.get_ydata()) == [1.35, 1.3]
+    assert len(speed_ax.get_lines()) == 7  # measured and predicted per kind, and the reference at 1
+    assert all(p.stat().st_size > 0 for p in plots.save(fig, tmp_path, "trees"))
