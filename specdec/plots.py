@@ -393,6 +393,7 @@ def trees_vs_nodes(records: list[dict], title: str = "") -> Figure:
         ax.set_xlabel("draft nodes per step")
         ax.set_ylabel(ylabel)
         ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     kinds = [k for k in ("chain", "dynamic", "static") if any(r["kind"] == k for r in records)]
     colors = _colors(kinds)
     for i, kind in enumerate(kinds):
