@@ -106,7 +106,7 @@ class TreeSpec:
 
 @dataclasses.dataclass(frozen=True)
 class _Layout:
-    """A static tree in arrays (host side): parent, rank, depth [N] per node (breadth-first)."""
+    """A static tree in host arrays: parent, rank, depth [N] per node (breadth-first order)."""
 
     parent: np.ndarray
     rank: np.ndarray
@@ -118,9 +118,20 @@ class _Layout:
         parent = np.array([index[p[:-1]] if len(p) > 1 else -1 for p in paths], np.int32)
         return cls(parent, np.array([p[-1] for p in paths], np.int32), np.array([len(p) for p in paths]))
 
-    def expanded(self, depth: int) -> np.ndarray:
-        """Nodes of this depth that have children (the ones fed to the draft), in node order."""
-        return np.array([j for j in np.flatnonzero(self.depth == depth) if j in set(self.parent)], np.int32)
+    def at_depth(self, depth: int) -> np.ndarray:
+        return np.flatnonzero(self.depth == depth)
+
+    def fed(self, depth: int) -> np.ndarray:
+        """Nodes of this depth that have children: fed to the draft, in node order."""
+        return np.array([j for j in self.at_depth(depth) if j in set(self.parent)], np.int32)
+
+    def ancestors(self, j: int) -> list[int]:
+        """Node j's ancestors (not the root, not j), nearest last."""
+        out = []
+        while self.parent[j] >= 0:
+            j = int(self.parent[j])
+            out.insert(0, j)
+        return out
 
 
 @jax.tree_util.register_dataclass
@@ -197,51 +208,42 @@ def _log_probs(logits):
 
 
 def _grow_static(drafter: TreeDrafter, logits, carry, region, context: Context, gamma: int):
-    """A static tree: the rank-k child of a node is its k-th most likely draft token."""
+    """A static tree: the rank-k child of a node is its k-th most likely draft token. The shape is
+    static, so where each fed node goes in the draft's cache (region + offset) is known here."""
     layout = _Layout.of(drafter.spec.paths)
     B, N = logits.shape[0], len(layout.parent)
-    R = drafter.spec.max_siblings
-    max_depth = drafter.spec.depth_for(gamma)
-    node_tokens = jnp.zeros((B, N), jnp.int32)
-    fed_slot = jnp.full((B, N), -1, jnp.int32)
-    ancestor_slots = jnp.full((B, N, max(max_depth - 1, 1)), -1, jnp.int32)  # fed ancestors per node
-    top = jax.lax.top_k(logits, R)[1][:, None, :]  # [B, 1, R]: the root's ranked tokens
-    parents_fed = np.zeros(1, np.int32)  # the last feed's nodes (the root: none)
-    slot = region
+    R, max_depth = drafter.spec.max_siblings, drafter.spec.depth_for(gamma)
+    offset = np.full(N, -1, np.int32)  # each fed node's slot - region
+    tokens = jnp.zeros((B, N), jnp.int32)
+    top = jax.lax.top_k(logits, R)[1][:, None, :]  # [B, F, R] ranked tokens of the last feed's entries
+    entry = {-1: 0}  # node -> its entry in the last feed (the root's logits: entry 0)
     for depth in range(1, max_depth + 1):
-        nodes = np.flatnonzero(layout.depth == depth)
-        # Each node's token: its rank in its parent's ranked tokens (parent = entry of the last feed).
-        feed_index = np.array(
-            [0 if depth == 1 else int(np.flatnonzero(parents_fed == layout.parent[j])[0]) for j in nodes]
-        )
-        node_tokens = node_tokens.at[:, nodes].set(top[:, feed_index, layout.rank[nodes]])
-        fed = layout.expanded(depth) if depth < max_depth else np.zeros(0, np.int32)
+        nodes = layout.at_depth(depth)
+        from_entry = [entry[int(p)] for p in layout.parent[nodes]]
+        tokens = tokens.at[:, nodes].set(top[:, from_entry, layout.rank[nodes]])
+        fed = layout.fed(depth) if depth < max_depth else ()
         if len(fed) == 0:
             break
-        if depth > 1:  # children inherit the parent's ancestors plus the parent
-            for j in nodes:
-                ancestor_slots = ancestor_slots.at[:, j].set(ancestor_slots[:, layout.parent[j]])
-                ancestor_slots = ancestor_slots.at[:, j, depth - 2].set(fed_slot[:, layout.parent[j]])
-        feed_parents = np.array(
-            [0 if depth == 1 else int(np.flatnonzero(parents_fed == layout.parent[j])[0]) for j in fed]
-        )
+        offset[fed] = offset.max() + 1 + np.arange(len(fed))
+        ancestors = np.full((len(fed), max_depth), -1, np.int32)  # their fed ancestors' offsets
+        for f, j in enumerate(fed):
+            ancestors[f, : depth - 1] = offset[layout.ancestors(j)]
         logits, carry = drafter.feed(
             carry,
-            node_tokens[:, fed],
-            jnp.broadcast_to(jnp.asarray(feed_parents), (B, len(fed))),
-            ancestor_slots[:, fed],
+            tokens[:, fed],
+            jnp.broadcast_to(jnp.asarray([entry[int(layout.parent[j])] for j in fed]), (B, len(fed))),
+            jnp.where(ancestors >= 0, region[:, None, None] + ancestors, -1),
             region,
-            slot,
+            region + int(offset[fed[0]]),
             context,
             depth,
         )
-        fed_slot = fed_slot.at[:, fed].set(slot[:, None] + jnp.arange(len(fed))[None, :])
-        slot = slot + len(fed)
-        top = jax.lax.top_k(logits, R)[1]  # [B, F, R]
-        parents_fed = fed
+        entry = {int(j): f for f, j in enumerate(fed)}
+        top = jax.lax.top_k(logits, R)[1]
+    fed_slot = jnp.where(offset >= 0, region[:, None] + offset, -1)  # [B, N]
     parent = jnp.broadcast_to(jnp.asarray(layout.parent), (B, N))
     valid = jnp.broadcast_to(jnp.asarray(layout.depth <= max_depth), (B, N))
-    return node_tokens, parent, valid, fed_slot, carry
+    return tokens, parent, valid, fed_slot, carry
 
 
 def _grow_dynamic(drafter: TreeDrafter, logits, carry, region, context: Context, gamma: int):
