@@ -100,10 +100,12 @@ class Stats:
             hits=jnp.zeros((batch, gamma, ranks), jnp.int32),
         )
 
-    def update(self, active, count, n, n_drafted, width, tried=None, hits=None) -> Stats:
+    def update(self, active, count, n, n_drafted, width, tried=None, hits=None, levels=None) -> Stats:
         """Add one step: active [B] rows, count [B] tokens emitted, n [B] drafts accepted out of
         n_drafted [B], width positions scored; a tree's tried, hits [B, K, R] (a chain's are
-        derived: draft i is judged when the i before it were accepted)."""
+        derived: draft i is judged when the i before it were accepted) and levels [B], its depth
+        (a step rejected a draft when n < levels; a chain's levels are its n_drafted)."""
+        levels = n_drafted if levels is None else levels
         a = active.astype(jnp.int32)
         K = self.accept_by_position.shape[1]
         if tried is None:
@@ -115,7 +117,7 @@ class Stats:
             target_calls=self.target_calls + a,
             drafted=self.drafted + a * n_drafted,
             accepted=self.accepted + a * n,
-            rejected=self.rejected + a * (n < n_drafted),
+            rejected=self.rejected + a * (n < levels),
             verified=self.verified + a * width,
             accept_by_position=self.accept_by_position + a[:, None] * (jnp.arange(K)[None, :] < n[:, None]),
             accepted_hist=self.accepted_hist + a[:, None] * jax.nn.one_hot(n, K + 1, dtype=jnp.int32),
@@ -174,10 +176,11 @@ def emit(cfg: LoopConfig, state: LoopState, prompt_lengths, block, n):
     return tokens, lengths, count, finished
 
 
-def next_budget(schedule: str | None, budget, n, n_drafted, gamma: int):
-    """The adaptive schedule: drafts allowed per row in the next step [B]."""
+def next_budget(schedule: str | None, budget, n, levels, gamma: int):
+    """The adaptive schedule: drafts allowed per row in the next step [B] (for a tree, its depth),
+    after n [B] of the step's levels [B] (drafts of a chain, depth of a tree) were accepted."""
     if schedule == "heuristic":  # HF's num_assistant_tokens_schedule: +2 after a full block, else -1
-        return jnp.where(n == n_drafted, jnp.minimum(budget + 2, gamma), jnp.maximum(budget - 1, 1))
+        return jnp.where(n == levels, jnp.minimum(budget + 2, gamma), jnp.maximum(budget - 1, 1))
     return budget
 
 
@@ -281,11 +284,12 @@ def decode_loop(target_def, target_params, drafter, tokens, prompt_lengths, cach
                 ancestor = trees.ancestors(tree.parent)  # [B, N+1, N+1]
                 tree = trees.restrict(tree, ancestor, jnp.where(state.done, 0, state.budget))
                 n_drafted = jnp.sum(tree.valid, axis=1)  # [B]
+                levels = jnp.max(jnp.where(tree.valid, trees.depths(ancestor)[:, 1:], 0), axis=1)  # [B]
             else:
                 draft, q, drafter_state = drafter.propose(state.drafter_state, context(state), K, key_draft)
                 drafted = drafted_mask(q, state.budget)  # [B, K]
                 q = jnp.where(drafted[..., None], q, 0.0)  # [B, K, V]
-                n_drafted = jnp.sum(drafted, axis=1)  # [B]
+                n_drafted = levels = jnp.sum(drafted, axis=1)  # [B]
         with jax.named_scope("verify"):
             if tree_drafter:
                 p, cache, hidden = verify_tree(state, tree, ancestor)  # [B, N+1, V]
@@ -316,10 +320,10 @@ def decode_loop(target_def, target_params, drafter, tokens, prompt_lengths, cach
                 tokens=tokens,
                 lengths=lengths,
                 done=finished,
-                budget=next_budget(cfg.schedule, state.budget, n, n_drafted, K),
+                budget=next_budget(cfg.schedule, state.budget, n, levels, K),
                 cache=cache,
                 drafter_state=drafter.commit(drafter_state, verified),
-                stats=state.stats.update(~state.done, count, n, n_drafted, width, tried, hits),
+                stats=state.stats.update(~state.done, count, n, n_drafted, width, tried, hits, levels),
             )
 
     def active(state: LoopState):

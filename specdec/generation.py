@@ -164,8 +164,9 @@ def generate(
             f"drafter vocab_size {drafter.vocab_size} differs from target vocab_size "
             f"{target.config.vocab_size}; they must share one tokenizer"
         )
-    # A verify pass writes gamma + 1 slots after the cached tokens, a tree's N + 1.
-    lookahead = tree_size(drafter, gamma) or gamma
+    # A verify pass writes gamma + 1 slots after the cached tokens, a tree's N + 1; a tree's commit
+    # moves gamma slots (its deepest path) after the pending token.
+    lookahead = max(tree_size(drafter, gamma) or 0, gamma)
     ids = encode_prompts(target, prompts, chat)
     longest = max(len(x) for x in ids)
     prompt_len = bucket(longest, min_bucket)
@@ -177,7 +178,7 @@ def generate(
             f"{lookahead + 1} verified positions does not fit the cache capacity {capacity}"
         )
     window = target.config.sliding_window
-    if lookahead != gamma and window is not None and window < capacity:
+    if tree_size(drafter, gamma) is not None and window is not None and window < capacity:
         raise ValueError(
             f"token trees need a cache within the target's sliding window ({window} tokens): "
             f"capacity {capacity} is larger (a tree's slots are not its positions)"
