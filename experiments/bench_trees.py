@@ -36,7 +36,7 @@ import numpy as np
 import specdec
 from specdec import plots, tasks, theory, timing
 from specdec.drafters.base import tree_size
-from specdec.generation import encode_prompts
+from specdec.generation import bucket, encode_prompts
 
 SKIP = list(range(14, 29))  # the main job's layer_skip set (configs: drafter=layer_skip)
 
@@ -87,7 +87,9 @@ def configurations(args, target) -> list[dict]:
 
 
 def measure(target, prompts, config, max_new_tokens) -> dict:
-    """One pass over the prompts: summed statistics and wall time (compiled before)."""
+    """One pass over the prompts (all padded to one bucket: one program per configuration):
+    summed statistics and wall time."""
+    min_bucket = bucket(max(len(ids) for ids in prompts))
     total = dict(new_tokens=0, target_calls=0, drafted=0, verified=0, wall_s=0.0, tried=0, accepted=0)
     tokens = []
     for ids in prompts:
@@ -98,6 +100,7 @@ def measure(target, prompts, config, max_new_tokens) -> dict:
             gamma=config["gamma"],
             chat=False,
             max_new_tokens=max_new_tokens,
+            min_bucket=min_bucket,
         )
         s = out.stats[0]
         for k in ("new_tokens", "target_calls", "drafted", "verified"):
@@ -132,13 +135,18 @@ def main():
     questions = tasks.load_task("builtin", per_category=args.per_category)
     prompts = encode_prompts(target, [q.turns[0] for q in questions], chat=True)
     configs = configurations(args, target)
-    largest = max(c["nodes"] for c in configs)
-    r, _ = timing.verify_cost(target, widths=tuple(range(1, max(largest, args.depth + 1) + 2)))
+    widths = {1, *range(2, max(args.gammas) + 2), *(c["nodes"] + 1 for c in configs), max(args.nodes) + 1}
+    r, _ = timing.verify_cost(target, widths=tuple(sorted(widths)))
     for c in configs:
         c["c"] = timing.draft_cost_ratio(target, c["drafter"], gamma=c["gamma"]) if c["drafter"] else 0.0
+    print(
+        f"costs measured: r(T) at T = {sorted(widths)}, c = {[round(c['c'], 3) for c in configs]}", flush=True
+    )
+    jax.clear_caches()  # the timing programs: XLA:CPU keeps memory maps per executable
 
     def run(c):
-        c["compile"] = measure(target, prompts, c, args.max_new_tokens)  # compiles every prompt bucket
+        c["compile"] = measure(target, prompts, c, args.max_new_tokens)  # compiles
+        print(f"compiled and checked: {c['label']}", flush=True)
 
     for c in configs:
         run(c)
@@ -159,8 +167,8 @@ def main():
             )
             configs.append(opt)
             run(opt)
-        print(f"acceptance by depth and rank (dynamic trees): {np.round(table, 3).tolist()}")
-        print(f"optimal static tree: {choice}")
+        print(f"acceptance by depth and rank (dynamic trees): {np.round(table, 3).tolist()}", flush=True)
+        print(f"optimal static tree: {choice}", flush=True)
 
     reference = configs[0]["compile"]["tokens"]
     for c in configs:
