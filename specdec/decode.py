@@ -19,6 +19,12 @@ Effective draft length: a row drafts at most its budget (gamma, or the adaptive 
 value) and fewer when its drafter stops (q rows of zeros). The target then scores only as many
 positions as the longest row needs, rounded up to one of ``verify_widths`` (each width is one
 compiled branch of a ``lax.switch``), so a step where nothing was drafted costs one decode step.
+
+Token trees (``specdec.trees``): a drafter with a ``tree_size`` proposes a tree of N nodes
+instead of a chain (chosen at trace time; the chain path is unchanged). Verify then scores the
+pending token and every node in one pass of width N + 1 under the ancestor mask, accept walks
+the tree (recursive rejection sampling over siblings), and commit first moves the accepted
+path's keys and values into consecutive cache slots; gamma bounds the tree's depth.
 """
 
 from __future__ import annotations
