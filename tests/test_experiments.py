@@ -121,13 +121,12 @@ def test_a_tree_run_records_acceptance_by_rank(tmp_path):
     """A dynamic-tree run end to end: lossless (greedy tokens as the baseline's), the tree in the
     row's identity, children tried and accepted by depth and sibling rank in accept_by_rank."""
     overrides = ["model=tiny", "drafter=layer_skip", "drafter.skip=[1]", "+drafter/tree=dynamic8"]
-    proc = run_experiment(
-        *overrides, "task.per_category=1", "max_new_tokens=8", *store_overrides(tmp_path), cwd=tmp_path
-    )
+    task = ["task.categories=[translation,qa]", "task.per_category=1", "max_new_tokens=8"]
+    proc = run_experiment(*overrides, *task, *store_overrides(tmp_path), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = ResultsStore(tmp_path / "results.jsonl").rows()
     method = [r for r in rows if r["drafter"] == "layer_skip"]
-    assert len(method) == 6
+    assert sorted(r["category"] for r in method) == ["qa", "translation"]
     for r in method:
         assert r["drafter_params"]["tree"] == {"kind": "dynamic", "n_nodes": 8, "depth": 5, "top_k": 4}
         base = next(b for b in rows if b["drafter"] == "none" and b["prompt_id"] == r["prompt_id"])
