@@ -18,6 +18,7 @@ import specdec
 from specdec import drafters, theory, trees
 from specdec.acceptance import SpeculativeSampling
 from specdec.decode import LoopConfig, decode_loop
+from specdec.drafters import Context
 from specdec.generation import bucket
 from specdec.models import Model, tiny_config
 from specdec.sampling import Sampling, probs, sample
@@ -486,3 +487,64 @@ def test_tree_helpers_on_a_hand_written_tree():
     np.testing.assert_array_equal(np.asarray(kept.valid), [[1, 0, 0, 0, 0, 1, 0], [1, 1, 1, 1, 1, 0, 0]])
     kept = trees.restrict(tree, trees.ancestors(parent), jnp.array([3, 3]))
     np.testing.assert_array_equal(np.asarray(kept.valid), [[1, 0, 1, 1, 0, 1, 1], [1, 1, 1, 0, 0, 0, 0]])
+
+
+# ---------------------------------------------------------------------------------------------
+# Prompt lookup over several matches: one branch per match with a distinct first token.
+# ---------------------------------------------------------------------------------------------
+
+LOOKUP_PROMPT = [3, 7, 1, 5, 3, 7, 2, 9, 3, 7]  # "3 7" was followed by 1 and by 2: two branches
+
+
+def test_prompt_lookup_tree_greedy_equals_autoregressive(target, autoregressive):
+    drafter = drafters.make("ngram", target, n_candidates=3)
+    out = run(target, PROMPTS, drafter, gamma=GAMMA)
+    assert out.tokens == autoregressive.tokens
+    one = run(target, PROMPTS[2:3], drafter, gamma=GAMMA)
+    assert one.tokens[0] == autoregressive.tokens[2]
+    assert sum(s["accepted"] for s in out.stats) > 0
+
+
+def test_prompt_lookup_tree_branches_are_distinct_matches(target):
+    """The tree holds the continuations of the two matches of "3 7", most recent first."""
+    drafter = drafters.make("ngram", target, n_candidates=3)
+    N = 32
+    tokens = jnp.zeros((1, N), jnp.int32).at[0, : len(LOOKUP_PROMPT)].set(jnp.asarray(LOOKUP_PROMPT))
+    context = Context(
+        tokens=tokens,
+        lengths=jnp.asarray([len(LOOKUP_PROMPT)]),
+        budget=jnp.asarray([3]),
+        sampling=Sampling(),
+        prompt_len=16,
+    )
+    tree, _ = drafter.propose((), context, 3, jax.random.key(0))
+    assert np.asarray(tree.tokens)[0, :6].tolist() == [2, 9, 3, 1, 5, 3]
+    assert np.asarray(tree.parent)[0].tolist() == [-1, 0, 1, -1, 3, 4, -1, 6, 7]
+    assert np.asarray(tree.valid)[0].tolist() == [True] * 6 + [False] * 3  # no third distinct match
+
+
+def test_prompt_lookup_tree_sampling_reproduces_the_target_distribution():
+    target = Model.random(tiny_config(vocab_size=VOCAB, n_layers=4), seed=0)
+    ids = jnp.asarray([[*LOOKUP_PROMPT, a] for a in range(VOCAB)])
+    n = len(LOOKUP_PROMPT) + 1
+    logits, _, _ = target.apply(
+        target.params, ids, jnp.broadcast_to(jnp.arange(n), ids.shape), target.init_cache(VOCAB, n)
+    )
+    p = np.asarray(probs(logits, Sampling(1.0)), np.float64)
+    drafter = drafters.make("ngram", target, n_candidates=3)
+    tokens, _, stats, _ = loop(
+        target, drafter, [LOOKUP_PROMPT] * N_ROWS, gamma=2, max_new_tokens=2, temperature=1.0, seed=3
+    )
+    new = tokens[:, len(LOOKUP_PROMPT) : len(LOOKUP_PROMPT) + 2]
+    first = int(np.bincount(new[:, 0], minlength=VOCAB).argmax())
+    assert _pvalue(new[:, 0], p[0, -2]) > PASS
+    assert _pvalue(new[new[:, 0] == first, 1], p[first, -1]) > PASS
+    hits = stats.hits.sum(0)  # [K, R]: the second branch is really tried and accepted
+    assert hits[0, 1] > 0.02 * N_ROWS
+
+
+def test_distilled_trees_run_through_the_draft_model_hooks(target):
+    """The distilled drafter is a DraftModel: its trees use the hooks the draft_model tests run."""
+    drafter = drafters.make("distilled", target, checkpoint="untrained", tree=TREES["dynamic"])
+    assert isinstance(drafter, drafters.TreeDrafter) and isinstance(drafter.inner, drafters.DraftModel)
+    assert drafter.tree_size(GAMMA) == 8 and drafter.name == "distilled"
