@@ -304,7 +304,7 @@ def decode_loop(target_def, target_params, drafter, tokens, prompt_lengths, cach
                 p, cache, hidden, width = verify(state, draft, n_drafted)  # [B, K+1, V]
         with jax.named_scope("accept"):
             if tree_drafter:
-                outcome = trees.walk(cfg.accept, p, tree, key_accept, K, drafter.max_siblings)
+                outcome = trees.walk(cfg.accept, p, tree, key_accept, K, ranks)
                 n, nodes, tried, hits = outcome.n, outcome.nodes, outcome.tried, outcome.hits
                 path = trees.accepted_path(tree, outcome)  # [B, K+1]
             else:

@@ -62,13 +62,6 @@ class Tree:
     q: jax.Array
     valid: jax.Array
 
-    @classmethod
-    def chain(cls, tokens, q) -> Tree:
-        """The chain tokens [B, K], q [B, K, V] as a tree: parent[i] = i - 1; a zero q row is invalid."""
-        B, K = tokens.shape
-        parent = jnp.broadcast_to(jnp.arange(K) - 1, (B, K))
-        return cls(tokens=tokens, parent=parent, q=q, valid=jnp.cumprod(jnp.any(q > 0, -1), 1).astype(bool))
-
     @property
     def n_nodes(self) -> int:
         return self.tokens.shape[1]

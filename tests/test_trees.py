@@ -201,18 +201,24 @@ DIST_TREES = {
 }
 
 
-@pytest.fixture(scope="module")
-def small():
-    """(target over 12 tokens, its exact p [V+1, V] at temperature 1: row 0 after DIST_PROMPT,
-    row 1 + a after DIST_PROMPT + [a]), from one uncached forward pass."""
-    target = Model.random(tiny_config(vocab_size=VOCAB, n_layers=4), seed=0)
-    ids = jnp.asarray([[*DIST_PROMPT, a] for a in range(VOCAB)])
-    n = len(DIST_PROMPT) + 1
+def exact_p(target, prompt) -> np.ndarray:
+    """The target's exact p [V+1, V] at temperature 1: row 0 after ``prompt``, row 1 + a after
+    ``prompt + [a]``, from one uncached forward pass."""
+    V = target.config.vocab_size
+    ids = jnp.asarray([[*prompt, a] for a in range(V)])
+    n = len(prompt) + 1
     logits, _, _ = target.apply(
-        target.params, ids, jnp.broadcast_to(jnp.arange(n), ids.shape), target.init_cache(VOCAB, n)
+        target.params, ids, jnp.broadcast_to(jnp.arange(n), ids.shape), target.init_cache(V, n)
     )
     p = np.asarray(probs(logits, Sampling(1.0)), np.float64)
-    return target, np.concatenate([p[:1, -2], p[:, -1]])
+    return np.concatenate([p[:1, -2], p[:, -1]])
+
+
+@pytest.fixture(scope="module")
+def small():
+    """(target over 12 tokens, its exact p after DIST_PROMPT: ``exact_p``)."""
+    target = Model.random(tiny_config(vocab_size=VOCAB, n_layers=4), seed=0)
+    return target, exact_p(target, DIST_PROMPT)
 
 
 def tree_pvalues(small, tree: str, rule, seed: int = 5):
@@ -523,22 +529,17 @@ def test_prompt_lookup_tree_branches_are_distinct_matches(target):
     assert np.asarray(tree.valid)[0].tolist() == [True] * 6 + [False] * 3  # no third distinct match
 
 
-def test_prompt_lookup_tree_sampling_reproduces_the_target_distribution():
-    target = Model.random(tiny_config(vocab_size=VOCAB, n_layers=4), seed=0)
-    ids = jnp.asarray([[*LOOKUP_PROMPT, a] for a in range(VOCAB)])
-    n = len(LOOKUP_PROMPT) + 1
-    logits, _, _ = target.apply(
-        target.params, ids, jnp.broadcast_to(jnp.arange(n), ids.shape), target.init_cache(VOCAB, n)
-    )
-    p = np.asarray(probs(logits, Sampling(1.0)), np.float64)
+def test_prompt_lookup_tree_sampling_reproduces_the_target_distribution(small):
+    target = small[0]
+    p = exact_p(target, LOOKUP_PROMPT)
     drafter = drafters.make("ngram", target, n_candidates=3)
     tokens, _, stats, _ = loop(
         target, drafter, [LOOKUP_PROMPT] * N_ROWS, gamma=2, max_new_tokens=2, temperature=1.0, seed=3
     )
     new = tokens[:, len(LOOKUP_PROMPT) : len(LOOKUP_PROMPT) + 2]
     first = int(np.bincount(new[:, 0], minlength=VOCAB).argmax())
-    assert _pvalue(new[:, 0], p[0, -2]) > PASS
-    assert _pvalue(new[new[:, 0] == first, 1], p[first, -1]) > PASS
+    assert _pvalue(new[:, 0], p[0]) > PASS
+    assert _pvalue(new[new[:, 0] == first, 1], p[1 + first]) > PASS
     hits = stats.hits.sum(0)  # [K, R]: the second branch is really tried and accepted
     assert hits[0, 1] > 0.02 * N_ROWS
 

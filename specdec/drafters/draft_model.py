@@ -117,12 +117,10 @@ class DraftModel:
         logits, cache = self._step(state.cache.with_lengths(base), context.pending[:, None], base[:, None])
         return logits[:, 0], cache, base + 1
 
-    def tree_feed(self, cache, tokens, parents, positions, slot, visible):
+    def tree_feed(self, cache, tokens, parents, positions, slot, visible, mask):
         """Feed tree nodes tokens [B, F] at slots slot + f; each sees ``visible`` [B, F, S] of the
-        cache and itself. -> logits [B, F, V], cache."""
+        cache and the new nodes ``mask`` [B, F, F] allows. -> logits [B, F, V], cache."""
         del parents  # a draft model's state is its cache
-        F = tokens.shape[1]
-        mask = jnp.broadcast_to(jnp.eye(F, dtype=bool), (tokens.shape[0], F, F))
         logits, cache, _ = forward(
             self.graphdef,
             self.params,

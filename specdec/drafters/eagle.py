@@ -182,13 +182,12 @@ class Eagle:
         base = context.lengths - 1
         return self.logits(state.h), (state.cache, state.h[:, None]), base
 
-    def tree_feed(self, carry, tokens, parents, positions, slot, visible):
+    def tree_feed(self, carry, tokens, parents, positions, slot, visible, mask):
         """Feed tree nodes tokens [B, F] (at ``positions``) with their parents' predicted features
-        (parents: entries of the previous feed): entries at positions - 1, slots slot + f."""
+        (parents: entries of the previous feed): entries at positions - 1, slots slot + f, seeing
+        ``visible`` [B, F, S] of the cache and the new entries ``mask`` [B, F, F] allows."""
         cache, h_prev = carry
-        F = tokens.shape[1]
         features = jnp.take_along_axis(h_prev, parents[..., None], axis=1)  # [B, F, D]
-        mask = jnp.broadcast_to(jnp.eye(F, dtype=bool), (tokens.shape[0], F, F))
         h, cache = self.run_head(
             cache.with_lengths(slot), features, tokens, positions - 1, mask=mask, cached_mask=visible
         )

@@ -141,10 +141,11 @@ class TreeDrafter:
 
     The inner drafter provides ``tree_root(state, context) -> (logits [B, V], carry, region [B])``
     (the root's draft logits, its carry, the first cache slot of the tree),
-    ``tree_feed(carry, tokens [B, F], parents [B, F], positions [B, F], slot [B], visible [B, F, S])
-    -> (logits [B, F, V], carry)`` (feed F nodes whose parents are entries of the previous feed,
-    or 0 for the root; writes them at slots slot + f) and ``tree_commit(state, carry, fed_slot
-    [B, N], verified) -> state``.
+    ``tree_feed(carry, tokens [B, F], parents [B, F], positions [B, F], slot [B], visible [B, F, S],
+    mask [B, F, F]) -> (logits [B, F, V], carry)`` (feed F nodes whose parents are entries of the
+    previous feed, or 0 for the root; writes them at slots slot + f; each sees the cached slots
+    ``visible`` allows and, among the new nodes, itself only: ``mask``) and
+    ``tree_commit(carry, fed_slot [B, N], verified) -> state``.
     """
 
     inner: Any
@@ -199,7 +200,9 @@ class TreeDrafter:
             s[..., None] == ancestor_slots[:, :, None, :], axis=-1
         )
         positions = jnp.broadcast_to((context.lengths - 1 + depth)[:, None], tokens.shape)
-        return self.inner.tree_feed(carry, tokens, parents, positions, slot, visible)
+        B, F = tokens.shape
+        itself = jnp.broadcast_to(jnp.eye(F, dtype=bool), (B, F, F))  # siblings never see each other
+        return self.inner.tree_feed(carry, tokens, parents, positions, slot, visible, itself)
 
 
 def _log_probs(logits):
