@@ -22,6 +22,8 @@ DRAFTERS = {
     "layer_skip": ("layer_skip", dict(skip=[1, 2]), {}),
     "draft_model_adaptive": ("draft_model", dict(layers=2), dict(schedule="heuristic")),
     "draft_model_stop_below": ("draft_model", dict(layers=2, stop_below=0.3), dict(verify_widths=(1, 2))),
+    "quantized_int4": ("quantized", dict(bits=4), {}),
+    "quantized_int8": ("quantized", dict(bits=8, layers=3), {}),
     "eagle": ("eagle", dict(checkpoint="untrained"), {}),
     "distilled": ("distilled", dict(checkpoint="untrained"), {}),
 }

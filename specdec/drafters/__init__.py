@@ -9,6 +9,7 @@ from specdec.drafters.count_baselines import Bigram, Unigram, token_counts
 from specdec.drafters.draft_model import DraftModel
 from specdec.drafters.layer_skip import make_layer_skip
 from specdec.drafters.ngram import NGram
+from specdec.drafters.quantized import make_quantized
 from specdec.drafters.tree import TreeDrafter, TreeSpec
 
 
@@ -61,6 +62,7 @@ def _trained(kind):
 REGISTRY = {
     "draft_model": _draft_model,
     "layer_skip": make_layer_skip,
+    "quantized": make_quantized,
     "ngram": _ngram,
     "unigram": _unigram,
     "bigram": _bigram,
@@ -69,7 +71,7 @@ REGISTRY = {
 }
 
 
-TREE_DRAFTERS = ("draft_model", "layer_skip", "distilled", "eagle")
+TREE_DRAFTERS = ("draft_model", "layer_skip", "quantized", "distilled", "eagle")
 
 
 def check_name(name: str | None, where: str = "") -> None:

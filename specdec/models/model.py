@@ -10,15 +10,54 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from specdec.models import quant as q
 from specdec.models.cache import KVCache
 from specdec.models.config import ModelConfig
-from specdec.models.transformer import Transformer
+from specdec.models.transformer import Embedding, Linear, Transformer
 
 
 def _hf_name(path: tuple) -> str:
     """Our parameter path -> its Hugging Face tensor name."""
     name = ".".join(str(p) for p in path)
     return name if name.startswith("lm_head") else "model." + name
+
+
+def _weights(module: Transformer):
+    """(Hugging Face name, owning module, attribute, kind) of every parameter, as a list; kind is
+    "linear" (a block's linear weight), "readout" (the embedding or LM head) or None (norms, biases)."""
+    out = []
+    for path, owner in nnx.iter_modules(module):
+        for attr in ("weight", "bias"):
+            if getattr(owner, attr, None) is None:
+                continue
+            if attr == "bias" or not isinstance(owner, Linear | Embedding):
+                kind = None
+            elif isinstance(owner, Embedding) or path == ("lm_head",):
+                kind = "readout"
+            else:
+                kind = "linear"
+            out.append((_hf_name((*path, attr)), owner, attr, kind))
+    return out
+
+
+def _bits(kind: str | None, bits: int | None) -> int | None:
+    """The width of a parameter of ``kind`` (see ``_weights``) in a model quantized to ``bits``."""
+    if bits is None or kind is None:
+        return None
+    return bits if kind == "linear" else 8
+
+
+def _as_quantized(value, bits: int, group: int | None, where: str, *, finer_kept: bool) -> q.QuantizedTensor:
+    """``value`` (a float array in our [in, ...] storage, or a QuantizedTensor) at ``bits``: a
+    quantized tensor of that width as it is, int4 as int8 exactly, a finer one as it is with
+    ``finer_kept`` (a file's int8 blocks in an int4 model) or else re-quantized, a float one quantized."""
+    if isinstance(value, q.QuantizedTensor):
+        if value.bits == bits or (finer_kept and value.bits > bits):
+            return value
+        if bits == 8:
+            return value.to_int8()
+        value = value.dequantize()
+    return q.quantize(value, bits, group, where)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +72,7 @@ class Model:
     name: str = "model"
     # Compiled decode programs for this model (``specdec.generation.ProgramCache``).
     programs: object = dataclasses.field(default=None, compare=False, repr=False)
+    quant: str | None = None  # None | "int8" | "int4" (``specdec.models.quant``)
 
     def __post_init__(self):
         if self.programs is None:
@@ -54,41 +94,88 @@ class Model:
     def from_tensors(
         cls,
         config: ModelConfig,
-        tensors: Mapping[str, np.ndarray],
+        tensors: Mapping[str, np.ndarray | q.QuantizedTensor],
         *,
         dtype=jnp.float32,
         tokenizer=None,
         name="model",
         source: str = "checkpoint",
+        quant: str | None = None,
+        group: int | None = None,
     ):
         """Build from Hugging Face-named tensors (``model.layers.0.mlp.up_proj.weight`` ...) in HF
-        layout; 2-D weights are transposed to our [in, out] storage (see ``transformer``).
+        layout; 2-D weights are transposed to our [in, out] storage (see ``transformer``). A value
+        may also be a ``QuantizedTensor`` (already in our storage: a GGUF file's quantized blocks).
+
+        quant: None, "int8" or "int4" (``specdec.models.quant``): the blocks' linear weights at that
+        width, the embedding and LM head int8. Quantized tensors are never re-quantized to fewer bits:
+        one of the wanted width or finer is taken as it is (a file's Q8_0 block stays int8 in an int4
+        model), an int4 one is widened exactly for int8; ``group`` applies to the weights quantized
+        here. Without quant, quantized tensors are dequantized.
 
         Raises ValueError naming ``source`` and the tensor when one is missing or has the wrong shape.
         """
-        abstract = nnx.eval_shape(lambda: Transformer(config, dtype=dtype, rngs=nnx.Rngs(0)))
-        graphdef, shapes = nnx.split(abstract)
-        flat = []
-        for path, variable in nnx.to_flat_state(shapes):
-            name_ = _hf_name(path)
+        bits = q.check_quant(quant)
+        module = nnx.eval_shape(lambda: Transformer(config, dtype=dtype, rngs=nnx.Rngs(0)))
+        for name_, owner, attr, kind in _weights(module):
+            variable = getattr(owner, attr)
             if name_ not in tensors:
                 raise ValueError(f"{source}: missing weight tensor {name_!r}")
-            array = np.asarray(tensors[name_])
-            hf_shape = variable.shape[::-1] if variable.ndim == 2 else variable.shape
-            if array.shape != tuple(hf_shape):
-                raise ValueError(
-                    f"{source}: tensor {name_!r} has shape {array.shape}, expected {tuple(hf_shape)}"
-                )
-            flat.append((path, variable.replace(jnp.asarray(array.T if array.ndim == 2 else array, dtype))))
-        state = nnx.from_flat_state(flat)
-        return cls(config, graphdef, state, tokenizer, name)
+            value = tensors[name_]
+            want = variable.shape  # our storage
+            if isinstance(value, q.QuantizedTensor):
+                shape = value.shape
+            else:
+                value = np.asarray(value)
+                shape = value.shape[::-1] if value.ndim == 2 else value.shape
+            if tuple(shape) != tuple(want):
+                hf = want[::-1] if len(want) == 2 else want
+                raise ValueError(f"{source}: tensor {name_!r} has shape {shape[::-1]}, expected {tuple(hf)}")
+            width = _bits(kind, bits)
+            if width is not None:
+                ours = value if isinstance(value, q.QuantizedTensor) else value.T
+                weight = _as_quantized(ours, width, group, f"{source}: {name_}", finer_kept=True)
+                setattr(owner, attr, q.QuantizedWeight(weight))
+                continue
+            if isinstance(value, q.QuantizedTensor):
+                array = value.dequantize()
+            else:
+                array = value.T if value.ndim == 2 else value
+            setattr(owner, attr, nnx.Param(jnp.asarray(array, dtype)))
+        graphdef, state = nnx.split(module)
+        return cls(config, graphdef, state, tokenizer, name, quant=quant)
+
+    def quantize(self, quant: str | None, group: int | None = None, *, readout: bool = True) -> Model:
+        """This model with its blocks' linear weights at ``quant``'s width (None: itself) and, with
+        ``readout``, its embedding and LM head int8; every other array is shared, not copied.
+        Weights already at the wanted width are kept; others are (de)quantized on the host."""
+        bits = q.check_quant(quant)
+        if bits is None:
+            return self
+        module = nnx.merge(self.graphdef, self.params)
+        for name_, owner, attr, kind in _weights(module):
+            width = _bits(kind if readout or kind == "linear" else None, bits)
+            weight = getattr(owner, attr)
+            if width is None or (isinstance(weight, q.QuantizedWeight) and weight.bits == width):
+                continue
+            value = weight.host() if isinstance(weight, q.QuantizedWeight) else np.asarray(weight[...])
+            where = f"{self.name}: {name_}"
+            weight = _as_quantized(value, width, group, where, finer_kept=False)
+            setattr(owner, attr, q.QuantizedWeight(weight))
+        graphdef, params = nnx.split(module)
+        return dataclasses.replace(self, graphdef=graphdef, params=params, quant=quant, programs=None)
 
     def tensors(self) -> dict[str, np.ndarray]:
-        """Parameters as Hugging Face-named numpy arrays in HF layout (for saving)."""
+        """Parameters as Hugging Face-named numpy arrays in HF layout (for saving; quantized
+        weights dequantized to float32)."""
         out = {}
-        for path, v in nnx.to_flat_state(self.params):
-            array = np.asarray(v[...])
-            out[_hf_name(path)] = array.T if array.ndim == 2 else array
+        for name_, owner, attr, _ in _weights(nnx.merge(self.graphdef, self.params)):
+            weight = getattr(owner, attr)
+            if isinstance(weight, q.QuantizedWeight):
+                array = weight.host().dequantize()
+            else:
+                array = np.asarray(weight[...])
+            out[name_] = array.T if array.ndim == 2 else array
         return out
 
     def init_cache(self, batch: int, capacity: int, n_layers: int | None = None) -> KVCache:

@@ -25,6 +25,7 @@ from flax import nnx
 
 from specdec.models.cache import KVCache
 from specdec.models.config import ModelConfig
+from specdec.models.quant import QuantizedWeight
 
 _NEG_INF = -1e30
 
@@ -45,15 +46,24 @@ def rms_norm(x, weight, eps: float):
     return (x32 * weight.astype(jnp.float32)).astype(x.dtype)
 
 
+def dense(weight, dtype):
+    """A weight as a float array in ``dtype``: an ``nnx.Param`` as it is, a ``QuantizedWeight``
+    dequantized (inside the compiled program; the stored arrays stay quantized)."""
+    return weight(dtype) if isinstance(weight, QuantizedWeight) else weight[...]
+
+
 class Embedding(nnx.Module):
-    """Token embedding stored [D, V]: looked up by column, and used as is by a tied output head."""
+    """Token embedding stored [D, V]: looked up by column, and used as is by a tied output head.
+    ``weight`` is an ``nnx.Param`` or, in a quantized model, a ``QuantizedWeight``."""
 
     def __init__(self, vocab_size: int, dim: int, *, dtype, rngs: nnx.Rngs):
         self.weight = nnx.Param(
             jax.random.normal(rngs.params(), (dim, vocab_size), jnp.float32).astype(dtype)
         )
 
-    def __call__(self, tokens):  # [B, T] -> [B, T, D]
+    def __call__(self, tokens, dtype):  # [B, T] -> [B, T, D]
+        if isinstance(self.weight, QuantizedWeight):  # dequantize only the looked-up columns
+            return jnp.moveaxis(self.weight.columns(tokens, dtype), 0, -1)
         return embed_lookup(self.weight[...], tokens)
 
 
@@ -63,7 +73,7 @@ def embed_lookup(weight, tokens):
 
 
 class Linear(nnx.Module):
-    """y = x @ W (+ b), W stored [in, out]."""
+    """y = x @ W (+ b), W stored [in, out]: an ``nnx.Param`` or a ``QuantizedWeight``."""
 
     def __init__(self, d_in: int, d_out: int, *, bias: bool, dtype, rngs: nnx.Rngs):
         scale = 1.0 / math.sqrt(d_in)
@@ -73,7 +83,7 @@ class Linear(nnx.Module):
         self.bias = nnx.Param(jnp.zeros((d_out,), dtype)) if bias else None
 
     def __call__(self, x):
-        y = x @ self.weight[...]
+        y = x @ dense(self.weight, x.dtype)
         return y if self.bias is None else y + self.bias[...]
 
 
@@ -238,7 +248,7 @@ class Transformer(nnx.Module):
         layers = tuple(range(cfg.n_layers)) if layers is None else tuple(layers)
         T = tokens.shape[1]
         visible, rope = attention_inputs(cfg, cache, positions, mask, cached_mask)
-        x = self.embed_tokens(tokens)  # [B, T, D]
+        x = self.embed_tokens(tokens, self.norm.weight.dtype)  # [B, T, D]
         hidden = []
         for cache_layer, i in enumerate(layers):
             out, cache = self.layers[i](x, cache, cache_layer, visible, rope)
@@ -246,7 +256,7 @@ class Transformer(nnx.Module):
             if i in hidden_layers:
                 hidden.append(x)
         x = self.norm(x)
-        head = (self.embed_tokens if self.lm_head is None else self.lm_head).weight[...]  # [D, V]
+        head = dense((self.embed_tokens if self.lm_head is None else self.lm_head).weight, x.dtype)  # [D, V]
         logits = (x @ head).astype(jnp.float32)  # [B, T, V] (XLA:CPU has no bf16 x bf16 -> f32 matmul)
         cache = cache.with_lengths(cache.lengths + T)
         return logits, cache, (jnp.stack(hidden) if hidden else None)

@@ -17,17 +17,23 @@ RANDOM_MODELS = {
 }
 
 
-def load_model(name_or_path: str, *, dtype=jnp.float32):
+def load_model(name_or_path: str, *, dtype=jnp.float32, quant: str | None = None, group: int | None = None):
     """Load a model by zoo name (``smollm2-135m-instruct``), HF checkpoint folder or ``.gguf`` file,
     or a tiny random model (``tiny-random``: its own 512-token tokenizer, nothing downloaded;
     ``smollm2-tiny-random``: SmolLM2's tokenizer).
 
+    quant: None, "int8" or "int4": weight-only quantization at load (``specdec.models.quant``):
+    the linear layers at that width, the embedding and LM head int8; a GGUF file's Q4_1 and Q8_0
+    blocks are taken as they are. ``group``: rows per scale for the weights quantized here.
+
     Returns a ``specdec.Model`` carrying config, parameters (in ``dtype``) and tokenizer.
     """
     from specdec.models import Model, tiny_config
+    from specdec.models.quant import check_quant
     from specdec.weights import zoo
     from specdec.weights.hf import load_hf_dir
 
+    check_quant(quant)
     if name_or_path in RANDOM_MODELS:
         base, overrides = RANDOM_MODELS[name_or_path]
         if base is None:
@@ -37,19 +43,26 @@ def load_model(name_or_path: str, *, dtype=jnp.float32):
         else:
             tokenizer = zoo.load_zoo_tokenizer(base)
         config = tiny_config(vocab_size=tokenizer.vocab_size, **overrides)
-        return Model.random(config, seed=0, dtype=dtype, tokenizer=tokenizer, name=name_or_path)
+        model = Model.random(config, seed=0, dtype=dtype, tokenizer=tokenizer, name=name_or_path)
+        return model.quantize(quant, group)
+    from specdec.weights.gguf_file import read_gguf
+
     if name_or_path in zoo.ZOO:
-        config, tensors = zoo.load_zoo_tensors(name_or_path)
+        if quant is None:  # the dequantized tensors are cached; quantized ones read straight from the GGUF
+            config, tensors = zoo.load_zoo_tensors(name_or_path)
+        else:
+            config, tensors = read_gguf(zoo.fetch_gguf(name_or_path), keep_quantized=True)
         tokenizer = zoo.load_zoo_tokenizer(name_or_path)
-        return Model.from_tensors(config, tensors, dtype=dtype, tokenizer=tokenizer, name=name_or_path)
+        return Model.from_tensors(
+            config, tensors, dtype=dtype, tokenizer=tokenizer, name=name_or_path, quant=quant, group=group
+        )
     path = Path(name_or_path)
     if path.is_dir():
-        return load_hf_dir(path, dtype=dtype)
+        return load_hf_dir(path, dtype=dtype, quant=quant, group=group)
     if path.suffix == ".gguf" and path.is_file():
-        from specdec.weights.gguf_file import read_gguf
         from specdec.weights.tokenizer import Tokenizer
 
-        config, tensors = read_gguf(path)
+        config, tensors = read_gguf(path, keep_quantized=quant is not None)
         return Model.from_tensors(
             config,
             tensors,
@@ -57,6 +70,8 @@ def load_model(name_or_path: str, *, dtype=jnp.float32):
             tokenizer=Tokenizer.from_gguf(path),
             name=path.stem,
             source=str(path),
+            quant=quant,
+            group=group,
         )
     raise ValueError(
         f"model {name_or_path!r} is neither a zoo name ({', '.join([*zoo.ZOO, *RANDOM_MODELS])}), "

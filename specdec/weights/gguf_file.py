@@ -25,6 +25,7 @@ import struct
 import numpy as np
 
 from specdec.models.config import ModelConfig
+from specdec.models.quant import QuantizedTensor
 from specdec.weights.files import one_line
 
 SUPPORTED_GGUF_ARCHITECTURES = ("llama",)
@@ -111,13 +112,42 @@ def _dequantize(tensor) -> np.ndarray:
     return np.array(data, dtype=np.float32, copy=True).reshape(shape)
 
 
-def read_gguf(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, np.ndarray]]:
+# Block layouts (llama.cpp ggml-common.h), 32 weights of one row per block:
+#   Q8_0: f16 d, int8 qs[32]                 w[j] = d * qs[j]
+#   Q4_1: f16 d, f16 m, uint8 qs[16]         w[j] = d * (qs[j] & 15) + m, w[j + 16] = d * (qs[j] >> 4) + m
+QUANTIZED_GGUF_TYPES = ("Q8_0", "Q4_1")
+
+
+def _blocks(tensor, permute_heads: int | None = None) -> QuantizedTensor:
+    """A Q8_0 or Q4_1 tensor's blocks as they are, as a QuantizedTensor in our [in, out] storage
+    (q/k rows un-permuted over ``permute_heads`` heads); no float copy of the weight is made."""
+    rows, row_bytes = tensor.data.shape
+    block = 34 if tensor.tensor_type.name == "Q8_0" else 20
+    raw = np.asarray(tensor.data).reshape(rows, row_bytes // block, block)
+    d = raw[..., 0:2].copy().view(np.float16)[..., 0]  # [rows, blocks]
+    if tensor.tensor_type.name == "Q8_0":
+        q, m, bits = raw[..., 2:].copy().view(np.int8).reshape(rows, -1), None, 8
+    else:
+        q, bits = raw[..., 4:].reshape(rows, -1).copy(), 4
+        m = raw[..., 2:4].copy().view(np.float16)[..., 0]
+    parts = [q, d] if m is None else [q, d, m]
+    if permute_heads is not None:
+        parts = [unpermute_qk(a, permute_heads) for a in parts]
+    parts = [np.ascontiguousarray(a.T) for a in parts]  # HF [out, in] rows -> our [in, out]
+    return QuantizedTensor(parts[0], parts[1], parts[2] if m is not None else None, bits)
+
+
+def read_gguf(
+    path: str | os.PathLike, *, keep_quantized: bool = False
+) -> tuple[ModelConfig, dict[str, np.ndarray | QuantizedTensor]]:
     """Read a LLaMA-architecture GGUF file.
 
     Returns ``(config, tensors)`` where ``tensors`` maps Hugging Face parameter
     names (``model.embed_tokens.weight``, ``model.layers.{i}.self_attn.q_proj.weight``,
     ..., ``model.norm.weight`` and ``lm_head.weight`` only when the file has an
-    untied ``output.weight``) to float32 arrays in HF shapes.
+    untied ``output.weight``) to float32 arrays in HF shapes. With ``keep_quantized``,
+    Q8_0 and Q4_1 tensors come as ``QuantizedTensor`` in our [in, out] storage instead
+    (``Model.from_tensors(..., quant=...)`` takes them without a float copy).
 
     Raises ValueError naming the file for a truncated or corrupt file, an unsupported
     ``general.architecture``, missing metadata, unsupported RoPE scaling or unexpected tensors.
@@ -186,18 +216,24 @@ def read_gguf(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, np.ndarra
     unknown = []
     for tensor in reader.tensors:
         name = tensor.name
+        blocks = keep_quantized and tensor.tensor_type.name in QUANTIZED_GGUF_TYPES
         if name in _GLOBAL_TENSORS:
-            tensors[_GLOBAL_TENSORS[name]] = _dequantize(tensor)
+            tensors[_GLOBAL_TENSORS[name]] = _blocks(tensor) if blocks else _dequantize(tensor)
             continue
         m = _LAYER_RE.fullmatch(name)
         if m is None or m.group(2) not in _LAYER_TENSORS or int(m.group(1)) >= config.n_layers:
             unknown.append(name)
             continue
-        w = _dequantize(tensor)
+        heads = None
         if m.group(2).startswith("attn_q."):
-            w = unpermute_qk(w, config.n_heads)
+            heads = config.n_heads
         elif m.group(2).startswith("attn_k."):
-            w = unpermute_qk(w, config.n_kv_heads)
+            heads = config.n_kv_heads
+        if blocks:
+            w = _blocks(tensor, heads)
+        else:
+            w = _dequantize(tensor)
+            w = w if heads is None else unpermute_qk(w, heads)
         tensors[f"model.layers.{m.group(1)}.{_LAYER_TENSORS[m.group(2)]}"] = w
     if unknown:
         raise ValueError(f"{path}: unexpected tensors for a {arch} model: {', '.join(unknown[:8])}")
@@ -236,5 +272,7 @@ def _check_shapes(path: str, config: ModelConfig, tensors: dict[str, np.ndarray]
     if missing:
         raise ValueError(f"{path}: missing tensors {', '.join(missing[:8])}")
     for name, shape in want.items():
-        if tensors[name].shape != shape:
-            raise ValueError(f"{path}: {name} has shape {tensors[name].shape}, expected {shape}")
+        t = tensors[name]
+        got = t.shape[::-1] if isinstance(t, QuantizedTensor) else t.shape  # ours [in, out] -> HF
+        if got != shape:
+            raise ValueError(f"{path}: {name} has shape {got}, expected {shape}")

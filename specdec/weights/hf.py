@@ -55,7 +55,7 @@ def read_tensors(folder: Path) -> dict[str, np.ndarray]:
     return tensors
 
 
-def load_hf_dir(folder, *, dtype=jnp.float32) -> Model:
+def load_hf_dir(folder, *, dtype=jnp.float32, quant: str | None = None, group: int | None = None) -> Model:
     """Load a LLaMA / Mistral / Qwen2 checkpoint folder (with its tokenizer when present)."""
     from specdec.weights.tokenizer import Tokenizer
 
@@ -63,7 +63,14 @@ def load_hf_dir(folder, *, dtype=jnp.float32) -> Model:
     config = read_config(folder)
     tokenizer = Tokenizer.from_hf_dir(folder) if (folder / "tokenizer.json").is_file() else None
     return Model.from_tensors(
-        config, read_tensors(folder), dtype=dtype, tokenizer=tokenizer, name=folder.name, source=str(folder)
+        config,
+        read_tensors(folder),
+        dtype=dtype,
+        tokenizer=tokenizer,
+        name=folder.name,
+        source=str(folder),
+        quant=quant,
+        group=group,
     )
 
 
