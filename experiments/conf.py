@@ -27,6 +27,7 @@ from specdec.config import (
     NGramConfig,
     NoDrafterConfig,
     PathsConfig,
+    QuantizedConfig,
     RunConfig,
     SamplingConfig,
     TaskConfig,
@@ -38,15 +39,15 @@ from specdec.config import (
 from specdec.train import TrainConfig
 
 
-def load_target(name: str, dtype: str = "float32"):
-    """``specdec.experiment.load_target``, once per process and (name, dtype): the jobs of a
-    Hydra multirun share the loaded target (and so its compiled programs)."""
-    return _loaded(name, dtype)
+def load_target(name: str, dtype: str = "float32", quant: str | None = None):
+    """``specdec.experiment.load_target``, once per process and (name, dtype, quant): the jobs of
+    a Hydra multirun share the loaded target (and so its compiled programs)."""
+    return _loaded(name, dtype, quant)
 
 
 @functools.cache
-def _loaded(name: str, dtype: str):
-    return experiment.load_target(name, dtype)
+def _loaded(name: str, dtype: str, quant: str | None):
+    return experiment.load_target(name, dtype, quant)
 
 
 LOADER = f"{__name__}.load_target"
@@ -63,6 +64,7 @@ GROUPS = {
         # The upper half of SmolLM2's 30 layers but one; search_layer_skip.py finds better sets.
         "layer_skip": LayerSkipConfig(skip=list(range(14, 29))),
         "layer_skip_searched": LayerSkipConfig(skip_file="${paths.results_dir}/layer_skip.json"),
+        "quantized": QuantizedConfig(),  # drafter.bits=8 | 4
         "unigram": CountConfig(name="unigram"),
         "bigram": CountConfig(name="bigram"),
         "eagle": TrainedConfig(name="eagle", checkpoint="${paths.checkpoints_dir}/eagle-${model.name}"),

@@ -36,6 +36,7 @@ class ModelSpec:
     _target_: str = "specdec.experiment.load_target"
     name: str = MISSING
     dtype: str = "float32"  # float32 | bfloat16
+    quant: str | None = None  # null | int8 | int4: weight-only quantization at load (specdec.models.quant)
 
 
 @dataclasses.dataclass
@@ -116,6 +117,19 @@ class LayerSkipConfig(DrafterConfig):
     skip: list[int] | None = None
     first: int | None = None
     skip_file: str | None = None
+    tree: TreeConfig = field(default_factory=TreeConfig)
+
+
+@dataclasses.dataclass
+class QuantizedConfig(DrafterConfig):
+    """The target's own weights quantized to ``bits`` (8 | 4) as its draft; ``group``: rows per scale
+    (null: per output column for 8, 32 for 4); ``layers`` as for draft_model (null: all)."""
+
+    name: str = "quantized"
+    bits: int = 4
+    group: int | None = None
+    layers: Any = None
+    stop_below: float | None = None
     tree: TreeConfig = field(default_factory=TreeConfig)
 
 
@@ -209,6 +223,7 @@ class RunConfig:
     def __post_init__(self):
         from specdec import drafters  # drafters and the loop import models; keep this module light
         from specdec.decode import SCHEDULES
+        from specdec.models.quant import check_quant
 
         d = self.drafter
         drafters.check_name(d.name, "drafter.name: ")
@@ -218,6 +233,7 @@ class RunConfig:
         checks.integer(self.max_new_tokens, "max_new_tokens", low=1)
         checks.integer(self.seed, "seed")
         check_dtype(self.model.dtype)
+        check_quant(self.model.quant, "model.quant")
         checks.optional_integer(self.task.per_category, "task.per_category", low=1)
 
     def identity(self) -> dict:
@@ -228,8 +244,11 @@ class RunConfig:
             return {k: v for k, v in dataclasses.asdict(node).items() if k != "_target_"}
 
         drafter = {f.name: getattr(self.drafter, f.name) for f in dataclasses.fields(DrafterConfig)}
+        model = plain(self.model)
+        if model["quant"] is None:  # unquantized targets keep the identity they had before quant existed
+            del model["quant"]
         return dict(
-            model=plain(self.model),
+            model=model,
             drafter=dict(drafter, **self.drafter.options()),  # a chain's identity has no tree
             task=self.task.name_or_path,  # a row is one prompt: which ones a run selects is no identity
             sampling=plain(self.sampling),

@@ -26,10 +26,12 @@ from specdec.sampling import Sampling
 from specdec.weights import load_model
 
 
-def load_target(name: str, dtype: str = "float32"):
-    """``load_model`` with the dtype by name (float32 | bfloat16), as configs give it."""
+def load_target(name: str, dtype: str = "float32", quant: str | None = None):
+    """``load_model`` with the dtype by name (float32 | bfloat16) and the weight quantization
+    (null | int8 | int4), as configs give them."""
     check_dtype(dtype)
-    return load_model(name, dtype=np.dtype(dtype) if dtype == "float32" else jax.numpy.bfloat16)
+    dtype = np.dtype(dtype) if dtype == "float32" else jax.numpy.bfloat16
+    return load_model(name, dtype=dtype, quant=quant)
 
 
 def make_drafter(cfg: RunConfig, target):
@@ -88,7 +90,7 @@ def _config(cfg: RunConfig, identity: dict, drafter: dict, question) -> dict:
     return dict(
         device=identity["device"],
         target=cfg.model.name,
-        dtype=cfg.model.dtype,
+        dtype=cfg.model.dtype if cfg.model.quant is None else f"{cfg.model.dtype}/{cfg.model.quant}",
         drafter=drafter["name"],
         drafter_params=options,
         gamma=drafter.get("gamma", 0),

@@ -33,7 +33,8 @@ Schema (``COLUMNS``, in this order; every row has exactly these keys). Non-finit
                                   baseline_hash (same configuration, drafter "none"); null if not measured
     speedup                float  tokens_per_s / baseline_tokens_per_s; null without a baseline
     cost_ratio_c           float  c = drafter step time / target step time at T = 1; null if unknown
-    dtype                  str    the target's parameter dtype: float32 | bfloat16
+    dtype                  str    the target's parameter dtype: float32 | bfloat16, with /int8 or /int4
+                                  for a target whose weights were quantized at load (model.quant)
     schedule               str    the adaptive draft-length schedule, null = fixed gamma
     acceptance             dict   the acceptance rule and its options, e.g. {"rule": "TypicalLossy", ...}
     seed                   int    the PRNG seed of the run

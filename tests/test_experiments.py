@@ -261,6 +261,8 @@ def test_rerunning_a_sweep_skips_finished_configurations(tiny_sweep, tmp_path):
         (["drafter=draft_model", "drafter.layers=[99]"], "draft_model: layers[0] must be between 0 and 3"),
         (["drafter=draft_model", "drafter.draft=no-such-model"], "model 'no-such-model' is neither"),
         (["model.dtype=float16"], "model.dtype must be float32 or bfloat16"),
+        (["model.quant=int3"], "model.quant must be null, int8 or int4, got 'int3'"),
+        (["drafter=quantized", "drafter.bits=3"], "quantized: bits must be 8 or 4, got 3"),
     ],
 )
 def test_bad_configuration_is_refused_before_loading(tmp_path, overrides, message):
@@ -303,7 +305,7 @@ def test_unwritable_store_fails_before_any_measurement(tmp_path, monkeypatch):
 
 
 def test_identity_separates_dtype_and_seed_and_reuses_baselines_across_drafters(tmp_path, tiny):
-    """A bfloat16 or reseeded run is measured anew (never skipped as already measured, never given
+    """A bfloat16, quantized or reseeded run is measured anew (never skipped as already measured, never given
     the float32 baseline); another drafter of the same configuration reuses the baseline."""
 
     def measure(*overrides):
@@ -322,6 +324,12 @@ def test_identity_separates_dtype_and_seed_and_reuses_baselines_across_drafters(
     assert [(r["drafter"], r["dtype"]) for r in rows[3:]] == [("none", "bfloat16"), ("ngram", "bfloat16")]
     rows = measure("drafter=ngram", "seed=1")
     assert [(r["drafter"], r["seed"]) for r in rows[5:]] == [("none", 1), ("ngram", 1)]
-    assert len({r["config_hash"] for r in rows}) == len(rows) == 7
+    rows = measure("drafter=quantized", "model.quant=int8")  # a quantized target with its self-draft
+    assert [(r["drafter"], r["dtype"]) for r in rows[7:]] == [
+        ("none", "float32/int8"),
+        ("quantized", "float32/int8"),
+    ]
+    assert rows[7]["config"]["model"]["quant"] == "int8" and "quant" not in rows[0]["config"]["model"]
+    assert len({r["config_hash"] for r in rows}) == len(rows) == 9
     for r in rows:
         assert r["config_hash"] == results.config_hash(r["config"])

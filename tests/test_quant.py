@@ -75,9 +75,9 @@ def test_bad_group_is_refused_with_the_weight_named(bits, group, message):
 
 
 def test_bad_quant_mode_is_refused():
-    with pytest.raises(ValueError, match="^quant must be null, int8 or int4, got 'int3'$"):
+    with pytest.raises(ValueError, match=r"^quant must be null, int8 or int4, got 'int3'$"):
         load_model("tiny-random", quant="int3")
-    with pytest.raises(ValueError, match="^quantized: bits must be 8 or 4, got 3$"):
+    with pytest.raises(ValueError, match=r"^quantized: bits must be 8 or 4, got 3$"):
         drafters.make("quantized", Model.random(tiny_config()), bits=3)
 
 
@@ -124,7 +124,8 @@ def test_compiled_forward_reads_the_quantized_arrays(tiny):
     float copy of a weight is made at load, so what a step reads is the quantized bytes."""
     qm = tiny.quantize("int4")
     tokens = jnp.zeros((1, 1), jnp.int32)
-    lowered = jax.jit(forward, static_argnums=0).lower(qm.graphdef, qm.params, tokens, tokens, qm.init_cache(1, 8))
+    cache = qm.init_cache(1, 8)
+    lowered = jax.jit(forward, static_argnums=0).lower(qm.graphdef, qm.params, tokens, tokens, cache)
     args = [a for a in jax.tree.leaves(lowered.in_avals) if len(a.shape) == 2]  # weights, scales, tokens
     kinds = {a.dtype for a in args}
     assert kinds == {jnp.dtype(jnp.uint8), jnp.dtype(jnp.int8), jnp.dtype(jnp.float16), jnp.dtype(jnp.int32)}
@@ -172,5 +173,6 @@ def test_quantized_target_decodes_with_every_drafter_losslessly(tiny):
     kw = dict(max_new_tokens=12, chat=False, eos_ids=())
     auto = specdec.generate(target, prompts, **kw)
     for name, options in [("quantized", dict(bits=4)), ("ngram", {})]:
-        spec = specdec.generate(target, prompts, drafter=drafters.make(name, target, **options), gamma=3, **kw)
+        drafter = drafters.make(name, target, **options)
+        spec = specdec.generate(target, prompts, drafter=drafter, gamma=3, **kw)
         assert spec.tokens == auto.tokens, name
