@@ -79,6 +79,8 @@ def test_bad_quant_mode_is_refused():
         load_model("tiny-random", quant="int3")
     with pytest.raises(ValueError, match=r"^quantized: bits must be 8 or 4, got 3$"):
         drafters.make("quantized", Model.random(tiny_config()), bits=3)
+    with pytest.raises(ValueError, match=r"^eagle: the target is quantized \(int8\); trained heads read"):
+        drafters.make("eagle", Model.random(tiny_config()).quantize("int8"), checkpoint="untrained")
 
 
 @pytest.fixture(scope="module")

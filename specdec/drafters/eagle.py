@@ -60,7 +60,13 @@ def head_config(target: ModelConfig) -> ModelConfig:
 
 def target_readout(model: Model, vocab_ids=None) -> dict:
     """The target's arrays the head uses: embedding [D, V], final norm [D] (shared, not copied) and
-    LM head [D, V], or with ``vocab_ids`` [V_s] only those columns [D, V_s] (a copy, V_s / V of it)."""
+    LM head [D, V], or with ``vocab_ids`` [V_s] only those columns [D, V_s] (a copy, V_s / V of it).
+    A quantized target is refused: heads read its float embedding and LM head."""
+    if model.quant is not None:
+        raise ValueError(
+            f"eagle: the target is quantized ({model.quant}); trained heads read its float embedding "
+            "and LM head: load the target without quant"
+        )
     p = model.params
     embed = p["embed_tokens"]["weight"][...]
     head = embed if model.config.tie_embeddings else p["lm_head"]["weight"][...]
