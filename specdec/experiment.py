@@ -81,6 +81,11 @@ def _add(a: dict, b: dict) -> dict:
     return out
 
 
+def _dtype_label(cfg: RunConfig) -> str:
+    """The target's parameter dtype, with the weight quantization when there is one: float32/int4."""
+    return cfg.model.dtype if cfg.model.quant is None else f"{cfg.model.dtype}/{cfg.model.quant}"
+
+
 def _config(cfg: RunConfig, identity: dict, drafter: dict, question) -> dict:
     """The configuration columns of a row, for the method (``drafter`` = its config) or the
     baseline (``drafter`` = {"name": "none"}): what identifies a measurement."""
@@ -90,7 +95,7 @@ def _config(cfg: RunConfig, identity: dict, drafter: dict, question) -> dict:
     return dict(
         device=identity["device"],
         target=cfg.model.name,
-        dtype=cfg.model.dtype if cfg.model.quant is None else f"{cfg.model.dtype}/{cfg.model.quant}",
+        dtype=_dtype_label(cfg),
         drafter=drafter["name"],
         drafter_params=options,
         gamma=drafter.get("gamma", 0),
@@ -219,7 +224,7 @@ def describe(cfg: RunConfig) -> str:
     options = " ".join(f"{k}={v}" for k, v in d.options().items())
     acceptance = results.rule_label(cfg.identity()["acceptance"])
     return (
-        f"{cfg.model.name} ({cfg.model.dtype}) | drafter={d.name} {options} gamma={d.gamma} "
+        f"{cfg.model.name} ({_dtype_label(cfg)}) | drafter={d.name} {options} gamma={d.gamma} "
         f"schedule={d.schedule} | T={s.temperature} top_k={s.top_k} top_p={s.top_p} | "
         f"acceptance={acceptance} | task={cfg.task.name_or_path} "
         f"max_new_tokens={cfg.max_new_tokens} seed={cfg.seed}"
