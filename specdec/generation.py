@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from specdec import acceptance as acceptance_rules
-from specdec import checks, metrics
+from specdec import checks, metrics, sharding
 from specdec.decode import SCHEDULES, LoopConfig, decode_loop
 from specdec.drafters.base import tree_size
 from specdec.models import Model
@@ -206,14 +206,11 @@ def generate(
     for b, row in enumerate(ids):
         buffer[b, : len(row)] = row
     lengths = np.array([len(x) for x in ids], np.int32)
-    args = (
-        target.params,
-        drafter,
-        jnp.asarray(buffer),
-        jnp.asarray(lengths),
-        target.init_cache(B, capacity),
-        jax.random.key(seed),
-    )
+    rows, cache = (jnp.asarray(buffer), jnp.asarray(lengths)), target.init_cache(B, capacity)
+    if target.mesh is not None:  # rows split over the mesh's data axis; drafter arrays on the mesh
+        rows = tuple(sharding.place_batch(a, target.mesh) for a in (buffer, lengths))
+        drafter = sharding.place_drafter(drafter, target.mesh)
+    args = (target.params, drafter, *rows, cache, jax.random.key(seed))
     compiled, compile_s = target.programs.get(args, cfg, target.graphdef)
     start = time.perf_counter()
     tokens, out_lengths, stats, _ = jax.block_until_ready(compiled(*args))

@@ -9,7 +9,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import NamedSharding
 
+from specdec import sharding
 from specdec.models import quant as q
 from specdec.models.cache import KVCache
 from specdec.models.config import ModelConfig
@@ -38,6 +40,14 @@ def _weights(module: Transformer):
                 kind = "linear"
             out.append((_hf_name((*path, attr)), owner, attr, kind))
     return out
+
+
+def _placer(name: str, mesh):
+    """Host array -> device array for the parameter called ``name``: one device without a mesh,
+    its shards by ``sharding.param_spec`` with one."""
+    if mesh is None:
+        return jnp.asarray
+    return lambda array: sharding.place(array, mesh, sharding.param_spec(name, array.ndim))
 
 
 def _bits(kind: str | None, bits: int | None) -> int | None:
@@ -73,6 +83,7 @@ class Model:
     # Compiled decode programs for this model (``specdec.generation.ProgramCache``).
     programs: object = dataclasses.field(default=None, compare=False, repr=False)
     quant: str | None = None  # None | "int8" | "int4" (``specdec.models.quant``)
+    mesh: object = None  # the jax Mesh its parameters are sharded over (``specdec.sharding``), or None
 
     def __post_init__(self):
         if self.programs is None:
@@ -102,6 +113,7 @@ class Model:
         source: str = "checkpoint",
         quant: str | None = None,
         group: int | None = None,
+        mesh=None,
     ):
         """Build from Hugging Face-named tensors (``model.layers.0.mlp.up_proj.weight`` ...) in HF
         layout; 2-D weights are transposed to our [in, out] storage (see ``transformer``). A value
@@ -113,11 +125,17 @@ class Model:
         model), an int4 one is widened exactly for int8; ``group`` applies to the weights quantized
         here. Without quant, quantized tensors are dequantized.
 
+        mesh: a ``sharding.make_mesh`` mesh: every weight goes from the host straight into its
+        shards (``sharding.param_spec``), never as a whole array on one device.
+
         Raises ValueError naming ``source`` and the tensor when one is missing or has the wrong shape.
         """
         bits = q.check_quant(quant)
+        if mesh is not None:
+            sharding.check_divisible(config, mesh)
         module = nnx.eval_shape(lambda: Transformer(config, dtype=dtype, rngs=nnx.Rngs(0)))
         for name_, owner, attr, kind in _weights(module):
+            put = _placer(name_, mesh)
             variable = getattr(owner, attr)
             if name_ not in tensors:
                 raise ValueError(f"{source}: missing weight tensor {name_!r}")
@@ -135,15 +153,24 @@ class Model:
             if width is not None:
                 ours = value if isinstance(value, q.QuantizedTensor) else value.T
                 weight = _as_quantized(ours, width, group, f"{source}: {name_}", finer_kept=True)
-                setattr(owner, attr, q.QuantizedWeight(weight))
+                setattr(owner, attr, q.QuantizedWeight(weight, put))
                 continue
             if isinstance(value, q.QuantizedTensor):
                 array = value.dequantize()
             else:
                 array = value.T if value.ndim == 2 else value
-            setattr(owner, attr, nnx.Param(jnp.asarray(array, dtype)))
+            setattr(owner, attr, nnx.Param(put(np.asarray(array, dtype))))
         graphdef, state = nnx.split(module)
-        return cls(config, graphdef, state, tokenizer, name, quant=quant)
+        return cls(config, graphdef, state, tokenizer, name, quant=quant, mesh=mesh)
+
+    def shard(self, mesh) -> Model:
+        """This model's parameters placed on ``mesh`` by ``sharding.param_spec`` (a copy)."""
+        sharding.check_divisible(self.config, mesh)
+        flat = [
+            (path, v.replace(_placer(_hf_name(path), mesh)(v[...])))
+            for path, v in nnx.to_flat_state(self.params)
+        ]
+        return dataclasses.replace(self, params=nnx.from_flat_state(flat), mesh=mesh, programs=None)
 
     def quantize(self, quant: str | None, group: int | None = None, *, readout: bool = True) -> Model:
         """This model with its blocks' linear weights at ``quant``'s width (None: itself) and, with
@@ -182,7 +209,15 @@ class Model:
         """An empty cache for ``n_layers`` layers (default all), ``capacity`` slots per row."""
         c = self.config
         n = c.n_layers if n_layers is None else n_layers
-        return KVCache.init(n, batch, c.n_kv_heads, capacity, c.head_dim, self.dtype)
+        if self.mesh is None:
+            return KVCache.init(n, batch, c.n_kv_heads, capacity, c.head_dim, self.dtype)
+        # Sharded: rows over data, KV heads over model, each device allocating only its shard.
+        lengths = sharding.place_batch(np.zeros((batch,), np.int32), self.mesh)
+        shape = (batch, c.n_kv_heads, c.head_dim, capacity)
+        where = NamedSharding(self.mesh, sharding.fit(sharding.cache_spec(), shape, self.mesh))
+        k = tuple(jnp.zeros(shape, self.dtype, device=where) for _ in range(n))
+        v = tuple(jnp.zeros(shape, self.dtype, device=where) for _ in range(n))
+        return KVCache(k, v, lengths)
 
     def apply(self, params, tokens, positions, cache, **kwargs):
         """Jitted pure forward (see ``Transformer.__call__``): -> (logits [B,T,V], cache, hidden)."""

@@ -146,10 +146,11 @@ def dequantize(q, scale, offset, bits: int, dtype):
 class QuantizedWeight(nnx.Module):
     """A quantized [in, ...] weight as parameters (q, scale, offset); ``bits`` is static."""
 
-    def __init__(self, weight: QuantizedTensor):
-        self.q = nnx.Param(jnp.asarray(weight.q))
-        self.scale = nnx.Param(jnp.asarray(weight.scale))
-        self.offset = None if weight.offset is None else nnx.Param(jnp.asarray(weight.offset))
+    def __init__(self, weight: QuantizedTensor, put=jnp.asarray):
+        """``put``: host array -> device array (default: one device; ``sharding.place`` shards)."""
+        self.q = nnx.Param(put(weight.q))
+        self.scale = nnx.Param(put(weight.scale))
+        self.offset = None if weight.offset is None else nnx.Param(put(weight.offset))
         self.bits = weight.bits
 
     def host(self) -> QuantizedTensor:

@@ -17,7 +17,9 @@ RANDOM_MODELS = {
 }
 
 
-def load_model(name_or_path: str, *, dtype=jnp.float32, quant: str | None = None, group: int | None = None):
+def load_model(
+    name_or_path: str, *, dtype=jnp.float32, quant: str | None = None, group: int | None = None, mesh=None
+):
     """Load a model by zoo name (``smollm2-135m-instruct``), HF checkpoint folder or ``.gguf`` file,
     or a tiny random model (``tiny-random``: its own 512-token tokenizer, nothing downloaded;
     ``smollm2-tiny-random``: SmolLM2's tokenizer).
@@ -25,6 +27,8 @@ def load_model(name_or_path: str, *, dtype=jnp.float32, quant: str | None = None
     quant: None, "int8" or "int4": weight-only quantization at load (``specdec.models.quant``):
     the linear layers at that width, the embedding and LM head int8; a GGUF file's Q4_1 and Q8_0
     blocks are taken as they are. ``group``: rows per scale for the weights quantized here.
+    mesh: a ``specdec.sharding.make_mesh`` mesh: each weight goes from the host straight into its
+    shards (tensor-parallel over ``model``), batches split over ``data``.
 
     Returns a ``specdec.Model`` carrying config, parameters (in ``dtype``) and tokenizer.
     """
@@ -44,7 +48,8 @@ def load_model(name_or_path: str, *, dtype=jnp.float32, quant: str | None = None
             tokenizer = zoo.load_zoo_tokenizer(base)
         config = tiny_config(vocab_size=tokenizer.vocab_size, **overrides)
         model = Model.random(config, seed=0, dtype=dtype, tokenizer=tokenizer, name=name_or_path)
-        return model.quantize(quant, group)
+        model = model.quantize(quant, group)
+        return model if mesh is None else model.shard(mesh)
     from specdec.weights.gguf_file import read_gguf
 
     if name_or_path in zoo.ZOO:
@@ -54,11 +59,18 @@ def load_model(name_or_path: str, *, dtype=jnp.float32, quant: str | None = None
             config, tensors = read_gguf(zoo.fetch_gguf(name_or_path), keep_quantized=True)
         tokenizer = zoo.load_zoo_tokenizer(name_or_path)
         return Model.from_tensors(
-            config, tensors, dtype=dtype, tokenizer=tokenizer, name=name_or_path, quant=quant, group=group
+            config,
+            tensors,
+            dtype=dtype,
+            tokenizer=tokenizer,
+            name=name_or_path,
+            quant=quant,
+            group=group,
+            mesh=mesh,
         )
     path = Path(name_or_path)
     if path.is_dir():
-        return load_hf_dir(path, dtype=dtype, quant=quant, group=group)
+        return load_hf_dir(path, dtype=dtype, quant=quant, group=group, mesh=mesh)
     if path.suffix == ".gguf" and path.is_file():
         from specdec.weights.tokenizer import Tokenizer
 
@@ -72,6 +84,7 @@ def load_model(name_or_path: str, *, dtype=jnp.float32, quant: str | None = None
             source=str(path),
             quant=quant,
             group=group,
+            mesh=mesh,
         )
     raise ValueError(
         f"model {name_or_path!r} is neither a zoo name ({', '.join([*zoo.ZOO, *RANDOM_MODELS])}), "

@@ -55,7 +55,9 @@ def read_tensors(folder: Path) -> dict[str, np.ndarray]:
     return tensors
 
 
-def load_hf_dir(folder, *, dtype=jnp.float32, quant: str | None = None, group: int | None = None) -> Model:
+def load_hf_dir(
+    folder, *, dtype=jnp.float32, quant: str | None = None, group: int | None = None, mesh=None
+) -> Model:
     """Load a LLaMA / Mistral / Qwen2 checkpoint folder (with its tokenizer when present)."""
     from specdec.weights.tokenizer import Tokenizer
 
@@ -71,6 +73,7 @@ def load_hf_dir(folder, *, dtype=jnp.float32, quant: str | None = None, group: i
         source=str(folder),
         quant=quant,
         group=group,
+        mesh=mesh,
     )
 
 

@@ -1,0 +1,79 @@
+"""The target sharded over 4 forced host devices (a fresh process: the device count is fixed at
+JAX's start): every drafter's output identical on 1 device and the meshes 1x4, 2x2 and 4x1,
+greedy and sampled; each device holding its share of the weights; a checkpoint loaded into shards."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from specdec import sharding
+
+WORKER = Path(__file__).parent / "sharding_worker.py"
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ckpt")
+    proc = subprocess.run(
+        [sys.executable, str(WORKER), str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_every_drafter_is_identical_across_meshes(report):
+    assert report["devices"] == 4
+    reference = report["reference"]
+    assert len(reference) == 18  # 9 drafters, greedy and sampled
+    for mesh, got in report["meshes"].items():
+        for name, tokens in reference.items():
+            assert got["outputs"][name] == tokens, f"{mesh}: {name}"
+
+
+@pytest.mark.slow
+def test_each_device_holds_its_share_of_the_weights(report):
+    shapes = report["meshes"]["1x4"]["shapes"]
+    assert shapes["q_proj"] == [[64, 64], [64, 16]]  # output columns split
+    assert shapes["up_proj"] == [[64, 128], [64, 32]]
+    assert shapes["o_proj"] == [[64, 64], [16, 64]]  # input rows split
+    assert shapes["down_proj"] == [[128, 64], [32, 64]]
+    assert shapes["embed_tokens"] == [[64, 64], [64, 16]]  # vocabulary split
+    assert shapes["norm"] == [[64], [64]]  # replicated
+    assert shapes["cache_k"] == [[4, 4, 8, 32], [4, 1, 8, 32]]  # KV heads split
+    assert report["meshes"]["2x2"]["shapes"]["cache_k"] == [[4, 4, 8, 32], [2, 2, 8, 32]]  # and rows
+    b = report["meshes"]["1x4"]["bytes"]
+    assert b["per_device"] == (b["total"] - b["replicated"]) // 4 + b["replicated"]
+    assert report["meshes"]["4x1"]["bytes"]["per_device"] == b["total"]  # data parallel: replicas
+
+
+@pytest.mark.slow
+def test_a_checkpoint_loads_straight_into_its_shards(report):
+    assert report["loaded"]["shapes"] == report["meshes"]["1x4"]["shapes"]
+    assert report["loaded"]["outputs"] == report["reference"]["none T=0.0"]
+
+
+@pytest.mark.slow
+def test_a_batch_that_does_not_split_is_refused_in_one_line(report):
+    message = "batch of 3 rows does not split over the mesh's data axis of 2 devices"
+    assert report["odd_batch_error"] == message
+
+
+def test_mesh_errors_and_rules():
+    with pytest.raises(ValueError, match=r"^mesh 2 x 4 needs 8 devices; 1 available$"):
+        sharding.make_mesh(2, 4)
+    P = sharding.P
+    assert sharding.param_spec("model.layers.0.self_attn.k_proj.weight", 2) == P(None, "model")
+    assert sharding.param_spec("model.layers.0.self_attn.k_proj.bias", 1) == P("model")
+    assert sharding.param_spec("model.layers.3.mlp.down_proj.weight.scale", 2) == P("model", None)
+    assert sharding.param_spec("model.norm.weight", 1) == P()
+    with pytest.raises(ValueError, match="give coordinator, num_processes and process_id together"):
+        sharding.initialize_distributed("localhost:1234")
