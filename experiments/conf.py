@@ -39,15 +39,15 @@ from specdec.config import (
 from specdec.train import TrainConfig
 
 
-def load_target(name: str, dtype: str = "float32", quant: str | None = None):
-    """``specdec.experiment.load_target``, once per process and (name, dtype, quant): the jobs of
-    a Hydra multirun share the loaded target (and so its compiled programs)."""
-    return _loaded(name, dtype, quant)
+def load_target(name: str, dtype: str = "float32", quant: str | None = None, mesh=None):
+    """``specdec.experiment.load_target``, once per process and (name, dtype, quant, mesh): the
+    jobs of a Hydra multirun share the loaded target (and so its compiled programs)."""
+    return _loaded(name, dtype, quant, None if mesh is None else tuple(mesh))
 
 
 @functools.cache
-def _loaded(name: str, dtype: str, quant: str | None):
-    return experiment.load_target(name, dtype, quant)
+def _loaded(name: str, dtype: str, quant: str | None, mesh: tuple[int, ...] | None):
+    return experiment.load_target(name, dtype, quant, mesh)
 
 
 LOADER = f"{__name__}.load_target"

@@ -15,8 +15,15 @@ directory, prints a summary table and redraws the figures in ``paths.figures_dir
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
+
+# Launcher jobs (submitit: a fresh process, locally or on SLURM) unpickle this script's functions,
+# which import conf from this folder: put it on their path.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")])
+)
 
 import conf
 import hydra
@@ -25,7 +32,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from specdec import experiment, plots, results
+from specdec import experiment, plots, results, sharding
 
 
 def prepare(cfg: DictConfig) -> experiment.Prepared:
@@ -36,6 +43,9 @@ def prepare(cfg: DictConfig) -> experiment.Prepared:
     sampling = instantiate(cfg.sampling)
     rule = instantiate(cfg.acceptance)
     results.ResultsStore(run_config.paths.results_path).check_writable()
+    d = run_config.distributed
+    if d.initialize:  # several processes, one per host: each loads only its own devices' shards
+        sharding.initialize_distributed(d.coordinator, d.num_processes, d.process_id)
     target = instantiate(cfg.model)
     drafter = experiment.make_drafter(run_config, target)
     return experiment.Prepared(

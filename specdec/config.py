@@ -24,6 +24,17 @@ MISSING = "???"  # OmegaConf's marker of a value that must be given
 DTYPES = ("float32", "bfloat16")  # a target's parameter dtype, by name
 
 
+def check_mesh(mesh) -> None:
+    """``model.mesh``: null or [1, model]: a run decodes one prompt at a time (batch 1), so only
+    the model axis can split it (``specdec.generate`` takes any [data, model] with batches)."""
+    if mesh is None:
+        return
+    if len(checks.integers(mesh, "model.mesh", low=1)) != 2 or mesh[0] != 1:
+        raise ValueError(
+            f"model.mesh must be null or [1, model] (a run decodes one prompt at a time), got {list(mesh)}"
+        )
+
+
 def check_dtype(dtype: str) -> None:
     if dtype not in DTYPES:
         raise ValueError(f"model.dtype must be float32 or bfloat16, got {dtype!r}")
@@ -37,6 +48,19 @@ class ModelSpec:
     name: str = MISSING
     dtype: str = "float32"  # float32 | bfloat16
     quant: str | None = None  # null | int8 | int4: weight-only quantization at load (specdec.models.quant)
+    mesh: list[int] | None = None  # null (one device) | [1, model]: tensor-parallel (specdec.sharding)
+
+
+@dataclasses.dataclass
+class DistributedConfig:
+    """``jax.distributed.initialize`` before the target loads (several processes, one per host):
+    ``initialize: true`` with coordinator ("host:port"), num_processes and process_id, or with
+    none of them where JAX detects the cluster (SLURM). Only process 0 writes results."""
+
+    initialize: bool = False
+    coordinator: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
 
 
 @dataclasses.dataclass
@@ -216,6 +240,7 @@ class RunConfig:
     sampling: SamplingConfig = MISSING
     acceptance: AcceptanceConfig = MISSING
     paths: PathsConfig = field(default_factory=PathsConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
     max_new_tokens: int = 64
     seed: int = 0
     force: bool = False  # re-measure configurations already in the results store
@@ -234,6 +259,7 @@ class RunConfig:
         checks.integer(self.seed, "seed")
         check_dtype(self.model.dtype)
         check_quant(self.model.quant, "model.quant")
+        check_mesh(self.model.mesh)
         checks.optional_integer(self.task.per_category, "task.per_category", low=1)
 
     def identity(self) -> dict:
@@ -245,8 +271,9 @@ class RunConfig:
 
         drafter = {f.name: getattr(self.drafter, f.name) for f in dataclasses.fields(DrafterConfig)}
         model = plain(self.model)
-        if model["quant"] is None:  # unquantized targets keep the identity they had before quant existed
-            del model["quant"]
+        for key in ("quant", "mesh"):  # unset: the identity a target had before these options existed
+            if model[key] is None:
+                del model[key]
         return dict(
             model=model,
             drafter=dict(drafter, **self.drafter.options()),  # a chain's identity has no tree

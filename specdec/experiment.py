@@ -23,15 +23,16 @@ from specdec import drafters, metrics, results, tasks, timing
 from specdec.config import DrafterConfig, RunConfig, check_dtype
 from specdec.generation import generate_warm
 from specdec.sampling import Sampling
+from specdec.sharding import make_mesh
 from specdec.weights import load_model
 
 
-def load_target(name: str, dtype: str = "float32", quant: str | None = None):
-    """``load_model`` with the dtype by name (float32 | bfloat16) and the weight quantization
-    (null | int8 | int4), as configs give them."""
+def load_target(name: str, dtype: str = "float32", quant: str | None = None, mesh=None):
+    """``load_model`` with the dtype by name (float32 | bfloat16), the weight quantization
+    (null | int8 | int4) and the device mesh ([data, model] or null), as configs give them."""
     check_dtype(dtype)
     dtype = np.dtype(dtype) if dtype == "float32" else jax.numpy.bfloat16
-    return load_model(name, dtype=dtype, quant=quant)
+    return load_model(name, dtype=dtype, quant=quant, mesh=None if mesh is None else make_mesh(*mesh))
 
 
 def make_drafter(cfg: RunConfig, target):
@@ -153,6 +154,10 @@ class Prepared:
     rule: object  # an acceptance rule of specdec.acceptance
 
 
+def _nothing(rows) -> None:
+    """What a process other than the first writes: the first one records the run."""
+
+
 def run(prepared: Prepared, progress=None) -> list[dict]:
     """Run the prepared configuration over its task; append one row per prompt (and per missing
     baseline) to the results store.
@@ -172,7 +177,10 @@ def run(prepared: Prepared, progress=None) -> list[dict]:
         seed=cfg.seed,
         **dataclasses.asdict(prepared.sampling),
     )
-    c = None if drafter is None else timing.draft_cost_ratio(target, drafter, gamma=cfg.drafter.gamma)
+    # c is timed on one device's programs; a sharded target's rows leave it empty
+    timed = drafter is not None and target.mesh is None
+    c = timing.draft_cost_ratio(target, drafter, gamma=cfg.drafter.gamma) if timed else None
+    append = store.append if jax.process_index() == 0 else _nothing  # one writer per run
 
     rows = []
     for i, q in enumerate(questions := prepared.questions):
@@ -182,7 +190,7 @@ def run(prepared: Prepared, progress=None) -> list[dict]:
             stats = generate_turns(target, q, **loop)
             baseline = _row(base_config, run_id, q, stats, speedup=1.0, cost_ratio_c=0.0)
             baseline["baseline_tokens_per_s"] = baseline["tokens_per_s"]
-            store.append([baseline])
+            append([baseline])
         method_config = _config(cfg, identity, method, q)
         if drafter is None:
             rows.append(baseline)
@@ -194,7 +202,7 @@ def run(prepared: Prepared, progress=None) -> list[dict]:
             row = _row(method_config, run_id, q, stats, cost_ratio_c=c)
             row["baseline_tokens_per_s"] = baseline["tokens_per_s"]
             row["speedup"] = row["tokens_per_s"] / baseline["tokens_per_s"]
-            store.append([row])
+            append([row])
             rows.append(row)
         if progress is not None:
             progress(i + 1, len(questions), f"{q.category} #{q.question_id}")
