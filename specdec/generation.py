@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
 from specdec import acceptance as acceptance_rules
 from specdec import checks, metrics, sharding
@@ -215,6 +216,10 @@ def generate(
     start = time.perf_counter()
     tokens, out_lengths, stats, _ = jax.block_until_ready(compiled(*args))
     wall_s = time.perf_counter() - start
+    if jax.process_count() > 1:  # rows on several processes' devices: every process gathers them all
+        tokens, out_lengths, stats = multihost_utils.process_allgather(
+            (tokens, out_lengths, stats), tiled=True
+        )
 
     tokens, out_lengths = np.asarray(tokens), np.asarray(out_lengths)
     new = [tokens[b, lengths[b] : out_lengths[b]].tolist() for b in range(B)]

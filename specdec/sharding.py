@@ -84,7 +84,9 @@ def place(array, mesh: Mesh, spec: P):
     holds a full copy of a sharded weight."""
     sharding = NamedSharding(mesh, fit(spec, array.shape, mesh))
     if isinstance(array, np.ndarray):
-        return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
+        return jax.make_array_from_callback(
+            array.shape, sharding, lambda index: array[index], dtype=array.dtype
+        )
     return jax.device_put(array, sharding)
 
 

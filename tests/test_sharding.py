@@ -4,6 +4,7 @@ greedy and sampled; each device holding its share of the weights; a checkpoint l
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -77,3 +78,34 @@ def test_mesh_errors_and_rules():
     assert sharding.param_spec("model.norm.weight", 1) == P()
     with pytest.raises(ValueError, match="give coordinator, num_processes and process_id together"):
         sharding.initialize_distributed("localhost:1234")
+
+
+DISTRIBUTED_WORKER = Path(__file__).parent / "distributed_worker.py"
+
+
+@pytest.mark.slow
+def test_two_processes_on_localhost_decode_as_one_device_does(report):
+    """jax.distributed with 2 CPU processes of 2 devices each (gloo collectives), one 2 x 2 mesh
+    over all 4: both processes get the single-device tokens."""
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(DISTRIBUTED_WORKER), str(i), str(port)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=DISTRIBUTED_WORKER.parent,
+        )
+        for i in range(2)
+    ]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    for p, (out, err) in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+        got = json.loads(out.splitlines()[-1])
+        assert (got["processes"], got["devices"]) == (2, 4)
+        assert got["tokens"]["None"] == report["reference"]["none T=0.0"]
+        assert got["tokens"]["layer_skip"] == report["reference"]["layer_skip T=0.0"]
