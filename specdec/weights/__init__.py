@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -52,22 +53,13 @@ def load_model(
         return model if mesh is None else model.shard(mesh)
     from specdec.weights.gguf_file import read_gguf
 
+    build = functools.partial(Model.from_tensors, dtype=dtype, quant=quant, group=group, mesh=mesh)
     if name_or_path in zoo.ZOO:
         if quant is None:  # the dequantized tensors are cached; quantized ones read straight from the GGUF
             config, tensors = zoo.load_zoo_tensors(name_or_path)
         else:
             config, tensors = read_gguf(zoo.fetch_gguf(name_or_path), keep_quantized=True)
-        tokenizer = zoo.load_zoo_tokenizer(name_or_path)
-        return Model.from_tensors(
-            config,
-            tensors,
-            dtype=dtype,
-            tokenizer=tokenizer,
-            name=name_or_path,
-            quant=quant,
-            group=group,
-            mesh=mesh,
-        )
+        return build(config, tensors, tokenizer=zoo.load_zoo_tokenizer(name_or_path), name=name_or_path)
     path = Path(name_or_path)
     if path.is_dir():
         return load_hf_dir(path, dtype=dtype, quant=quant, group=group, mesh=mesh)
@@ -75,17 +67,7 @@ def load_model(
         from specdec.weights.tokenizer import Tokenizer
 
         config, tensors = read_gguf(path, keep_quantized=quant is not None)
-        return Model.from_tensors(
-            config,
-            tensors,
-            dtype=dtype,
-            tokenizer=Tokenizer.from_gguf(path),
-            name=path.stem,
-            source=str(path),
-            quant=quant,
-            group=group,
-            mesh=mesh,
-        )
+        return build(config, tensors, tokenizer=Tokenizer.from_gguf(path), name=path.stem, source=str(path))
     raise ValueError(
         f"model {name_or_path!r} is neither a zoo name ({', '.join([*zoo.ZOO, *RANDOM_MODELS])}), "
         "a Hugging Face checkpoint folder nor a .gguf file"
