@@ -106,15 +106,15 @@ def main():
     questions = tasks.load_task("builtin", per_category=args.per_category)
     prompts = encode_prompts(f32, [q.turns[0] for q in questions], chat=True)
 
-    configs = [
-        dict(label=f"{label} autoregressive", target=m, drafter=None, gamma=1) for label, m in models.items()
+    configs = [  # int4 g64 has int4's format and speed
+        dict(label=f"{label} autoregressive", variant=label, target=m, drafter=None, gamma=1)
+        for label, m in models.items()
+        if "g64" not in label
     ]
-    configs = [c for c in configs if "g64" not in c["label"]]  # the same format and speed as int4
     for bits in (8, 4):
         drafter = specdec.drafters.make("quantized", f32, bits=bits)
-        configs.append(
-            dict(label=f"float32 + int{bits} self-draft", target=f32, drafter=drafter, gamma=args.gamma)
-        )
+        label = f"float32 + int{bits} self-draft"
+        configs.append(dict(label=label, variant="float32", target=f32, drafter=drafter, gamma=args.gamma))
     for c in configs:
         c["compile"] = measure(c["target"], prompts, c, args.max_new_tokens)
         print(f"compiled and checked: {c['label']}", flush=True)
@@ -166,7 +166,7 @@ def main():
         tau = s["new_tokens"] / s["target_calls"]
         drafted = s["drafted"] / s["target_calls"]
         predicted = tau / (c["c"] * drafted + float(r(s["verified"] / s["target_calls"])))
-        predicted = predicted if c["drafter"] else steps["float32"] / steps[c["label"].split(" auto")[0]]
+        predicted = predicted if c["drafter"] else steps["float32"] / steps[c["variant"]]
         print(
             f"| {c['label']} | {c['gamma']} | {c['c']:.3f} | {tau:.2f} | {s['new_tokens'] / wall:.1f} | "
             f"{auto_wall / wall:.2f}x | {predicted:.2f}x |"

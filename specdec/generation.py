@@ -207,10 +207,12 @@ def generate(
     for b, row in enumerate(ids):
         buffer[b, : len(row)] = row
     lengths = np.array([len(x) for x in ids], np.int32)
-    rows, cache = (jnp.asarray(buffer), jnp.asarray(lengths)), target.init_cache(B, capacity)
-    if target.mesh is not None:  # rows split over the mesh's data axis; drafter arrays on the mesh
+    if target.mesh is None:
+        rows = (jnp.asarray(buffer), jnp.asarray(lengths))
+    else:  # rows split over the mesh's data axis; a drafter not made by drafters.make put on the mesh
         rows = tuple(sharding.place_batch(a, target.mesh) for a in (buffer, lengths))
         drafter = sharding.place_drafter(drafter, target.mesh)
+    cache = target.init_cache(B, capacity)
     args = (target.params, drafter, *rows, cache, jax.random.key(seed))
     compiled, compile_s = target.programs.get(args, cfg, target.graphdef)
     start = time.perf_counter()

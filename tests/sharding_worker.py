@@ -21,7 +21,7 @@ MESHES = [(1, 4), (2, 2), (4, 1)]
 TREE = dict(kind="dynamic", n_nodes=6, depth=3, top_k=2)
 
 
-def drafter_options(target):
+def drafter_options():
     small = Model.random(tiny_config(**{**vars(CFG), "n_layers": 1}), seed=7)  # a separate draft
     return {
         "none": (None, {}),
@@ -41,7 +41,7 @@ def drafter_options(target):
 
 def outputs(target) -> dict:
     out = {}
-    for label, (name, options) in drafter_options(target).items():
+    for label, (name, options) in drafter_options().items():
         drafter = drafters.make(name, target, **options)
         for temperature in (0.0, 1.0):
             result = specdec.generate(

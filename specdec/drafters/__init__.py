@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from specdec import sharding
 from specdec.drafters.base import Context, Drafter
 from specdec.drafters.count_baselines import Bigram, Unigram, token_counts
 from specdec.drafters.draft_model import DraftModel
@@ -93,6 +94,8 @@ def make(name: str | None, target, *, tree=None, **options) -> Drafter | None:
             raise ValueError("tree: autoregressive decoding (drafter none) drafts no tree")
         return None
     drafter = REGISTRY[name](target, **options)
+    if target.mesh is not None:  # once here, not at every generate call: arrays not on the mesh replicated
+        drafter = sharding.place_drafter(drafter, target.mesh)
     if tree is None:
         return drafter
     if not hasattr(drafter, "tree_feed"):

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 from specdec.drafters.draft_model import DraftModel
 from specdec.models import Model
-
-BITS_MODES = {8: "int8", 4: "int4"}
+from specdec.models.quant import MODES
 
 
 def make_quantized(target: Model, *, bits=4, group=None, layers=None, stop_below=None) -> DraftModel:
     """The target quantized to ``bits`` (8 or 4; ``group``: rows per scale, default one per output
     column for 8 and 32 for 4) as its own draft; ``layers``, ``stop_below`` as for draft_model."""
-    if isinstance(bits, bool) or bits not in BITS_MODES:
+    if isinstance(bits, bool) or bits not in MODES:
         raise ValueError(f"quantized: bits must be 8 or 4, got {bits!r}")
-    draft = target.quantize(BITS_MODES[bits], group, readout=False)
+    draft = target.quantize(MODES[bits], group, readout=False)
     return DraftModel.from_model(draft, layers, name="quantized", stop_below=stop_below)

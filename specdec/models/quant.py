@@ -28,9 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-QUANT_MODES = ("int8", "int4")
-BITS = {"int8": 8, "int4": 4}
-DEFAULT_GROUP = {8: None, 4: 32}  # int8: one scale per output column; int4: groups of 32 rows
+BITS = {"int8": 8, "int4": 4}  # a quantization mode's bit width
+MODES = {bits: mode for mode, bits in BITS.items()}
 
 
 def check_quant(quant, where: str = "quant") -> int | None:
@@ -46,7 +45,8 @@ def check_quant(quant, where: str = "quant") -> int | None:
 def check_group(rows: int, bits: int, group: int | None, where: str) -> int:
     """The group size for a weight with ``rows`` input rows (None: the width's default); ValueError
     naming ``where`` unless it divides ``rows`` (and is even for int4)."""
-    group = rows if group is None and bits == 8 else (DEFAULT_GROUP[4] if group is None else group)
+    if group is None:  # int8: one scale per output column; int4: groups of 32 rows
+        group = rows if bits == 8 else 32
     if isinstance(group, bool) or not isinstance(group, int | np.integer) or group < 1:
         raise ValueError(f"{where}: group must be an integer >= 1, got {group!r}")
     if rows % group or (bits == 4 and group % 2):
@@ -70,7 +70,7 @@ class QuantizedTensor:
 
     @property
     def rows(self) -> int:
-        return self.q.shape[0] * (2 if self.bits == 4 else 1)
+        return stored_rows(self.q, self.bits)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -111,6 +111,11 @@ def quantize(w: np.ndarray, bits: int, group: int | None = None, where: str = "w
     return QuantizedTensor(pack_int4(q.reshape(w.shape), group), scale, offset, 4)
 
 
+def stored_rows(q, bits: int) -> int:
+    """The input rows of a weight whose q is stored [in, ...] (int8) or packed [in / 2, ...] (int4)."""
+    return q.shape[0] * (2 if bits == 4 else 1)
+
+
 def pack_int4(q: np.ndarray, group: int) -> np.ndarray:
     """uint8 [in, ...] values 0..15 -> uint8 [in / 2, ...]: in each group, row j low, row j + group/2 high."""
     g = q.reshape(q.shape[0] // group, 2, group // 2, *q.shape[1:]).astype(np.uint8)
@@ -132,7 +137,7 @@ def dequantize(q, scale, offset, bits: int, dtype):
     Inside a jitted forward XLA fuses the unpacking and scaling into one elementwise pass over q.
     """
     xp = np if isinstance(q, np.ndarray) else jnp
-    rows = q.shape[0] * (2 if bits == 4 else 1)
+    rows = stored_rows(q, bits)
     group = rows // scale.shape[0]
     if bits == 4:
         q = unpack_int4(q, group)
