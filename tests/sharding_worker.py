@@ -94,6 +94,9 @@ def main(folder: str):
         report["meshes"][key] = dict(
             outputs=outputs(model), shapes=shard_shapes(model), bytes=weight_bytes(model)
         )
+    quantized = base.shard(sharding.make_mesh(1, 4)).quantize("int4")  # its new arrays sharded too
+    q_proj = quantized.params["layers"][0]["self_attn"]["q_proj"]["weight"]["q"][...]
+    report["quantized_q_proj"] = [list(q_proj.shape), list(q_proj.addressable_shards[0].data.shape)]
     save_hf_dir(base, folder)
     mesh = sharding.make_mesh(1, 4)
     loaded = load_hf_dir(folder, mesh=mesh)

@@ -54,6 +54,7 @@ def test_each_device_holds_its_share_of_the_weights(report):
     b = report["meshes"]["1x4"]["bytes"]
     assert b["per_device"] == (b["total"] - b["replicated"]) // 4 + b["replicated"]
     assert report["meshes"]["4x1"]["bytes"]["per_device"] == b["total"]  # data parallel: replicas
+    assert report["quantized_q_proj"] == [[32, 64], [32, 16]]  # quantizing a sharded model keeps the rule
 
 
 @pytest.mark.slow

@@ -175,7 +175,8 @@ class Model:
     def quantize(self, quant: str | None, group: int | None = None, *, readout: bool = True) -> Model:
         """This model with its blocks' linear weights at ``quant``'s width (None: itself) and, with
         ``readout``, its embedding and LM head int8; every other array is shared, not copied.
-        Weights already at the wanted width are kept; others are (de)quantized on the host."""
+        Weights already at the wanted width are kept; others are (de)quantized on the host and,
+        on a mesh, placed in shards like the weights they replace."""
         bits = q.check_quant(quant)
         if bits is None:
             return self
@@ -188,7 +189,7 @@ class Model:
             value = weight.host() if isinstance(weight, q.QuantizedWeight) else np.asarray(weight[...])
             where = f"{self.name}: {name_}"
             weight = _as_quantized(value, width, group, where, finer_kept=False)
-            setattr(owner, attr, q.QuantizedWeight(weight))
+            setattr(owner, attr, q.QuantizedWeight(weight, _placer(name_, self.mesh)))
         graphdef, params = nnx.split(module)
         return dataclasses.replace(self, graphdef=graphdef, params=params, quant=quant, programs=None)
 
