@@ -137,6 +137,15 @@ def _blocks(tensor, permute_heads: int | None = None) -> QuantizedTensor:
     return QuantizedTensor(parts[0], parts[1], parts[2] if m is not None else None, bits)
 
 
+def _read(tensor, blocks: bool, heads: int | None = None):
+    """A tensor's quantized blocks (``blocks``: a QuantizedTensor in our [in, out] storage) or its
+    float32 array in HF layout, q/k rows un-permuted over ``heads`` heads either way."""
+    if blocks:
+        return _blocks(tensor, heads)
+    w = _dequantize(tensor)
+    return w if heads is None else unpermute_qk(w, heads)
+
+
 def read_gguf(
     path: str | os.PathLike, *, keep_quantized: bool = False
 ) -> tuple[ModelConfig, dict[str, np.ndarray | QuantizedTensor]]:
@@ -218,7 +227,7 @@ def read_gguf(
         name = tensor.name
         blocks = keep_quantized and tensor.tensor_type.name in QUANTIZED_GGUF_TYPES
         if name in _GLOBAL_TENSORS:
-            tensors[_GLOBAL_TENSORS[name]] = _blocks(tensor) if blocks else _dequantize(tensor)
+            tensors[_GLOBAL_TENSORS[name]] = _read(tensor, blocks)
             continue
         m = _LAYER_RE.fullmatch(name)
         if m is None or m.group(2) not in _LAYER_TENSORS or int(m.group(1)) >= config.n_layers:
@@ -229,12 +238,7 @@ def read_gguf(
             heads = config.n_heads
         elif m.group(2).startswith("attn_k."):
             heads = config.n_kv_heads
-        if blocks:
-            w = _blocks(tensor, heads)
-        else:
-            w = _dequantize(tensor)
-            w = w if heads is None else unpermute_qk(w, heads)
-        tensors[f"model.layers.{m.group(1)}.{_LAYER_TENSORS[m.group(2)]}"] = w
+        tensors[f"model.layers.{m.group(1)}.{_LAYER_TENSORS[m.group(2)]}"] = _read(tensor, blocks, heads)
     if unknown:
         raise ValueError(f"{path}: unexpected tensors for a {arch} model: {', '.join(unknown[:8])}")
     _check_shapes(path, config, tensors)
