@@ -45,7 +45,7 @@ def drafter_for(target, name: str, skip=SKIP, **options):
     if name == "layer_skip":
         options.setdefault("skip", skip)
     if name == "eagle":
-        options.setdefault("checkpoint", "untrained")
+        options.setdefault("checkpoint", None)  # the shipped head
     return specdec.drafters.make(name, target, **options)
 
 

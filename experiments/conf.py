@@ -67,7 +67,7 @@ GROUPS = {
         "quantized": QuantizedConfig(),  # drafter.bits=8 | 4
         "unigram": CountConfig(name="unigram"),
         "bigram": CountConfig(name="bigram"),
-        "eagle": TrainedConfig(name="eagle", checkpoint="${paths.checkpoints_dir}/eagle-${model.name}"),
+        "eagle": TrainedConfig(name="eagle"),  # the shipped head; drafter.checkpoint=<run_dir> for another
         "distilled": TrainedConfig(
             name="distilled", checkpoint="${paths.checkpoints_dir}/distilled-${model.name}"
         ),
@@ -92,13 +92,24 @@ GROUPS = {
     },
     "paths": {"default": PathsConfig()},
     "train": {
-        # EAGLE's feature head: loss = smooth-L1(features) + cls_weight * KL(p || q), drafting over
-        # the 8192 most frequent corpus tokens (FR-Spec); feature_noise: EAGLE's robustness trick.
+        # EAGLE-3 (the shipped head's recipe): features fused from target layers 2, n/2 and the top,
+        # 3 training-time-test steps, the KL loss alone; drafting over the 8192 most frequent corpus
+        # tokens (FR-Spec).
         "eagle": TrainConfig(
             kind="eagle",
-            recipe=dict(cls_weight=0.1, feature_noise=0.0, vocab=8192),
-            steps=600,
-            warmup_steps=30,
+            recipe=dict(cls_weight=1.0, feature_weight=0.0, layers="low_mid_high", unroll=3, vocab=8192),
+            steps=3000,
+            batch_size=8,
+            warmup_steps=100,
+        ),
+        # EAGLE-1 for comparison: the top layer's features, loss = smooth-L1(features) + 0.1 KL(p || q).
+        "eagle1": TrainConfig(
+            kind="eagle",
+            name="eagle1",
+            recipe=dict(cls_weight=0.1, feature_weight=1.0, vocab=8192),
+            steps=3000,
+            batch_size=8,
+            warmup_steps=100,
         ),
         # A small draft transformer (DistillSpec): the target's width, layers initialised from target
         # layers [0, -1]; divergence: tvd (1 - acceptance rate) | forward_kl | reverse_kl.

@@ -11,41 +11,44 @@ The run directory (``run_dir``) collects the corpus, ``checkpoint/``, ``log.json
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
 
 import conf
 import hydra
+import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from specdec import plots
-from specdec.train import Corpus, read_log, sample_prompts, self_distillation_corpus, train
+from specdec.train import Corpus, build_corpus, export_head, read_log, train
+from specdec.train.data import CATEGORIES
 
 
-def make_corpus(target, data: DictConfig, path: Path) -> Corpus:
-    """The run's self-distillation corpus, made once and kept next to the checkpoint."""
-    if path.is_file():
-        return Corpus.load(path)
+def make_corpus(target, data: DictConfig) -> tuple[Corpus, Corpus]:
+    """(training subset of ``data.tokens`` tokens, held-out corpus), built or extended once in
+    ``data.dir`` and shared by every run on this target (an interrupted build resumes)."""
+    folder = Path(data.dir)
+    options = dict(layers=data.layers, response_tokens=data.response_tokens, max_len=data.max_len)
     start = time.perf_counter()
-    prompts = sample_prompts(
-        target, data.prompts, max_tokens=data.prompt_tokens, seed=data.seed, progress=True
+    corpus = build_corpus(
+        target, folder / "train", tokens=data.tokens, batch=data.batch, seed=data.seed, **options
     )
-    corpus = self_distillation_corpus(
+    heldout = build_corpus(
         target,
-        prompts,
-        response_tokens=data.response_tokens,
-        temperature=data.temperature,
-        seed=data.seed,
-        progress=True,
+        folder / "heldout",
+        shards=len(CATEGORIES),
+        batch=data.heldout_batch,
+        seed=data.seed + 1,
+        **options,
     )
-    corpus.save(path)
     print(
-        f"corpus: {corpus.tokens.shape[0]} sequences x {corpus.tokens.shape[1]} tokens "
-        f"in {time.perf_counter() - start:.0f} s -> {path}"
+        f"corpus: {corpus.n_tokens} tokens in {len(corpus)} sequences, held out {heldout.n_tokens} in "
+        f"{len(heldout)} ({time.perf_counter() - start:.0f} s) -> {folder}"
     )
-    return corpus
+    return corpus.subset(data.tokens, data.seed), heldout
 
 
 @hydra.main(config_path="../configs", config_name="train_draft", version_base=None)
@@ -60,7 +63,7 @@ def main(cfg: DictConfig) -> None:
 
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    corpus, heldout = make_corpus(target, cfg.data, run_dir / "corpus.safetensors").split(cfg.data.heldout)
+    corpus, heldout = make_corpus(target, cfg.data)
     start = time.perf_counter()
     checkpoint = train(target, corpus, heldout, train_cfg, run_dir, resume=cfg.resume)
     plots.training_curves(read_log(run_dir), run_dir / "curves")
@@ -72,6 +75,11 @@ def main(cfg: DictConfig) -> None:
         f"top-1 agreement {last[0]['heldout_top1']:.3f} -> {last[-1]['heldout_top1']:.3f}"
     )
     print(f"use it: python experiments/run.py drafter={train_cfg.kind} drafter.checkpoint={run_dir}")
+    if cfg.export is not None:  # the shipped form, with its agreement on 8 held-out sequences recorded
+        sample = heldout.rows(np.unique(np.linspace(0, len(heldout) - 1, min(8, len(heldout))).astype(int)))
+        folder = export_head(checkpoint, cfg.export, target, evaluation=sample)
+        recorded = json.loads((folder / "drafter.json").read_text())["evaluation"]
+        print(f"exported -> {folder} (top-1 {recorded['top1']:.3f} on {len(sample)} held-out sequences)")
 
 
 if __name__ == "__main__":

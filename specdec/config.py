@@ -169,10 +169,11 @@ class CountConfig(DrafterConfig):
 @dataclasses.dataclass
 class TrainedConfig(DrafterConfig):
     """A trained drafter (eagle, distilled): ``checkpoint`` is a run directory of
-    experiments/train_draft.py, or "untrained" for the recipe's starting point."""
+    experiments/train_draft.py, null for the head shipped for the target (specdec/drafters/heads),
+    or "untrained" for the recipe's starting point."""
 
     name: str = "eagle"
-    checkpoint: str = MISSING
+    checkpoint: str | None = None
     stop_below: float | None = None
     tree: TreeConfig = field(default_factory=TreeConfig)
 
@@ -287,20 +288,21 @@ class RunConfig:
 
 @dataclasses.dataclass
 class DataConfig:
-    """The self-distillation corpus of experiments/train_draft.py: sequences the target writes itself."""
+    """The self-distillation corpus of experiments/train_draft.py: prompts of six categories the
+    target fills and answers itself (``specdec.train.prompts``), in resumable shards."""
 
-    prompts: int = 160  # user messages sampled from the target at temperature 1
-    prompt_tokens: int = 48
+    dir: str = "${paths.checkpoints_dir}/corpus-${model.name}"  # train/ and heldout/ shards
+    tokens: int = 500_000  # real tokens to train on (the corpus is extended to hold them)
+    batch: int = 32  # prompts per shard, generated in one batch
     response_tokens: int = 128
-    temperature: float = 0.0  # of the answers (0: greedy, as the default evaluation)
-    heldout: int = 16  # sequences kept out of training for the held-out acceptance curve
+    max_len: int = 512  # tokens per sequence (prompt + answer), longer ones cut
+    layers: list[int] | None = None  # target layers stored (default: 2, n/2 and the top one)
+    heldout_batch: int = 8  # prompts per held-out shard (one shard per category, another seed)
     seed: int = 0
 
     def __post_init__(self):
-        for name in ("prompts", "prompt_tokens", "response_tokens"):
+        for name in ("tokens", "batch", "response_tokens", "max_len", "heldout_batch"):
             checks.integer(getattr(self, name), f"data.{name}", low=1)
-        checks.integer(self.heldout, "data.heldout", low=1, high=self.prompts - 1)
-        checks.number(self.temperature, "data.temperature", low=0.0)
 
 
 @dataclasses.dataclass
@@ -311,5 +313,6 @@ class TrainDraftConfig:
     train: Any = MISSING  # a specdec.train.TrainConfig (the train group)
     data: DataConfig = field(default_factory=DataConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
-    run_dir: str = "${paths.checkpoints_dir}/${train.kind}-${model.name}"  # corpus, checkpoint/, log
+    run_dir: str = "${paths.checkpoints_dir}/${train.name}-${model.name}"  # checkpoint/, log, curves
+    export: str | None = None  # also write the trained drafter in the shipped form (float16, checksum) here
     resume: bool = True  # continue from run_dir's checkpoint (same config) after an interruption

@@ -196,8 +196,8 @@ def decode_loop(target_def, target_params, drafter, tokens, prompt_lengths, cach
 
     target_def: static nnx GraphDef; target_params: its parameter pytree.
     drafter: a Drafter pytree, or None for autoregressive decoding (cfg.gamma must be 0). If it
-        ``needs_features``, every target pass also returns its last layer's hidden states, handed
-        to the drafter's ``init`` and ``commit``.
+        ``needs_features``, every target pass also returns the hidden states of the target layers
+        ``drafter.feature_layers`` (side by side, [B, W, L D]), handed to its ``init`` and ``commit``.
     tokens [B, N] int32 (donated): prompts, right-padded to cfg.prompt_len, zeros after.
     prompt_lengths [B] int32: true prompt lengths (>= 1).
     cache (donated): the target's KVCache with capacity N.
@@ -211,10 +211,13 @@ def decode_loop(target_def, target_params, drafter, tokens, prompt_lengths, cach
     K, T = cfg.gamma, cfg.prompt_len
     tree_drafter = tree_size(drafter, K) is not None  # proposes a Tree (specdec.trees)
     ranks = drafter.max_siblings if tree_drafter else 1
-    top = (cache.n_layers - 1,) if drafter.needs_features else ()  # the layers whose output drafters read
+    read = (
+        tuple(drafter.feature_layers) if drafter.needs_features else ()
+    )  # layers whose output drafters read
+    returned = tuple(sorted(set(read)))  # the forward returns each layer once, in layer order
 
     def target_pass(tokens, positions, cache, width=None, mask=None):
-        """The first ``width`` positions -> p [B, W, V], cache, top hidden states [B, W, D] (or None),
+        """The first ``width`` positions -> p [B, W, V], cache, hidden states [B, W, L D] (or None),
         both zero-padded to W = tokens.shape[1]. mask [B, W, W]: among the new tokens (default causal)."""
         W = tokens.shape[1]
         width = W if width is None else width
@@ -225,10 +228,11 @@ def decode_loop(target_def, target_params, drafter, tokens, prompt_lengths, cach
             positions[:, :width],
             cache,
             mask=mask,
-            hidden_layers=top,
+            hidden_layers=returned,
         )
         pad = ((0, 0), (0, W - width), (0, 0))
-        hidden = jnp.pad(hidden[0], pad) if top else None
+        if read:  # [L, B, W, D] -> [B, W, L D], in the drafter's order
+            hidden = jnp.pad(jnp.concatenate([hidden[returned.index(i)] for i in read], axis=-1), pad)
         return jnp.pad(probs(logits, cfg.sampling), pad), cache, hidden
 
     def pending(state: LoopState):  # [B, 1] the token after the cached ones

@@ -80,7 +80,7 @@ def verify_cost(model: Model, widths=(1, 2, 3, 4, 5, 6, 8, 12, 16), **kw) -> tup
 def _draft_steps(drafter, state, context: Context, key, hidden, steps=8):
     """``steps`` one-token drafting steps (propose, then commit) inside
     one program, as in ``decode_loop``; each reads tokens the previous one changed, so none can be
-    hoisted out of the loop. hidden [1, 2, D]: verified hidden states (None unless needs_features)."""
+    hoisted out of the loop. hidden [1, 2, L D]: verified hidden states (None unless needs_features)."""
     lengths = context.lengths
 
     def step(i, carry):
@@ -131,7 +131,10 @@ def draft_cost_ratio(
         sampling=Sampling(),
         prompt_len=context,
     )
-    hidden = lambda T: jnp.zeros((1, T, target.config.dim), target.dtype) if drafter.needs_features else None
+    if drafter.needs_features:
+        hidden = lambda T: jnp.zeros((1, T, target.config.dim * len(drafter.feature_layers)), target.dtype)
+    else:
+        hidden = lambda T: None
     state = jax.jit(drafter.init)(ctx, hidden(context))
     key = jax.random.key(0)
     if tree_size(drafter, gamma) is not None:

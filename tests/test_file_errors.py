@@ -47,6 +47,7 @@ def sources(tmp_path_factory) -> Path:
     _, trainable, _, _ = cfg.make_recipe().init(target, counts)
     opt_state = trainer._optimizer(cfg).init(trainable)
     trainer.save_checkpoint(root / "run", cfg, target, trainable, opt_state, 1, counts)
+    trainer.export_head(root / "run", root / "head", target)  # the shipped form: float16, with a checksum
     _corpus().save(root / "corpus.safetensors")
     shutil.copy(tasks.builtin_task_path(), root / "task.jsonl")
     return root
@@ -54,8 +55,8 @@ def sources(tmp_path_factory) -> Path:
 
 def _corpus() -> Corpus:
     tokens = np.arange(4 * 8, dtype=np.int32).reshape(4, 8) % TARGET_CONFIG.vocab_size
-    features = np.zeros((4, 8, TARGET_CONFIG.dim), np.float32)
-    return Corpus(tokens, np.ones((4, 8), bool), features)
+    features = np.zeros((4, 8, 1, TARGET_CONFIG.dim), np.float32)
+    return Corpus(tokens, np.ones((4, 8), bool), features, (TARGET_CONFIG.n_layers - 1,))
 
 
 # ---------------------------------------------------------------- damage
@@ -75,6 +76,12 @@ def truncate(path: Path) -> None:
 
 def cut_last_byte(path: Path) -> None:
     path.write_bytes(path.read_bytes()[:-1])
+
+
+def flip_byte(path: Path) -> None:  # the file stays readable: only a checksum tells
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x01
+    path.write_bytes(bytes(data))
 
 
 def not_utf8(path: Path) -> None:
@@ -236,6 +243,10 @@ def _cases():
             yield pytest.param(
                 "model.gguf", "", damage, loader, ValueError, id=f"gguf-{damage.__name__}-{loader.__name__}"
             )
+    for damage in (truncate, garbage, flip_byte):  # a readable file with one changed byte included
+        yield pytest.param(
+            "head", "weights.safetensors", damage, load_checkpoint, ValueError, id=f"head-{damage.__name__}"
+        )
     for damage, error in CORPUS:
         case = ("corpus.safetensors", "", damage, Corpus.load, error)
         yield pytest.param(*case, id=f"corpus-{damage.__name__}")

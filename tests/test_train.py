@@ -14,14 +14,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import compose
+from flax import nnx
+from test_sampling_distribution import PASS, _pvalue
 
 import specdec
 from specdec import drafters
 from specdec.drafters import DraftModel
-from specdec.models import Model, tiny_config
+from specdec.models import KVCache, Model, tiny_config
+from specdec.models.transformer import embed_lookup
 from specdec.results import ResultsStore
-from specdec.train import TrainConfig, losses, read_log, self_distillation_corpus, train, trainer
-from specdec.train.data import Corpus, top_features
+from specdec.sampling import Sampling, probs
+from specdec.train import EagleRecipe, TrainConfig, losses, read_log, self_distillation_corpus, train, trainer
+from specdec.train import data as corpus_data
+from specdec.train.data import Corpus, hidden_features
 
 rng = np.random.default_rng(0)
 PROMPTS = [rng.integers(1, 64, size=n).tolist() for n in rng.integers(4, 12, size=72)]
@@ -36,7 +41,7 @@ def target():
 @pytest.fixture(scope="module")
 def corpus(target):
     return self_distillation_corpus(
-        target, PROMPTS, response_tokens=48, temperature=1.0, chat=False, batch=24
+        target, PROMPTS, response_tokens=48, temperature=1.0, chat=False, batch=24, layers=(0, 2, 3)
     )
 
 
@@ -88,15 +93,42 @@ def test_corpus_holds_the_targets_own_continuations_and_top_features(target, cor
     )
     readout = drafters.eagle.target_readout(target)
     again = drafters.eagle.readout_logits(
-        jnp.asarray(greedy.features), readout["norm"], readout["head"], 1e-5
+        jnp.asarray(greedy.layer(3)), readout["norm"], readout["head"], 1e-5
     )
     np.testing.assert_allclose(np.asarray(again), np.asarray(logits), atol=1e-4)
-    corpus.save(tmp_path / "c.safetensors")
-    loaded = Corpus.load(tmp_path / "c.safetensors")
-    assert np.array_equal(loaded.tokens, corpus.tokens) and np.array_equal(loaded.mask, corpus.mask)
-    np.testing.assert_array_equal(loaded.features, corpus.features)
+    # Several layers side by side, in the order asked; float16 storage keeps them to 1e-3.
+    assert corpus.features.shape[2:] == (3, target.config.dim) and corpus.layers == (0, 2, 3)
+    np.testing.assert_allclose(
+        corpus.layer(0), hidden_features(target, corpus.tokens, (0,))[:, :, 0], atol=1e-5
+    )
+    half = hidden_features(target, corpus.tokens, (3, 0), dtype=np.float16)
+    np.testing.assert_allclose(half[:, :, 0], corpus.layer(3), rtol=1e-3, atol=1e-3)
+    with pytest.raises(ValueError, match="holds the features of layers \\[0, 2, 3\\], not of layer 1"):
+        corpus.layer(1)
+    # A folder of shards loads as one corpus, padded to the longest shard.
+    (tmp_path / "shards").mkdir()
+    corpus.rows(slice(0, 5)).save(tmp_path / "shards/shard-00000.safetensors")
+    greedy.save(tmp_path / "shards/shard-00001.safetensors")
+    with pytest.raises(ValueError, match="layers \\[3\\] of width"):
+        Corpus.load(tmp_path / "shards")
+    corpus.rows(slice(5, 9)).save(tmp_path / "shards/shard-00001.safetensors")
+    loaded = Corpus.load(tmp_path / "shards")
+    assert np.array_equal(loaded.tokens, corpus.tokens[:9]) and np.array_equal(loaded.mask, corpus.mask[:9])
+    np.testing.assert_array_equal(loaded.features, corpus.features[:9])
     train_part, held = corpus.split(8)
     assert len(train_part) == len(PROMPTS) - 8 and len(held) == 8
+    sub = corpus.subset(300)  # whole sequences of a shuffle, just enough of them
+    assert 300 <= sub.n_tokens < 300 + sub.mask.sum(1).max() and len(sub) < len(corpus)
+
+
+def test_batched_corpus_generation_gives_the_tokens_of_batch_1(target):
+    """Greedy answers written 8 at a time are those written one at a time, with the same features."""
+    batched = self_distillation_corpus(target, PROMPTS[:8], response_tokens=12, chat=False, batch=8)
+    single = self_distillation_corpus(target, PROMPTS[:8], response_tokens=12, chat=False, batch=1)
+    for b in range(8):
+        row = batched.tokens[b][batched.mask[b]]
+        assert row.tolist() == single.tokens[b][single.mask[b]].tolist()
+        np.testing.assert_allclose(batched.features[b, : len(row)], single.features[b, : len(row)], atol=1e-4)
 
 
 # --- the loop hands feature drafters the target's hidden states --------------------------------
@@ -112,6 +144,7 @@ class FeatureProbe:
     name = "probe"
     variable_length = False
     needs_features = True
+    feature_layers = (3, 1)  # the top layer, then layer 1: handed over side by side in this order
 
     @property
     def vocab_size(self):
@@ -135,7 +168,7 @@ class FeatureProbe:
 SEEN = []
 
 
-def test_loop_gives_drafters_the_top_hidden_states_of_verified_positions(target):
+def test_loop_gives_drafters_the_hidden_states_of_their_layers_at_verified_positions(target):
     """init gets the prefill's hidden states, every commit those of the verified positions (the
     previous pending token and the accepted drafts): equal to a plain forward over the output."""
     SEEN.clear()
@@ -149,7 +182,9 @@ def test_loop_gives_drafters_the_top_hidden_states_of_verified_positions(target)
         max_new_tokens=12,
     )
     sequences = [prompt + new for prompt, new in zip(out.prompt_tokens, out.tokens, strict=True)]
-    truths = [top_features(target, np.asarray(seq)[None])[0] for seq in sequences]  # [len, D] each
+    truths = [
+        hidden_features(target, np.asarray(seq)[None], (3, 1))[0].reshape(len(seq), -1) for seq in sequences
+    ]
     checked, longest = 0, 0
     for hidden, start, last in SEEN:  # callbacks may arrive in any order
         verify = hidden.shape[1] == 3  # a verify pass (gamma + 1 positions), not the prefill
@@ -165,12 +200,116 @@ def test_loop_gives_drafters_the_top_hidden_states_of_verified_positions(target)
     assert checked > len(SEEN) * 3 and all(s["new_tokens"] == 12 for s in out.stats)
 
 
+# --- corpus at scale: prompt generators, resumable shards --------------------------------------
+
+
+class EchoWriter:
+    """Stands in for the target in the prompt generators: answers request i with "<i>"."""
+
+    def __init__(self):
+        self.requests = []
+
+    def __call__(self, requests, max_tokens):
+        self.requests.append(list(requests))
+        return [f"<{len(self.requests)}.{i}>" for i in range(len(requests))]
+
+    def user_messages(self, n, max_tokens):
+        return self(["(user turn)"] * n, max_tokens)
+
+
+@pytest.mark.parametrize("category", corpus_data.CATEGORIES)
+def test_prompt_generators_fill_their_templates_with_what_the_target_wrote(category):
+    writer = EchoWriter()
+    prompts = corpus_data.GENERATORS[category](writer, np.random.default_rng(0), 3)
+    assert len(prompts) == 3
+    for i, prompt in enumerate(prompts):
+        assert f"<{len(writer.requests)}.{i}>" in prompt  # the last thing written is in the prompt
+    if category == "rag":  # the question is asked about the passage the target wrote first
+        assert writer.requests[1][0].startswith("<1.0>") and "Passage: <1.0>" in prompts[0]
+    style = dict(
+        translation="Translate the following text into",
+        summarization="Summarize the following",
+        math="step by step",
+        rag="using only the passage",
+    )
+    assert all(style.get(category, "") in p for p in prompts)
+
+
+@pytest.mark.slow
+def test_interrupted_corpus_build_resumes_to_the_same_shards(tmp_path, monkeypatch):
+    tiny = specdec.load_model("tiny-random")  # has a tokenizer and a chat template
+    options = dict(shards=3, batch=2, response_tokens=6, max_len=48, layers=(1,))
+    whole = corpus_data.build_corpus(tiny, tmp_path / "whole", progress=False, **options)
+    real = corpus_data.corpus_shard
+
+    def dies_at_shard_2(target, index, *args):
+        if index == 2:
+            (tmp_path / "cut/shard-00002.safetensors.tmp").write_bytes(b"half a shard")
+            raise KeyboardInterrupt
+        return real(target, index, *args)
+
+    monkeypatch.setattr(corpus_data, "corpus_shard", dies_at_shard_2)
+    with pytest.raises(KeyboardInterrupt):
+        corpus_data.build_corpus(tiny, tmp_path / "cut", progress=False, **options)
+    assert len(corpus_data.shard_files(tmp_path / "cut")) == 2
+    monkeypatch.setattr(corpus_data, "corpus_shard", real)
+    resumed = corpus_data.build_corpus(tiny, tmp_path / "cut", progress=False, **options)
+    assert not list((tmp_path / "cut").glob("*.tmp"))
+    assert np.array_equal(resumed.tokens, whole.tokens) and np.array_equal(resumed.features, whole.features)
+    assert resumed.layers == (1, 3) and resumed.features.dtype == np.float16  # the top layer is added
+    log = [json.loads(line) for line in (tmp_path / "cut/log.jsonl").read_text().splitlines()]
+    assert [e["category"] for e in log] == ["chat", "translation", "summarization"]
+    assert sum(e["tokens"] for e in log) == resumed.n_tokens
+    (tmp_path / "cut/shard-00001.safetensors").unlink()
+    with pytest.raises(ValueError, match=r"shard-00001\.safetensors is missing"):
+        Corpus.load(tmp_path / "cut")
+
+
+# --- EAGLE-3: fused features, training-time test ------------------------------------------------
+
+
+def test_training_time_test_unroll_matches_a_hand_written_two_step_reference(target, corpus):
+    """Step 1 at position j = the head reading the true entries up to j - 1 (a cache, as when
+    drafting), then its own output there with token x_{j+1} as one new entry at position j."""
+    recipe = EagleRecipe(layers=(0, 2, 3), unroll=2, cls_weight=1.0, feature_weight=0.0)
+    graphdef, trainable, frozen, teacher = recipe.init(target)
+    trainable = jax.tree.map(lambda x: x + 0.02 * jax.random.normal(jax.random.key(1), x.shape), trainable)
+    batch = trainer._batch(corpus, [0, 1], (0, 2, 3), 3)
+    p, _, steps = recipe.unrolled(graphdef, trainable, frozen, teacher, batch)
+    assert len(steps) == 2 and not bool(steps[1][2][:, 0].any()) and bool(steps[1][2][:, 1].all())
+    head, c = nnx.merge(graphdef, trainable), target.config
+    tokens, features = batch["tokens"], batch["features"]
+    for b, j in ((0, 1), (0, 6), (1, 9)):
+        cache = KVCache.init(1, 1, c.n_kv_heads, j + 1, c.head_dim, jnp.float32)
+        true = head.target_features(features[b : b + 1, :j])  # entries 0..j-1 read the target's features
+        h0, cache = head(
+            true, embed_lookup(frozen["embed"], tokens[b : b + 1, 1 : j + 1]), jnp.arange(j)[None], cache
+        )
+        h1, _ = head(
+            h0[:, -1:],
+            embed_lookup(frozen["embed"], tokens[b : b + 1, j + 1 : j + 2]),
+            jnp.array([[j]]),
+            cache,
+        )
+        np.testing.assert_allclose(steps[0][1][b, j - 1], h0[0, -1], atol=2e-5)
+        np.testing.assert_allclose(steps[1][1][b, j], h1[0, 0], atol=2e-5)
+        q1 = drafters.eagle.readout_logits(h1[0, 0], teacher["norm"], teacher["head"], c.norm_eps)
+        np.testing.assert_allclose(steps[1][0][b, j], q1, atol=1e-4)
+    # The loss weighs step s by 0.8^s: the normalized sum of the two steps' KL.
+    kl = [float(losses.forward_kl(p, q, m)) for q, _, m in steps]
+    loss = float(recipe.loss(graphdef, trainable, frozen, teacher, batch, None))
+    assert loss == pytest.approx((kl[0] + 0.8 * kl[1]) / 1.8, rel=1e-5)
+
+
 # --- training ---------------------------------------------------------------------------------
+
+
+EAGLE3 = {"layers": "low_mid_high", "unroll": 3, "cls_weight": 1.0, "feature_weight": 0.0}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("kind", "recipe"), [("distilled", {"layers": [0]}), ("eagle", {}), ("eagle", {"vocab": 40})]
+    ("kind", "recipe"), [("distilled", {"layers": [0]}), ("eagle", EAGLE3), ("eagle", {"vocab": 40})]
 )
 def test_training_raises_the_measured_acceptance_rate(target, corpus, kind, recipe, tmp_path):
     train_part, held = corpus.split(8)
@@ -178,8 +317,8 @@ def test_training_raises_the_measured_acceptance_rate(target, corpus, kind, reci
     folder = train(target, train_part, held, cfg, tmp_path, progress=False)
     untrained = drafters.make(kind, target, checkpoint="untrained")
     trained = drafters.make(kind, target, checkpoint=tmp_path)
-    # Measured here: greedy 0.24 -> 0.29 (distilled), 0.02 -> 0.29 (eagle), 0.02 -> 0.28 (eagle, vocab 40);
-    # at T = 1: 0.71 -> 0.82, 0.48 -> 0.77, 0.48 -> 0.63.
+    # Measured here: greedy 0.24 -> 0.29 (distilled), 0.02 -> 0.28 (eagle-1, vocab 40); at T = 1:
+    # 0.71 -> 0.82, 0.48 -> 0.63.
     for temperature, gain in ((0.0, 0.04), (1.0, 0.1)):
         before, after = (measured_alpha(target, d, temperature) for d in (untrained, trained))
         assert after > before + gain, (temperature, before, after)
@@ -189,6 +328,12 @@ def test_training_raises_the_measured_acceptance_rate(target, corpus, kind, reci
     auto = specdec.generate(target, EVAL_PROMPTS, chat=False, eos_ids=(), max_new_tokens=48)
     spec = specdec.generate(target, EVAL_PROMPTS, trained, 4, chat=False, eos_ids=(), max_new_tokens=48)
     assert spec.tokens == auto.tokens
+    if recipe is EAGLE3:  # reads layer 2, the middle one (4 // 2) and the top, as trained; trees too
+        assert trained.feature_layers == (2, 2, 3)
+        tree = dict(kind="dynamic", n_nodes=6, depth=3, top_k=2)
+        drafter = drafters.make("eagle", target, checkpoint=tmp_path, tree=tree)
+        spec = specdec.generate(target, EVAL_PROMPTS, drafter, 3, chat=False, eos_ids=(), max_new_tokens=48)
+        assert spec.tokens == auto.tokens
     if "vocab" in recipe:  # drafts only the 40 most frequent corpus tokens
         frequent = set(np.argsort(-trainer.token_counts(train_part, 64), kind="stable")[:40].tolist())
         assert set(np.asarray(trained.vocab_ids).tolist()) == frequent
@@ -231,7 +376,7 @@ def test_interrupted_training_resumes_to_the_same_weights(target, corpus, tmp_pa
     ("kwargs", "message"),
     [
         (dict(kind="medusa"), "train.kind must be one of distilled, eagle"),
-        (dict(kind="eagle", recipe={"layers": [0]}), "unknown option 'layers' for eagle"),
+        (dict(kind="eagle", recipe={"depth": 2}), "unknown option 'depth' for eagle"),
         (dict(kind="distilled", recipe={"divergence": "js"}), "divergence must be one of"),
         (dict(steps=0), "train.steps must be >= 1"),
         (dict(learning_rate=0.0), "learning_rate must be > 0"),
@@ -241,6 +386,19 @@ def test_interrupted_training_resumes_to_the_same_weights(target, corpus, tmp_pa
 def test_bad_training_config_is_one_clear_error(kwargs, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("recipe", "message"),
+    [
+        (dict(layers="top"), "train.recipe.layers must be a list of layers, low_mid_high or null, got 'top'"),
+        (dict(layers=[0, 4]), r"train.recipe.layers\[1\] must be between -4 and 3, got 4"),
+        (dict(unroll=0), "train.recipe.unroll must be between 1 and 16, got 0"),
+    ],
+)
+def test_bad_eagle_recipe_is_one_clear_error_before_any_data(target, recipe, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(kind="eagle", recipe=recipe).make_recipe().check(target)
 
 
 def test_bad_checkpoints_are_named(target, corpus, tmp_path):
@@ -255,6 +413,54 @@ def test_bad_checkpoints_are_named(target, corpus, tmp_path):
     other = Model.random(tiny_config(vocab_size=80), seed=1)
     with pytest.raises(ValueError, match="trained for a target with vocab_size 64"):
         drafters.make("eagle", other, checkpoint=tmp_path)
+
+
+# --- the shipped head ---------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_shipped_head_loads_by_default_and_reproduces_its_recorded_agreement(smollm2):
+    folder = trainer.shipped_head("eagle", smollm2)
+    meta = json.loads((folder / "drafter.json").read_text())
+    head = drafters.make("eagle", smollm2)  # no checkpoint: the shipped head, checksum verified
+    assert head.feature_layers == tuple(meta["recipe_layers"]) and head.vocab_ids.shape == (8192,)
+    assert (folder / "weights.safetensors").stat().st_size <= 20e6
+    measured = trainer.evaluate_shipped(folder, smollm2)  # features recomputed from the target
+    assert measured["top1"] == pytest.approx(meta["evaluation"]["top1"], abs=2e-3)
+    assert measured["accept"] == pytest.approx(meta["evaluation"]["accept"], abs=2e-3)
+    with pytest.raises(FileNotFoundError, match="eagle: no shipped head for target 'tiny-random'"):
+        drafters.make("eagle", Model.random(tiny_config(), name="tiny-random"))
+
+
+@pytest.mark.slow
+def test_shipped_head_is_lossless(smollm2):
+    prompts = ["Name three rivers in Europe.", "What is 12 times 7? Explain."]
+    auto = specdec.generate(smollm2, prompts, max_new_tokens=24)
+    chain = specdec.generate(smollm2, prompts, drafters.make("eagle", smollm2), gamma=4, max_new_tokens=24)
+    assert chain.tokens == auto.tokens and sum(s["accepted"] for s in chain.stats) > 0
+    tree = drafters.make("eagle", smollm2, tree=dict(kind="dynamic", n_nodes=8, depth=4, top_k=4))
+    assert specdec.generate(smollm2, prompts, tree, gamma=4, max_new_tokens=24).tokens == auto.tokens
+    # Sampling (temperature 1, top-5): the first emitted token, accepted draft or resampled, ~ p.
+    ids = smollm2.tokenizer.encode("The capital of France is")
+    rows = 400
+    out = specdec.generate(
+        smollm2,
+        [ids] * rows,
+        drafters.make("eagle", smollm2),
+        gamma=2,
+        temperature=1.0,
+        top_k=5,
+        max_new_tokens=1,
+        chat=False,
+        eos_ids=(),
+        seed=3,
+    )
+    assert sum(s["accepted"] for s in out.stats) > 0.2 * rows
+    logits, _, _ = smollm2.apply(
+        smollm2.params, jnp.asarray([ids]), jnp.arange(len(ids))[None], smollm2.init_cache(1, len(ids))
+    )
+    p = np.asarray(probs(logits[:, -1], Sampling(1.0, top_k=5)), np.float64)[0]
+    assert _pvalue(np.asarray([t[0] for t in out.tokens]), p) > PASS
 
 
 # --- Hydra: configs/train/, experiments/train_draft.py, then run.py by name -------------------
@@ -273,13 +479,23 @@ def script(name, *overrides, cwd):
     )
 
 
-@pytest.mark.parametrize("option", ["eagle", "distilled"])
-def test_train_configs_compose(option):
+@pytest.mark.parametrize(
+    ("option", "kind"), [("eagle", "eagle"), ("eagle1", "eagle"), ("distilled", "distilled")]
+)
+def test_train_configs_compose(option, kind):
     cfg = conf.typed(compose("train_draft", [f"train={option}"]))
-    run = conf.typed(compose("run", [f"drafter={option}"]))
-    assert isinstance(cfg.train, TrainConfig) and cfg.train.kind == option
-    # The drafter config finds what train_draft.py writes by default.
-    assert cfg.run_dir == run.drafter.checkpoint == f"checkpoints/{option}-smollm2-135m-instruct"
+    assert isinstance(cfg.train, TrainConfig) and cfg.train.kind == kind and cfg.train.name == option
+    assert cfg.run_dir == f"checkpoints/{option}-smollm2-135m-instruct"
+    assert cfg.data.dir == "checkpoints/corpus-smollm2-135m-instruct"  # one corpus serves every recipe
+    recipe = cfg.train.make_recipe()
+    if option != "distilled":  # EAGLE-3 fuses three layers and unrolls; EAGLE-1 reads the top layer
+        assert recipe.feature_layers(Model.random(tiny_config(n_layers=30))) == (
+            (2, 15, 29) if option == "eagle" else (29,)
+        )
+        assert recipe.unroll == (3 if option == "eagle" else 1)
+    # drafter=distilled finds what train_draft.py writes by default; drafter=eagle the shipped head.
+    run = conf.typed(compose("run", [f"drafter={kind}"]))
+    assert run.drafter.checkpoint == (None if kind == "eagle" else cfg.run_dir)
 
 
 @pytest.mark.slow
@@ -291,22 +507,32 @@ def test_train_draft_makes_a_drafter_that_run_py_uses_by_name(tmp_path):
         "train.warmup_steps=2",
         "train.eval_every=10",
         "train.recipe.vocab=256",
-        "data.prompts=12",
-        "data.heldout=2",
-        "data.prompt_tokens=8",
-        "data.response_tokens=16",
+        "data.tokens=100",
+        "data.batch=2",
+        "data.heldout_batch=1",
+        "data.response_tokens=8",
+        "data.max_len=64",
+        f"data.dir={tmp_path}/corpus",
         f"run_dir={tmp_path}/eagle",
+        f"export={tmp_path}/head",
         cwd=tmp_path,
     )
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert "held-out acceptance" in trained.stdout
-    assert (tmp_path / "eagle/curves.png").is_file() and (tmp_path / "eagle/corpus.safetensors").is_file()
-    assert [e["step"] for e in read_log(tmp_path / "eagle") if "heldout_accept" in e] == [0, 10, 20]
+    assert (tmp_path / "eagle/curves.png").is_file() and len(
+        list((tmp_path / "corpus/heldout").glob("shard-*"))
+    ) == 6
+    log = read_log(tmp_path / "eagle")
+    assert [e["step"] for e in log if "heldout_accept" in e] == [0, 10, 20]
+    assert 0 < log[0]["heldout_vocab_coverage"] <= 1
+    shipped = json.loads((tmp_path / "head/drafter.json").read_text())
+    assert shipped["recipe_layers"] == [2, 2, 3] and len(shipped["sha256"]) == 64
+    assert shipped["evaluation"]["top1"] == pytest.approx(log[-1]["heldout_top1"], abs=1e-6)  # all 6 rows
     measured = script(
         "run.py",
         "model=tiny",
         "drafter=eagle",
-        f"drafter.checkpoint={tmp_path}/eagle",
+        f"drafter.checkpoint={tmp_path}/head",
         "task.per_category=1",
         "task.categories=[qa]",
         "max_new_tokens=8",
@@ -324,7 +550,7 @@ def test_train_draft_makes_a_drafter_that_run_py_uses_by_name(tmp_path):
     [
         (["train.steps=0"], "error: train.steps must be >= 1"),
         (["+train.recipe.divergence=js"], "error: train.recipe: unknown option 'divergence' for eagle"),
-        (["data.heldout=0"], "error: data.heldout must be between 1"),
+        (["data.heldout_batch=0"], "error: data.heldout_batch must be >= 1, got 0"),
         (["train=medusa"], "Could not find 'train/medusa'"),
         (["train.steps=2.5"], "train.steps"),
         (["+train.epochs=3"], "error: train.epochs: unknown key"),

@@ -48,14 +48,15 @@ def _bigram(target, *, corpus=()):
 
 
 def _trained(kind):
-    def make_trained(target, *, checkpoint, stop_below=None):
+    def make_trained(target, *, checkpoint=None, stop_below=None):
         from specdec.train import load_drafter  # training code is imported only when used
 
         return load_drafter(kind, target, checkpoint, stop_below=stop_below)
 
     make_trained.__doc__ = (
-        f"A trained {kind} drafter: ``checkpoint`` is the run directory of experiments/train_draft.py "
-        "(or 'untrained' for the recipe's starting point); ``stop_below`` as for draft_model."
+        f"A trained {kind} drafter: ``checkpoint`` is the run directory of experiments/train_draft.py, "
+        "None for the head shipped for the target, or 'untrained' for the recipe's starting point; "
+        "``stop_below`` as for draft_model."
     )
     return make_trained
 

@@ -47,10 +47,10 @@ class Verified:
     tokens:     [B, K+1] int32   the accepted path: the kept drafts, then at index n_accepted the
                                  correction or bonus token (the new pending token); entries past
                                  n_accepted are meaningless. tokens[:, i] follows position start + i.
-    hidden:     [B, K+1, D]      the target's top hidden states (its last layer's output, before the
-                                 final norm) at positions start + i, only for drafters with
-                                 ``needs_features`` (else None); entries past n_accepted belong to
-                                 rejected drafts.
+    hidden:     [B, K+1, L D]    the target's hidden states (the outputs of its layers
+                                 ``drafter.feature_layers``, side by side) at positions start + i,
+                                 only for drafters with ``needs_features`` (else None); entries past
+                                 n_accepted belong to rejected drafts.
     nodes:      [B, K] int32     tree drafters only (else None): the tree node of the i-th
                                  accepted draft (entries past n_accepted meaningless).
     """
@@ -76,6 +76,7 @@ class Drafter(Protocol):
     vocab_size: int
     variable_length: bool  # may draft fewer than gamma tokens (a zero q row), even none
     needs_features: bool  # reads the target's hidden states (``hidden`` in init and commit)
+    # A drafter that needs features also has ``feature_layers``: the target layers it reads.
 
     # A tree drafter also has ``tree_size(gamma)`` (N nodes per tree, or None when it drafts
     # chains) and ``max_siblings`` (R, the sibling ranks the statistics tell apart); its
@@ -83,7 +84,7 @@ class Drafter(Protocol):
 
     def init(self, context: Context, hidden: jax.Array | None) -> Any:
         """The drafter's state pytree after reading the prompts (e.g. a prefilled cache).
-        hidden [B, prompt_len, D]: the prefill's top hidden states (None unless needs_features)."""
+        hidden [B, prompt_len, L D]: the prefill's hidden states (None unless needs_features)."""
         ...
 
     def propose(self, state: Any, context: Context, gamma: int, key: jax.Array):

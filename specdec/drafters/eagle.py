@@ -18,6 +18,11 @@ and the drafted token, one position at a time.
 The head's KV cache has one layer and one slot per target position (entry j in slot j),
 so after a commit it holds exactly the entries for positions before the pending token,
 like the target's cache. The target's embedding, norm and LM head are shared, not copied.
+
+EAGLE-3 (Li et al., 2025) reads a low, a middle and a high target layer instead of the top
+one alone: the head's ``fuse`` maps their outputs [3D] to the feature f_j it starts from
+(``feature_layers`` names the layers; the loop hands the drafter exactly those). Drafting
+beyond the first token still feeds the head its own outputs h.
 """
 
 from __future__ import annotations
@@ -36,12 +41,20 @@ from specdec.models.transformer import Block, Linear, attention_inputs, embed_lo
 
 
 class EagleHead(nnx.Module):
-    """fc [2D -> D] over (token embedding, feature), then one LLaMA decoder layer."""
+    """fc [2D -> D] over (token embedding, feature), then one LLaMA decoder layer; with
+    ``n_fused`` > 1 target layers (EAGLE-3), ``fuse`` [n_fused D -> D] first mixes their features."""
 
-    def __init__(self, cfg: ModelConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, n_fused: int = 1, *, dtype=jnp.float32, rngs: nnx.Rngs):
         self.fc = Linear(2 * cfg.dim, cfg.dim, bias=True, dtype=dtype, rngs=rngs)
         self.layer = Block(cfg, dtype=dtype, rngs=rngs)
+        self.fuse = (
+            Linear(n_fused * cfg.dim, cfg.dim, bias=False, dtype=dtype, rngs=rngs) if n_fused > 1 else None
+        )
         self.cfg = cfg
+
+    def target_features(self, hidden):
+        """The target's features [..., n_fused D] (its layers' outputs side by side) -> [..., D]."""
+        return hidden if self.fuse is None else self.fuse(hidden)
 
     def __call__(self, features, embeds, positions, cache: KVCache, mask=None, cached_mask=None):
         """features, embeds [B, T, D]; positions [B, T]; cache: one layer, entries appended at
@@ -107,6 +120,7 @@ class Eagle:
     vocab_ids: jax.Array | None  # [V_s] token ids the head drafts over (None: all)
     graphdef: nnx.GraphDef = dataclasses.field(metadata=dict(static=True))
     config: ModelConfig = dataclasses.field(metadata=dict(static=True))  # the head's
+    feature_layers: tuple[int, ...] = dataclasses.field(metadata=dict(static=True))  # target layers read
     name: str = dataclasses.field(default="eagle", metadata=dict(static=True))
     stop_below: float | None = dataclasses.field(default=None, metadata=dict(static=True))
 
@@ -114,28 +128,37 @@ class Eagle:
 
     @classmethod
     def from_params(
-        cls, target: Model, graphdef, params, vocab_ids=None, stop_below: float | None = None
+        cls,
+        target: Model,
+        graphdef,
+        params,
+        vocab_ids=None,
+        stop_below: float | None = None,
+        feature_layers: tuple[int, ...] | None = None,
     ) -> Eagle:
+        """feature_layers: the target layers the head reads (default: the top one, EAGLE-1)."""
         stop_below = check_stop_below(stop_below, "eagle")
         ids = None if vocab_ids is None else jnp.asarray(vocab_ids, jnp.int32)
+        layers = (target.config.n_layers - 1,) if feature_layers is None else tuple(feature_layers)
         return cls(
             params,
             **target_readout(target, ids),
             vocab_ids=ids,
             graphdef=graphdef,
             config=head_config(target.config),
+            feature_layers=layers,
             stop_below=stop_below,
         )
 
     @classmethod
-    def random(cls, target: Model, seed: int = 0, vocab_ids=None) -> Eagle:
-        """An untrained head (fc random, decoder layer copied from the target's last layer)."""
-        graphdef, params = nnx.split(
-            EagleHead(head_config(target.config), dtype=target.dtype, rngs=nnx.Rngs(seed))
-        )
+    def random(cls, target: Model, seed: int = 0, vocab_ids=None, feature_layers=None) -> Eagle:
+        """An untrained head (fc and fuse random, decoder layer copied from the target's last layer)."""
+        n_fused = 1 if feature_layers is None else len(feature_layers)
+        head = EagleHead(head_config(target.config), n_fused, dtype=target.dtype, rngs=nnx.Rngs(seed))
+        graphdef, params = nnx.split(head)
         last = target.params["layers"][target.config.n_layers - 1]
         params["layer"] = jax.tree.map(jnp.copy, last)
-        return cls.from_params(target, graphdef, params, vocab_ids)
+        return cls.from_params(target, graphdef, params, vocab_ids, feature_layers=feature_layers)
 
     @property
     def vocab_size(self) -> int:
@@ -145,9 +168,11 @@ class Eagle:
     def variable_length(self) -> bool:
         return self.stop_below is not None
 
-    def run_head(self, cache, features, tokens, positions, **masks):
-        """features [B, T, D], next tokens [B, T], positions [B, T] -> (h [B, T, D], cache)."""
+    def run_head(self, cache, features, tokens, positions, fuse: bool = False, **masks):
+        """features [B, T, D] (with ``fuse``: the target's [B, T, n_fused D]), next tokens [B, T],
+        positions [B, T] -> (h [B, T, D], cache)."""
         head = nnx.merge(self.graphdef, self.params)
+        features = head.target_features(features) if fuse else features
         return head(features, embed_lookup(self.embed, tokens), positions, cache, **masks)
 
     def logits(self, h):  # [B, D] -> [B, V]
@@ -161,14 +186,14 @@ class Eagle:
         return full.at[..., self.vocab_ids].set(logits)
 
     def init(self, context: Context, hidden) -> EagleState:
-        """Read the prompt: entries j = 0..T-1 from the prefill's features hidden [B, T, D] and
+        """Read the prompt: entries j = 0..T-1 from the prefill's features hidden [B, T, L D] and
         tokens j+1; keep h of the entry that read the pending token (position lengths - 2)."""
         B, N = context.tokens.shape
         T = context.prompt_len
         c = self.config
         cache = KVCache.init(1, B, c.n_kv_heads, N, c.head_dim, self.norm.dtype)
         positions = jnp.broadcast_to(jnp.arange(T), (B, T))
-        h, cache = self.run_head(cache, hidden, context.tokens[:, 1 : T + 1], positions)
+        h, cache = self.run_head(cache, hidden, context.tokens[:, 1 : T + 1], positions, fuse=True)
         return EagleState(cache=cache, h=_at(h, jnp.maximum(context.lengths - 2, 0)))
 
     def propose(self, state: EagleState, context: Context, gamma: int, key):
@@ -211,7 +236,7 @@ class Eagle:
         W = verified.tokens.shape[1]
         positions = verified.start[:, None] + jnp.arange(W)[None, :]  # [B, K+1]
         cache = state.cache.with_lengths(verified.start)
-        h, cache = self.run_head(cache, verified.hidden, verified.tokens, positions)
+        h, cache = self.run_head(cache, verified.hidden, verified.tokens, positions, fuse=True)
         return EagleState(cache=cache, h=_at(h, verified.n_accepted))
 
 

@@ -165,6 +165,10 @@ class TreeDrafter:
     def needs_features(self) -> bool:
         return self.inner.needs_features
 
+    @property
+    def feature_layers(self) -> tuple[int, ...]:
+        return self.inner.feature_layers
+
     def tree_size(self, gamma: int) -> int:
         return self.spec.size(gamma)
 

@@ -10,6 +10,8 @@ from which its next-token distribution is ``LMHead(RMSNorm(f_t))``. Storing f_t
 from __future__ import annotations
 
 import dataclasses
+import json
+import time
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -18,52 +20,109 @@ from safetensors.numpy import save_file
 from tqdm import tqdm
 
 import specdec
+from specdec import checks
 from specdec.models import Model
+from specdec.train.prompts import GENERATORS
 from specdec.weights.files import read_safetensors
 
+CATEGORIES = tuple(GENERATORS)
 _SENTINEL = "\u2063"  # invisible separator used to cut the chat template at the user's text
 
 
 @dataclasses.dataclass
 class Corpus:
-    """tokens [N, T] int32; mask [N, T] bool (real tokens); features [N, T, D] float32."""
+    """tokens [N, T] int32; mask [N, T] bool (real tokens); features [N, T, L, D] (float16 or
+    float32): the outputs of target layers ``layers`` [L] (the top layer among them).
+
+    Saved as one safetensors file per shard (``save``), written atomically; ``load`` reads a
+    file or a folder of ``shard-*.safetensors``, padding shards to the longest."""
 
     tokens: np.ndarray
     mask: np.ndarray
     features: np.ndarray
+    layers: tuple[int, ...]
 
     def __len__(self) -> int:
         return len(self.tokens)
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.mask.sum())
+
+    def rows(self, index) -> Corpus:
+        return Corpus(self.tokens[index], self.mask[index], self.features[index], self.layers)
 
     def split(self, n_heldout: int) -> tuple[Corpus, Corpus]:
         """(train, held-out): the last ``n_heldout`` sequences are held out."""
         cut = len(self) - n_heldout
         if not 0 < cut < len(self):
             raise ValueError(f"n_heldout must be between 1 and {len(self) - 1}, got {n_heldout}")
-        part = lambda s: Corpus(self.tokens[s], self.mask[s], self.features[s])
-        return part(slice(0, cut)), part(slice(cut, None))
+        return self.rows(slice(0, cut)), self.rows(slice(cut, None))
+
+    def subset(self, tokens: int, seed: int = 0) -> Corpus:
+        """The first sequences of a fixed shuffle (all categories mixed) holding >= ``tokens`` real tokens."""
+        order = np.random.default_rng(seed).permutation(len(self))
+        enough = np.searchsorted(np.cumsum(self.mask[order].sum(1)), tokens) + 1
+        return self.rows(np.sort(order[:enough]))
+
+    def layer(self, i: int) -> np.ndarray:
+        """The features of target layer ``i`` [N, T, D]; ValueError if the corpus lacks it."""
+        if i not in self.layers:
+            raise ValueError(f"the corpus holds the features of layers {list(self.layers)}, not of layer {i}")
+        return self.features[:, :, self.layers.index(i)]
 
     def save(self, path) -> None:
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
-        save_file(dict(tokens=self.tokens, mask=self.mask.astype(np.uint8), features=self.features), tmp)
+        arrays = dict(tokens=self.tokens, mask=self.mask.astype(np.uint8), features=self.features)
+        save_file({**arrays, "layers": np.asarray(self.layers, np.int32)}, tmp)
         tmp.replace(path)
 
     @classmethod
     def load(cls, path) -> Corpus:
-        """A corpus saved by ``save``; FileNotFoundError or ValueError (corrupt, truncated, missing or
-        misshapen arrays) naming the file."""
-        t = read_safetensors(path)
-        missing = [k for k in ("tokens", "mask", "features") if k not in t]
-        if missing:
-            raise ValueError(f"{path}: not a corpus file: missing array {missing[0]!r}")
-        tokens, mask, features = t["tokens"], t["mask"], t["features"]
-        if tokens.ndim != 2 or mask.shape != tokens.shape or features.shape[:-1] != tokens.shape:
-            raise ValueError(
-                f"{path}: not a corpus file: shapes tokens {tokens.shape}, mask {mask.shape}, "
-                f"features {features.shape} (expected [N, T], [N, T], [N, T, D])"
-            )
-        return cls(tokens, mask.astype(bool), features)
+        """A corpus file, or a folder of shards (padded to the longest); FileNotFoundError or
+        ValueError (corrupt, truncated, missing or misshapen arrays, shards that disagree) naming the file."""
+        path = Path(path)
+        files = shard_files(path) if path.is_dir() else [path]
+        if not files:
+            raise FileNotFoundError(f"{path}: no corpus shards (shard-*.safetensors)")
+        parts = [_read_corpus(f) for f in files]
+        for f, part in zip(files, parts, strict=True):
+            if (part.layers, part.features.shape[-1]) != (parts[0].layers, parts[0].features.shape[-1]):
+                raise ValueError(
+                    f"{f}: layers {list(part.layers)} of width {part.features.shape[-1]}, but {files[0]} "
+                    f"holds layers {list(parts[0].layers)} of width {parts[0].features.shape[-1]}"
+                )
+        return parts[0] if len(parts) == 1 else _stack(parts)
+
+
+def _read_corpus(path: Path) -> Corpus:
+    t = read_safetensors(path)
+    missing = [k for k in ("tokens", "mask", "features", "layers") if k not in t]
+    if missing:
+        raise ValueError(f"{path}: not a corpus file: missing array {missing[0]!r}")
+    tokens, mask, features, layers = t["tokens"], t["mask"], t["features"], t["layers"]
+    if (
+        tokens.ndim != 2
+        or mask.shape != tokens.shape
+        or features.shape[:2] != tokens.shape
+        or features.ndim != 4
+        or features.shape[2:3] != layers.shape
+    ):
+        raise ValueError(
+            f"{path}: not a corpus file: shapes tokens {tokens.shape}, mask {mask.shape}, features "
+            f"{features.shape}, layers {layers.shape} (expected [N, T], [N, T], [N, T, L, D], [L])"
+        )
+    return Corpus(tokens, mask.astype(bool), features, tuple(int(i) for i in layers))
+
+
+def shard_files(folder: Path) -> list[Path]:
+    """The shards of a corpus folder in order; ValueError naming a missing one (numbered from 0)."""
+    files = sorted(Path(folder).glob("shard-*.safetensors"))
+    for i, f in enumerate(files):
+        if f.name != f"shard-{i:05d}.safetensors":
+            raise ValueError(f"{folder}: corpus shard shard-{i:05d}.safetensors is missing (found {f.name})")
+    return files
 
 
 def user_turn_prefix(target: Model) -> str:
@@ -74,39 +133,43 @@ def user_turn_prefix(target: Model) -> str:
     return rendered.split(_SENTINEL)[0]
 
 
-def sample_prompts(
-    target: Model, n: int, max_tokens: int = 48, batch: int = 16, seed: int = 0, progress: bool = False
-) -> list[str]:
-    """n user messages written by the target itself (temperature 1 from a user turn's opening)."""
-    if target.tokenizer is None:
-        raise ValueError(f"model {target.name!r} has no tokenizer; pass token-id prompts instead")
-    prefix = target.tokenizer.encode(user_turn_prefix(target))
-    texts = []
-    for i in tqdm(range(0, n, batch), desc="target prompts", unit="batch", disable=not progress):
-        out = specdec.generate(
-            target,
-            [prefix] * min(batch, n - i),
-            temperature=1.0,
-            max_new_tokens=max_tokens,
-            chat=False,
-            seed=seed + i,
-        )
-        texts += [t.strip() for t in out.texts]
-    return [t for t in texts if t] or ["Hello!"]
+def low_mid_high(n_layers: int) -> tuple[int, ...]:
+    """EAGLE-3's target layers: a low (2), a middle and the top one."""
+    return (min(2, n_layers - 1), n_layers // 2, n_layers - 1)
 
 
-def top_features(target: Model, tokens: np.ndarray, batch: int = 8) -> np.ndarray:
-    """The target's top hidden states [N, T, D] (float32) of padded sequences tokens [N, T]."""
+def feature_layers(target: Model, layers=None) -> tuple[int, ...]:
+    """Target layer indices (negative ones counted from the top), sorted, with the top layer (the
+    teacher's) added; default: a low, a middle and the top layer (EAGLE-3's choice)."""
+    n = target.config.n_layers
+    layers = low_mid_high(n) if layers is None else layers
+    checks.integers(layers, "data.layers", low=-n, high=n - 1)
+    return tuple(sorted({i % n for i in layers} | {n - 1}))
+
+
+def hidden_features(target: Model, tokens: np.ndarray, layers=None, batch: int = 4, dtype=np.float32):
+    """The outputs of target ``layers`` (default: the top one) [N, T, L, D] of padded sequences
+    tokens [N, T], in ``dtype`` (float16 halves a corpus; its range is checked)."""
     N, T = tokens.shape
-    top = (target.config.n_layers - 1,)
+    layers = (target.config.n_layers - 1,) if layers is None else tuple(layers)
+    returned = tuple(sorted(set(layers)))  # the forward returns each layer once, in layer order
+    padded = -(-T // 64) * 64  # a few compiled shapes serve every length (padding reads nothing earlier)
+    tokens = np.pad(tokens, [(0, -N % batch), (0, padded - T)])
     out = []
     for i in range(0, N, batch):
         ids = jnp.asarray(tokens[i : i + batch])
-        positions = jnp.broadcast_to(jnp.arange(T), ids.shape)
+        positions = jnp.broadcast_to(jnp.arange(padded), ids.shape)
         _, _, hidden = target.apply(
-            target.params, ids, positions, target.init_cache(len(ids), T), hidden_layers=top
+            target.params, ids, positions, target.init_cache(batch, padded), hidden_layers=returned
         )
-        out.append(np.asarray(hidden[0], np.float32))
+        hidden = np.asarray(jnp.stack([hidden[returned.index(j)] for j in layers], 2))[
+            : N - i, :T
+        ]  # [b, T, L, D]
+        if np.dtype(dtype) == np.float16 and np.abs(hidden).max() >= np.finfo(np.float16).max:
+            raise ValueError(
+                f"hidden_features: a feature exceeds float16's range ({np.abs(hidden).max():.3g})"
+            )
+        out.append(hidden.astype(dtype))
     return np.concatenate(out)
 
 
@@ -118,9 +181,13 @@ def self_distillation_corpus(
     chat: bool = True,
     batch: int = 16,
     seed: int = 0,
+    layers=None,
+    dtype=np.float32,
+    max_len: int | None = None,
     progress: bool = False,
 ) -> Corpus:
-    """The target answers every prompt (text or token ids); sequences = prompt + answer, padded."""
+    """The target answers every prompt (text or token ids); sequences = prompt + answer, padded,
+    cut at ``max_len`` tokens; features of ``layers`` (default: the top one) in ``dtype``."""
     rows = []
     for i in tqdm(range(0, len(prompts), batch), desc="target answers", unit="batch", disable=not progress):
         out = specdec.generate(
@@ -131,11 +198,133 @@ def self_distillation_corpus(
             chat=chat,
             seed=seed + i,
         )
-        rows += [p + t for p, t in zip(out.prompt_tokens, out.tokens, strict=True)]
+        rows += [(p + t)[:max_len] for p, t in zip(out.prompt_tokens, out.tokens, strict=True)]
     T = max(len(r) for r in rows)
     tokens = np.zeros((len(rows), T), np.int32)
     mask = np.zeros((len(rows), T), bool)
     for b, r in enumerate(rows):
         tokens[b, : len(r)] = r
         mask[b, : len(r)] = True
-    return Corpus(tokens, mask, top_features(target, tokens))
+    layers = (target.config.n_layers - 1,) if layers is None else tuple(layers)
+    return Corpus(tokens, mask, hidden_features(target, tokens, layers, dtype=dtype), layers)
+
+
+class TargetWriter:
+    """The target writing content for the prompt generators (``prompts.Write``): temperature 0.8,
+    a fresh seed per call."""
+
+    def __init__(self, target: Model, seed: int, temperature: float = 0.8):
+        self.target, self.seed, self.temperature = target, seed, temperature
+        self.conversations: list[list[int]] = []  # every request + answer written (corpus rows too)
+
+    def _write(self, prompts, max_tokens: int, chat: bool) -> list[str]:
+        self.seed += 1
+        out = specdec.generate(
+            self.target,
+            list(prompts),
+            temperature=self.temperature,
+            max_new_tokens=max_tokens,
+            chat=chat,
+            seed=self.seed,
+        )
+        self.conversations += [p + t for p, t in zip(out.prompt_tokens, out.tokens, strict=True)]
+        return [t.strip() for t in out.texts]
+
+    def __call__(self, requests, max_tokens: int) -> list[str]:
+        return self._write(requests, max_tokens, chat=True)
+
+    def user_messages(self, n: int, max_tokens: int) -> list[str]:
+        if self.target.tokenizer is None:
+            raise ValueError(f"model {self.target.name!r} has no tokenizer; pass token-id prompts instead")
+        prefix = self.target.tokenizer.encode(user_turn_prefix(self.target))
+        return self._write([prefix] * n, max_tokens, chat=False)
+
+
+def corpus_shard(
+    target: Model,
+    index: int,
+    batch: int,
+    layers,
+    seed: int = 0,
+    response_tokens: int = 128,
+    max_len: int = 512,
+) -> Corpus:
+    """Shard ``index`` of a self-distillation corpus: ``batch`` prompts of category
+    ``CATEGORIES[index % 6]`` (``specdec.train.prompts``) answered greedily, plus the conversations
+    in which the target wrote their content; features of ``layers`` in float16."""
+    category = CATEGORIES[index % len(CATEGORIES)]
+    writer = TargetWriter(target, seed=1000 * (seed * 100_003 + index))
+    prompt_texts = GENERATORS[category](writer, np.random.default_rng([seed, index]), batch)
+    answered = self_distillation_corpus(
+        target,
+        prompt_texts,
+        response_tokens,
+        batch=batch,
+        seed=seed,
+        layers=layers,
+        dtype=np.float16,
+        max_len=max_len,
+    )
+    written = [c[:max_len] for c in writer.conversations]
+    tokens = np.zeros((len(written), max(map(len, written))), np.int32)
+    mask = np.zeros(tokens.shape, bool)
+    for b, r in enumerate(written):
+        tokens[b, : len(r)], mask[b, : len(r)] = r, True
+    content = Corpus(tokens, mask, hidden_features(target, tokens, layers, dtype=np.float16), tuple(layers))
+    return _stack([answered, content])
+
+
+def _stack(parts: list[Corpus]) -> Corpus:
+    """Corpora with the same layers -> one, padded to the longest."""
+    T = max(p.tokens.shape[1] for p in parts)
+    pad = lambda x: np.pad(x, [(0, 0), (0, T - x.shape[1])] + [(0, 0)] * (x.ndim - 2))
+    return Corpus(
+        *(np.concatenate([pad(getattr(p, k)) for p in parts]) for k in ("tokens", "mask", "features")),
+        parts[0].layers,
+    )
+
+
+def build_corpus(
+    target: Model,
+    folder,
+    tokens: int = 0,
+    shards: int = 0,
+    batch: int = 32,
+    layers=None,
+    seed: int = 0,
+    response_tokens: int = 128,
+    max_len: int = 512,
+    progress: bool = True,
+) -> Corpus:
+    """Shards ``folder/shard-00000.safetensors``, ... until there are ``shards`` of them holding
+    ``tokens`` real tokens; shards already there (an interrupted build) are kept, and the build
+    resumes at the next. Shard i depends only on (seed, i, batch): a build is reproducible."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    layers = feature_layers(target, layers)
+    for stale in folder.glob("*.tmp"):  # a shard being written when the build was stopped
+        stale.unlink()
+    files = shard_files(folder)
+    have = sum(_read_corpus(f).n_tokens for f in files)
+    with tqdm(
+        total=tokens, initial=min(have, tokens), desc="corpus", unit="tok", disable=not progress
+    ) as bar:
+        index = len(files)
+        while have < tokens or index < shards:
+            start = time.perf_counter()
+            shard = corpus_shard(target, index, batch, layers, seed, response_tokens, max_len)
+            shard.save(folder / f"shard-{index:05d}.safetensors")
+            _log_shard(folder, index, shard, time.perf_counter() - start)
+            have += shard.n_tokens
+            bar.update(shard.n_tokens)
+            index += 1
+    return Corpus.load(folder)
+
+
+def _log_shard(folder: Path, index: int, shard: Corpus, seconds: float) -> None:
+    entry = dict(shard=index, category=CATEGORIES[index % len(CATEGORIES)], sequences=len(shard))
+    entry.update(
+        tokens=shard.n_tokens, seconds=round(seconds, 1), tokens_per_s=round(shard.n_tokens / seconds, 1)
+    )
+    with open(folder / "log.jsonl", "a") as f:
+        f.write(json.dumps(entry) + "\n")

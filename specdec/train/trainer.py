@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import shutil
 import time
@@ -28,12 +29,13 @@ from safetensors.numpy import save_file
 from tqdm import tqdm
 
 from specdec.models import Model
-from specdec.train.data import Corpus
+from specdec.train.data import Corpus, hidden_features
 from specdec.train.losses import DIVERGENCES
 from specdec.train.recipes import RECIPES, agreement
 from specdec.weights.files import one_line, read_json, read_safetensors
 
 COUNTS = "token_counts"  # the corpus token counts [V], stored with the weights (vocabulary subsets)
+HEADS = Path(__file__).resolve().parents[1] / "drafters" / "heads"  # shipped drafters: <kind>-<target name>/
 
 
 @dataclasses.dataclass
@@ -42,6 +44,7 @@ class TrainConfig:
     Also the typed schema of the ``train`` config group (``experiments/conf.py``)."""
 
     kind: str = "eagle"
+    name: str = ""  # names the run directory (default: the kind)
     recipe: dict[str, Any] = dataclasses.field(default_factory=dict)
     steps: int = 300
     batch_size: int = 8
@@ -55,6 +58,7 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self):
+        self.name = self.name or self.kind
         if self.kind not in RECIPES:
             raise ValueError(f"train.kind must be one of {', '.join(RECIPES)}; got {self.kind!r}")
         fields = {f.name for f in dataclasses.fields(RECIPES[self.kind])}
@@ -98,12 +102,22 @@ def batch_indices(n: int, batch_size: int, step: int, seed: int) -> np.ndarray:
     return order[i * batch_size : (i + 1) * batch_size]
 
 
-def _batch(corpus: Corpus, rows) -> dict:
-    return {
-        "tokens": jnp.asarray(corpus.tokens[rows]),
-        "mask": jnp.asarray(corpus.mask[rows]),
-        "features": jnp.asarray(corpus.features[rows]),
+def _batch(corpus: Corpus, rows, layers: tuple[int, ...], top: int) -> dict:
+    """Rows of the corpus, cut after their longest real token (rounded up to 64: few compiled
+    shapes): tokens, mask, top [B, T, D] and features [B, T, L D] of ``layers`` (float32)."""
+    rows = np.asarray(rows)
+    longest = int(corpus.mask[rows].any(0).nonzero()[0].max()) + 1
+    T = min(-(-longest // 64) * 64, corpus.tokens.shape[1])
+    picked = corpus.features[rows, :T]  # [B, T, Lc, D]
+    pick = lambda ls: picked[:, :, [corpus.layers.index(i) for i in ls]].reshape(len(rows), T, -1)
+    batch = {
+        "tokens": jnp.asarray(corpus.tokens[rows, :T]),
+        "mask": jnp.asarray(corpus.mask[rows, :T]),
+        "top": jnp.asarray(pick((top,)), jnp.float32),
     }
+    if layers:
+        batch["features"] = jnp.asarray(pick(layers), jnp.float32)
+    return batch
 
 
 def _flat(state) -> dict[str, np.ndarray]:
@@ -129,7 +143,7 @@ def save_checkpoint(
     run_dir: Path, cfg: TrainConfig, target: Model, trainable, opt_state, step: int, counts
 ) -> Path:
     """Write run_dir/checkpoint/ atomically (a complete new folder swapped in)."""
-    final, tmp, old = run_dir / "checkpoint", run_dir / "checkpoint.tmp", run_dir / "checkpoint.old"
+    final, tmp = run_dir / "checkpoint", run_dir / "checkpoint.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file({**_flat(trainable), COUNTS: np.asarray(counts)}, tmp / "weights.safetensors")
@@ -145,12 +159,74 @@ def save_checkpoint(
         "target": {"name": target.name, "vocab_size": c.vocab_size, "dim": c.dim, "n_layers": c.n_layers},
     }
     (tmp / "drafter.json").write_text(json.dumps(meta, indent=1))
+    return _swap_in(tmp, final)
+
+
+def _swap_in(tmp: Path, final: Path) -> Path:
+    """Replace folder ``final`` by the complete folder ``tmp`` (``final.old`` only while swapping)."""
+    old = final.with_name(final.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if final.exists():
         final.rename(old)
     tmp.rename(final)
     shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def export_head(checkpoint, folder, target: Model, evaluation: Corpus | None = None) -> Path:
+    """A training run's drafter in the shipped form, written atomically to ``folder``: its weights
+    in float16 (with the corpus token counts) and drafter.json with their sha256, the target
+    layers it reads, and its teacher-forced agreement on ``evaluation`` (whose tokens are
+    recorded, so that anyone can measure it again: ``evaluate_shipped``); no optimiser state."""
+    source, folder = checkpoint_folder(checkpoint), Path(folder)
+    meta, _, recipe, *_ = read_checkpoint(source, target)
+    tensors = read_safetensors(source / "weights.safetensors")
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    half = {k: v if k == COUNTS else v.astype(np.float16) for k, v in tensors.items()}
+    save_file(half, tmp / "weights.safetensors")
+    meta["sha256"] = _sha256(tmp / "weights.safetensors")
+    meta["recipe_layers"] = list(recipe.feature_layers(target))
+    if evaluation is not None:
+        (tmp / "drafter.json").write_text(json.dumps(meta))
+        tokens = [row[mask].tolist() for row, mask in zip(evaluation.tokens, evaluation.mask, strict=True)]
+        meta["evaluation"] = {"tokens": tokens, **evaluate_shipped(tmp, target, tokens)}
+    (tmp / "drafter.json").write_text(json.dumps(meta, indent=1))
+    return _swap_in(tmp, folder)
+
+
+def evaluate_shipped(folder, target: Model, tokens=None) -> dict:
+    """A shipped head's teacher-forced agreement {"accept", "top1"} on token sequences ``tokens``
+    (default: the ones its drafter.json records), their features computed from the target."""
+    folder = checkpoint_folder(folder)
+    meta, _, recipe, graphdef, trainable, frozen = read_checkpoint(folder, target)
+    tokens = meta["evaluation"]["tokens"] if tokens is None else tokens
+    padded = np.zeros((len(tokens), max(map(len, tokens))), np.int32)
+    mask = np.zeros(padded.shape, bool)
+    for b, row in enumerate(tokens):
+        padded[b, : len(row)], mask[b, : len(row)] = row, True
+    layers = tuple(sorted({*recipe.feature_layers(target), target.config.n_layers - 1}))
+    corpus = Corpus(padded, mask, hidden_features(target, padded, layers), layers)
+    teacher = recipe.init(target, read_safetensors(folder / "weights.safetensors").get(COUNTS))[3]
+    return evaluate(target, recipe, (graphdef, trainable, frozen, teacher), corpus)
+
+
+def shipped_head(kind: str, target: Model) -> Path:
+    """The folder of the head shipped for ``target`` (``HEADS/<kind>-<target name>``)."""
+    folder = HEADS / f"{kind}-{target.name}"
+    if not (folder / "drafter.json").is_file():
+        have = sorted(p.parent.name for p in HEADS.glob("*/drafter.json"))
+        raise FileNotFoundError(
+            f"{kind}: no shipped head for target {target.name!r} (shipped: {', '.join(have) or 'none'}); "
+            "train one with "
+            "experiments/train_draft.py and pass checkpoint=<its run_dir>"
+        )
+    return folder
 
 
 def checkpoint_folder(path) -> Path:
@@ -195,15 +271,23 @@ def read_checkpoint(path, target: Model):
             f"{want['dim']}, not {target.name!r} (vocab_size {c.vocab_size}, dim {c.dim})"
         )
     recipe = cfg.make_recipe()
-    tensors = read_safetensors(folder / "weights.safetensors")
+    weights = folder / "weights.safetensors"
+    if "sha256" in meta and _sha256(weights) != meta["sha256"]:
+        raise ValueError(
+            f"{weights}: checksum mismatch (sha256 {_sha256(weights)[:12]}..., {folder / 'drafter.json'} "
+            f"records {str(meta['sha256'])[:12]}...): the file is corrupt or was replaced"
+        )
+    tensors = read_safetensors(weights)
     graphdef, trainable, frozen, _ = recipe.init(target, tensors.get(COUNTS))
     trainable = _unflat(trainable, tensors, str(folder / "weights.safetensors"))
     return meta, cfg, recipe, graphdef, trainable, frozen
 
 
-def load_drafter(kind: str, target: Model, checkpoint, stop_below: float | None = None):
-    """The drafter of a training run (``checkpoint``: its run directory), or ``"untrained"``:
-    the recipe's starting point (distilled: copied target layers; eagle: a fresh head)."""
+def load_drafter(kind: str, target: Model, checkpoint=None, stop_below: float | None = None):
+    """The drafter of a training run (``checkpoint``: its run directory), the head shipped for
+    the target (None), or ``"untrained"``: the recipe's starting point (distilled: copied target
+    layers; eagle: a fresh head)."""
+    checkpoint = shipped_head(kind, target) if checkpoint is None else checkpoint
     if checkpoint == "untrained":
         recipe = RECIPES[kind]()
         graphdef, trainable, frozen, _ = recipe.init(target)
@@ -214,6 +298,25 @@ def load_drafter(kind: str, target: Model, checkpoint, stop_below: float | None 
                 f"{checkpoint_folder(checkpoint) / 'drafter.json'}: holds {meta['kind']} weights, not {kind}"
             )
     return recipe.drafter(target, graphdef, trainable, frozen, stop_below=stop_below)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _agreement(recipe, graphdef, trainable, frozen, teacher, batch):
+    return agreement(recipe, graphdef, trainable, frozen, teacher, batch)
+
+
+def evaluate(target: Model, recipe, weights, corpus: Corpus, batch_size: int = 8) -> dict:
+    """Teacher-forced agreement over every position of ``corpus``: {"accept": mean 1 - TVD,
+    "top1": greedy agreement rate} (see ``recipes.agreement``); weights = (graphdef, trainable,
+    frozen, teacher) as ``recipe.init`` returns them."""
+    graphdef, trainable, frozen, teacher = weights
+    layers, top = recipe.feature_layers(target), target.config.n_layers - 1
+    sums = {}
+    for i in range(0, len(corpus), batch_size):
+        rows = np.arange(i, min(i + batch_size, len(corpus)))
+        part = _agreement(recipe, graphdef, trainable, frozen, teacher, _batch(corpus, rows, layers, top))
+        sums = {k: sums.get(k, 0.0) + float(v) for k, v in part.items()}
+    return {k: sums[k] / max(sums["positions"], 1.0) for k in ("accept", "top1")}
 
 
 def _log(run_dir: Path, entry: dict) -> None:
@@ -246,6 +349,9 @@ def train(
     recipe = cfg.make_recipe()
     optimizer = _optimizer(cfg)
     counts = token_counts(corpus, target.config.vocab_size)
+    layers, top = recipe.feature_layers(target), target.config.n_layers - 1
+    for i in (*layers, top):
+        corpus.layer(i)  # ValueError naming a layer the corpus lacks, before anything compiles
     graphdef, trainable, frozen, teacher = recipe.init(target, counts)
     opt_state = optimizer.init(trainable)
     step = 0
@@ -281,20 +387,17 @@ def train(
         updates, opt_state = optimizer.update(grads, opt_state, trainable)
         return optax.apply_updates(trainable, updates), opt_state, loss
 
-    @jax.jit
-    def evaluate(trainable, frozen, teacher, batch):
-        return agreement(recipe, graphdef, trainable, frozen, teacher, batch)
-
-    def held_out(trainable) -> dict:
-        rows = np.arange(len(heldout))
-        parts = [
-            evaluate(trainable, frozen, teacher, _batch(heldout, rows[i : i + cfg.batch_size]))
-            for i in range(0, len(heldout), cfg.batch_size)
-        ]
-        return {k: float(np.mean([p[k] for p in parts])) for k in parts[0]}
+    held_out = lambda trainable: evaluate(
+        target, recipe, (graphdef, trainable, frozen, teacher), heldout, cfg.batch_size
+    )
 
     if step == 0:
-        _log(run_dir, {"step": 0, **{f"heldout_{k}": v for k, v in held_out(trainable).items()}})
+        first = {f"heldout_{k}": v for k, v in held_out(trainable).items()}
+        if "vocab_ids" in frozen:  # the share of held-out tokens the vocabulary subset can draft
+            first["heldout_vocab_coverage"] = float(
+                np.isin(heldout.tokens[heldout.mask], frozen["vocab_ids"]).mean()
+            )
+        _log(run_dir, {"step": 0, **first})
     key = jax.random.key(cfg.seed)
     losses = []
     start = time.perf_counter()
@@ -302,7 +405,7 @@ def train(
         total=cfg.steps, initial=step, desc=f"train {cfg.kind}", unit="step", disable=not progress
     ) as bar:
         while step < cfg.steps:
-            batch = _batch(corpus, batch_indices(len(corpus), cfg.batch_size, step, cfg.seed))
+            batch = _batch(corpus, batch_indices(len(corpus), cfg.batch_size, step, cfg.seed), layers, top)
             trainable, opt_state, loss = update(
                 trainable, opt_state, frozen, teacher, batch, jax.random.fold_in(key, step)
             )
