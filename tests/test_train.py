@@ -343,6 +343,17 @@ def test_training_raises_the_measured_acceptance_rate(target, corpus, kind, reci
     assert json.loads((folder / "drafter.json").read_text())["step"] == 200
 
 
+def test_batches_cover_an_epoch_once_with_rows_of_similar_length():
+    lengths = np.random.default_rng(0).integers(1, 500, 100)
+    epoch = [trainer.batch_indices(lengths, 4, step, seed=1, pool=5) for step in range(25)]
+    assert sorted(np.concatenate(epoch).tolist()) == list(range(100))  # every row once per epoch
+    spread = np.mean([np.ptp(lengths[b]) for b in epoch])  # sorted pools of 20 rows: close lengths
+    shuffled = np.mean([np.ptp(lengths[b]) for b in np.random.default_rng(2).permutation(100).reshape(25, 4)])
+    assert spread < 0.5 * shuffled
+    assert not np.array_equal(trainer.batch_indices(lengths, 4, 25, 1, 5), epoch[0])  # a new epoch reshuffles
+    assert np.array_equal(trainer.batch_indices(lengths, 4, 7, 1, 5), epoch[7])  # deterministic (resume)
+
+
 def test_interrupted_training_resumes_to_the_same_weights(target, corpus, tmp_path, monkeypatch):
     train_part, held = corpus.split(8)
     cfg = TrainConfig(kind="eagle", steps=12, warmup_steps=2, checkpoint_every=5, eval_every=6, log_every=2)
@@ -350,10 +361,10 @@ def test_interrupted_training_resumes_to_the_same_weights(target, corpus, tmp_pa
 
     real = trainer.batch_indices
 
-    def dies_at_step_8(n, batch_size, step, seed):
+    def dies_at_step_8(lengths, batch_size, step, seed):
         if step == 8:
             raise KeyboardInterrupt
-        return real(n, batch_size, step, seed)
+        return real(lengths, batch_size, step, seed)
 
     monkeypatch.setattr(trainer, "batch_indices", dies_at_step_8)
     with pytest.raises(KeyboardInterrupt):

@@ -1,10 +1,13 @@
-"""Self-distillation data: sequences the target writes itself, with its top hidden states.
+"""Self-distillation data: sequences the target writes itself, with its hidden states.
 
-No external text is needed: the target first writes user messages (sampled from the
-opening of a chat user turn), then answers them; the teacher signal of every position
-is the target's top hidden state f_t (its last layer's output before the final norm),
-from which its next-token distribution is ``LMHead(RMSNorm(f_t))``. Storing f_t
-[D] instead of logits [V] keeps a corpus small (D = 576 against V = 49152 for SmolLM2).
+No external text is needed: the target writes the content of prompts of six categories
+(``specdec.train.prompts``), then answers them greedily; every sequence is stored with the
+outputs of a few target layers (a low, a middle and the top one: EAGLE-3 fuses them). The
+teacher signal of every position is the top one, f_t (the last layer's output before the
+final norm), from which the target's next-token distribution is ``LMHead(RMSNorm(f_t))``:
+storing f_t [D] in float16 instead of logits [V] keeps a corpus small (D = 576 against
+V = 49152 for SmolLM2). A corpus is a folder of shards, each one batch of prompts, written
+atomically, so a long build can be stopped and resumed.
 """
 
 from __future__ import annotations
@@ -199,12 +202,7 @@ def self_distillation_corpus(
             seed=seed + i,
         )
         rows += [(p + t)[:max_len] for p, t in zip(out.prompt_tokens, out.tokens, strict=True)]
-    T = max(len(r) for r in rows)
-    tokens = np.zeros((len(rows), T), np.int32)
-    mask = np.zeros((len(rows), T), bool)
-    for b, r in enumerate(rows):
-        tokens[b, : len(r)] = r
-        mask[b, : len(r)] = True
+    tokens, mask = pad_rows(rows)
     layers = (target.config.n_layers - 1,) if layers is None else tuple(layers)
     return Corpus(tokens, mask, hidden_features(target, tokens, layers, dtype=dtype), layers)
 
@@ -265,13 +263,18 @@ def corpus_shard(
         dtype=np.float16,
         max_len=max_len,
     )
-    written = [c[:max_len] for c in writer.conversations]
-    tokens = np.zeros((len(written), max(map(len, written))), np.int32)
-    mask = np.zeros(tokens.shape, bool)
-    for b, r in enumerate(written):
-        tokens[b, : len(r)], mask[b, : len(r)] = r, True
+    tokens, mask = pad_rows([c[:max_len] for c in writer.conversations])
     content = Corpus(tokens, mask, hidden_features(target, tokens, layers, dtype=np.float16), tuple(layers))
     return _stack([answered, content])
+
+
+def pad_rows(rows) -> tuple[np.ndarray, np.ndarray]:
+    """Token-id lists -> (tokens [N, T] int32 right-padded with 0, mask [N, T] of real tokens)."""
+    tokens = np.zeros((len(rows), max(map(len, rows))), np.int32)
+    mask = np.zeros(tokens.shape, bool)
+    for b, row in enumerate(rows):
+        tokens[b, : len(row)], mask[b, : len(row)] = row, True
+    return tokens, mask
 
 
 def _stack(parts: list[Corpus]) -> Corpus:

@@ -29,7 +29,7 @@ from safetensors.numpy import save_file
 from tqdm import tqdm
 
 from specdec.models import Model
-from specdec.train.data import Corpus, hidden_features
+from specdec.train.data import Corpus, hidden_features, pad_rows
 from specdec.train.losses import DIVERGENCES
 from specdec.train.recipes import RECIPES, agreement
 from specdec.weights.files import one_line, read_json, read_safetensors
@@ -94,12 +94,19 @@ def _optimizer(cfg: TrainConfig):
     )
 
 
-def batch_indices(n: int, batch_size: int, step: int, seed: int) -> np.ndarray:
-    """Rows of step ``step``: consecutive slices of one shuffle per epoch (deterministic for resume)."""
+def batch_indices(lengths: np.ndarray, batch_size: int, step: int, seed: int, pool: int = 16) -> np.ndarray:
+    """Rows of step ``step`` (``lengths`` [N]: real tokens per row), deterministic for resume: one
+    shuffle per epoch, cut into pools of ``pool`` batches whose rows are sorted by length, so a
+    batch holds rows of similar length (less padding), then the epoch's batches shuffled."""
+    n = len(lengths)
     per_epoch = max(n // batch_size, 1)
     epoch, i = divmod(step, per_epoch)
-    order = np.random.default_rng([seed, epoch]).permutation(n)
-    return order[i * batch_size : (i + 1) * batch_size]
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(n)[: per_epoch * batch_size]
+    size = pool * batch_size
+    pools = [p[np.argsort(lengths[p], kind="stable")] for p in np.split(order, range(size, len(order), size))]
+    batches = np.concatenate(pools).reshape(per_epoch, -1)[rng.permutation(per_epoch)]
+    return batches[i]
 
 
 def _batch(corpus: Corpus, rows, layers: tuple[int, ...], top: int) -> dict:
@@ -206,10 +213,7 @@ def evaluate_shipped(folder, target: Model, tokens=None) -> dict:
     folder = checkpoint_folder(folder)
     meta, _, recipe, graphdef, trainable, frozen = read_checkpoint(folder, target)
     tokens = meta["evaluation"]["tokens"] if tokens is None else tokens
-    padded = np.zeros((len(tokens), max(map(len, tokens))), np.int32)
-    mask = np.zeros(padded.shape, bool)
-    for b, row in enumerate(tokens):
-        padded[b, : len(row)], mask[b, : len(row)] = row, True
+    padded, mask = pad_rows(tokens)
     layers = tuple(sorted({*recipe.feature_layers(target), target.config.n_layers - 1}))
     corpus = Corpus(padded, mask, hidden_features(target, padded, layers), layers)
     teacher = recipe.init(target, read_safetensors(folder / "weights.safetensors").get(COUNTS))[3]
@@ -399,13 +403,15 @@ def train(
             )
         _log(run_dir, {"step": 0, **first})
     key = jax.random.key(cfg.seed)
+    lengths = corpus.mask.sum(1)
     losses = []
     start = time.perf_counter()
     with tqdm(
         total=cfg.steps, initial=step, desc=f"train {cfg.kind}", unit="step", disable=not progress
     ) as bar:
         while step < cfg.steps:
-            batch = _batch(corpus, batch_indices(len(corpus), cfg.batch_size, step, cfg.seed), layers, top)
+            rows = batch_indices(lengths, cfg.batch_size, step, cfg.seed)
+            batch = _batch(corpus, rows, layers, top)
             trainable, opt_state, loss = update(
                 trainable, opt_state, frozen, teacher, batch, jax.random.fold_in(key, step)
             )
