@@ -345,3 +345,21 @@ def test_trees_vs_nodes_draws_measured_and_predicted_per_kind(tmp_path):
     assert list(dynamic.get_xdata()) == [8, 16] and list(dynamic.get_ydata()) == [1.35, 1.3]
     assert len(speed_ax.get_lines()) == 7  # measured and predicted per kind, and the reference at 1
     assert all(p.stat().st_size > 0 for p in plots.save(fig, tmp_path, "trees"))
+
+
+def test_agreement_vs_data_draws_one_sorted_line_per_recipe(tmp_path):
+    records = [
+        dict(recipe="eagle1", tokens=100_000, top1=0.40, accept=0.38),
+        dict(recipe="eagle1", tokens=25_000, top1=0.30, accept=0.29),
+        dict(recipe="eagle", tokens=25_000, top1=0.35, accept=0.33),
+        dict(recipe="eagle", tokens=100_000, top1=0.50, accept=0.47),
+    ]
+    top1_ax, accept_ax = plots.agreement_vs_data(records).axes
+    lines = {line.get_label(): line for line in top1_ax.get_lines()}
+    assert sorted(lines) == ["eagle", "eagle1"]
+    assert list(lines["eagle1"].get_xdata()) == [25_000, 100_000] and list(lines["eagle1"].get_ydata()) == [
+        0.30,
+        0.40,
+    ]
+    assert list(accept_ax.get_lines()[0].get_ydata()) == [0.29, 0.38]  # first recipe met: eagle1
+    assert top1_ax.get_xscale() == "log"
