@@ -466,7 +466,7 @@ def test_shipped_head_is_lossless(smollm2):
         eos_ids=(),
         seed=3,
     )
-    assert sum(s["accepted"] for s in out.stats) > 0.2 * rows
+    assert sum(s["accepted"] for s in out.stats) > 0.05 * rows  # drafts are really used
     logits, _, _ = smollm2.apply(
         smollm2.params, jnp.asarray([ids]), jnp.arange(len(ids))[None], smollm2.init_cache(1, len(ids))
     )
