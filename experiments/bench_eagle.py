@@ -15,6 +15,9 @@ six categories, first turns, chat template):
 
 Prints tau per category and overall, the speedup over autoregressive decoding per category
 (summed wall times) and overall, and the best tau per category; ``--out`` gets records.json.
+First it prints the head's teacher-forced agreement on these prompts' greedy answers (answer
+positions only) at every unroll step, the number that bounds a chain's acceptance
+(``--agreement-only`` stops there).
 
     python experiments/bench_eagle.py [--gammas 2 3 4 5 6] [--nodes 16] [--per-category 1]
 """
@@ -22,6 +25,7 @@ Prints tau per category and overall, the speedup over autoregressive decoding pe
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -32,6 +36,9 @@ import numpy as np
 import specdec
 from specdec import tasks
 from specdec.generation import bucket, encode_prompts
+from specdec.train import trainer
+from specdec.train.data import Corpus, hidden_features, pad_rows
+from specdec.weights.files import read_safetensors
 
 LAYER_SKIP = [12, 13, 14, 15, 16, 17, 19, 22, 25, 26]  # experiments/search_layer_skip.py's set (docs)
 
@@ -58,6 +65,26 @@ def configurations(target, args) -> list[dict]:
     return out
 
 
+def answer_agreement(target, prompts, args, unroll: int = 3) -> list[float]:
+    """Teacher-forced top-1 of the head on the prompts' greedy answers, per unroll step."""
+    folder = trainer.checkpoint_folder(args.checkpoint or trainer.shipped_head("eagle", target))
+    _, _, recipe, graphdef, trainable, frozen = trainer.read_checkpoint(folder, target)
+    teacher = recipe.init(target, read_safetensors(folder / "weights.safetensors").get(trainer.COUNTS))[3]
+    out = specdec.generate(target, prompts, chat=False, max_new_tokens=args.max_new_tokens)
+    tokens, mask = pad_rows([p + t for p, t in zip(prompts, out.tokens, strict=True)])
+    for b, ids in enumerate(prompts):
+        mask[b, : len(ids) - 1] = False  # positions predicting an answer token only
+    top = target.config.n_layers - 1
+    layers = tuple(sorted({*recipe.feature_layers(target), top}))
+    corpus = Corpus(tokens, mask, hidden_features(target, tokens, layers), layers)
+    batch = trainer._batch(corpus, np.arange(len(prompts)), recipe.feature_layers(target), top)
+    p, _, steps = dataclasses.replace(recipe, unroll=unroll).unrolled(
+        graphdef, trainable, frozen, teacher, batch
+    )
+    agree = np.asarray(p).argmax(-1)
+    return [float((agree == np.asarray(q).argmax(-1))[np.asarray(m)].mean()) for q, _, m in steps]
+
+
 def generate(target, ids, config, args, min_bucket):
     return specdec.generate(
         target,
@@ -80,11 +107,18 @@ def main():
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--out", default=None, help="folder for records.json")
+    parser.add_argument("--agreement-only", action="store_true")
     args = parser.parse_args()
 
     target = specdec.load_model(args.model)
     questions = tasks.load_task("builtin", per_category=args.per_category)
     prompts = encode_prompts(target, [q.turns[0] for q in questions], chat=True)
+    agreement = answer_agreement(target, prompts, args)
+    print(
+        f"teacher-forced top-1 on the answers by unroll step: {[round(a, 3) for a in agreement]}", flush=True
+    )
+    if args.agreement_only:
+        return
     categories = [q.category for q in questions]
     min_bucket = bucket(max(len(ids) for ids in prompts))
     configs = configurations(target, args)

@@ -211,10 +211,7 @@ def decode_loop(target_def, target_params, drafter, tokens, prompt_lengths, cach
     K, T = cfg.gamma, cfg.prompt_len
     tree_drafter = tree_size(drafter, K) is not None  # proposes a Tree (specdec.trees)
     ranks = drafter.max_siblings if tree_drafter else 1
-    read = (
-        tuple(drafter.feature_layers) if drafter.needs_features else ()
-    )  # layers whose output drafters read
-    returned = tuple(sorted(set(read)))  # the forward returns each layer once, in layer order
+    read = tuple(drafter.feature_layers) if drafter.needs_features else ()  # the layers drafters read
 
     def target_pass(tokens, positions, cache, width=None, mask=None):
         """The first ``width`` positions -> p [B, W, V], cache, hidden states [B, W, L D] (or None),
@@ -228,11 +225,11 @@ def decode_loop(target_def, target_params, drafter, tokens, prompt_lengths, cach
             positions[:, :width],
             cache,
             mask=mask,
-            hidden_layers=returned,
+            hidden_layers=read,
         )
         pad = ((0, 0), (0, W - width), (0, 0))
-        if read:  # [L, B, W, D] -> [B, W, L D], in the drafter's order
-            hidden = jnp.pad(jnp.concatenate([hidden[returned.index(i)] for i in read], axis=-1), pad)
+        if read:  # [L, B, W, D] -> [B, W, L D]
+            hidden = jnp.pad(jnp.concatenate(list(hidden), axis=-1), pad)
         return jnp.pad(probs(logits, cfg.sampling), pad), cache, hidden
 
     def pending(state: LoopState):  # [B, 1] the token after the cached ones

@@ -238,30 +238,30 @@ def test_prompt_generators_fill_their_templates_with_what_the_target_wrote(categ
 @pytest.mark.slow
 def test_interrupted_corpus_build_resumes_to_the_same_shards(tmp_path, monkeypatch):
     tiny = specdec.load_model("tiny-random")  # has a tokenizer and a chat template
-    options = dict(shards=3, batch=2, response_tokens=6, max_len=48, layers=(1,))
+    options = dict(shards=2, batch=2, response_tokens=6, max_len=48, layers=(1,))
     whole = corpus_data.build_corpus(tiny, tmp_path / "whole", progress=False, **options)
     real = corpus_data.corpus_shard
 
-    def dies_at_shard_2(target, index, *args):
-        if index == 2:
-            (tmp_path / "cut/shard-00002.safetensors.tmp").write_bytes(b"half a shard")
+    def dies_at_shard_1(target, index, *args):
+        if index == 1:
+            (tmp_path / "cut/shard-00001.safetensors.tmp").write_bytes(b"half a shard")
             raise KeyboardInterrupt
         return real(target, index, *args)
 
-    monkeypatch.setattr(corpus_data, "corpus_shard", dies_at_shard_2)
+    monkeypatch.setattr(corpus_data, "corpus_shard", dies_at_shard_1)
     with pytest.raises(KeyboardInterrupt):
         corpus_data.build_corpus(tiny, tmp_path / "cut", progress=False, **options)
-    assert len(corpus_data.shard_files(tmp_path / "cut")) == 2
+    assert len(corpus_data.shard_files(tmp_path / "cut")) == 1
     monkeypatch.setattr(corpus_data, "corpus_shard", real)
     resumed = corpus_data.build_corpus(tiny, tmp_path / "cut", progress=False, **options)
     assert not list((tmp_path / "cut").glob("*.tmp"))
     assert np.array_equal(resumed.tokens, whole.tokens) and np.array_equal(resumed.features, whole.features)
     assert resumed.layers == (1, 3) and resumed.features.dtype == np.float16  # the top layer is added
     log = [json.loads(line) for line in (tmp_path / "cut/log.jsonl").read_text().splitlines()]
-    assert [e["category"] for e in log] == ["chat", "translation", "summarization"]
+    assert [e["category"] for e in log] == ["chat", "translation"]
     assert sum(e["tokens"] for e in log) == resumed.n_tokens
-    (tmp_path / "cut/shard-00001.safetensors").unlink()
-    with pytest.raises(ValueError, match=r"shard-00001\.safetensors is missing"):
+    (tmp_path / "cut/shard-00000.safetensors").unlink()
+    with pytest.raises(ValueError, match=r"shard-00000\.safetensors is missing"):
         Corpus.load(tmp_path / "cut")
 
 
@@ -304,7 +304,7 @@ def test_training_time_test_unroll_matches_a_hand_written_two_step_reference(tar
 # --- training ---------------------------------------------------------------------------------
 
 
-EAGLE3 = {"layers": "low_mid_high", "unroll": 3, "cls_weight": 1.0, "feature_weight": 0.0}
+EAGLE3 = {"layers": "low_mid_high", "unroll": 2, "cls_weight": 1.0, "feature_weight": 0.0}
 
 
 @pytest.mark.slow
@@ -449,11 +449,9 @@ def test_shipped_head_is_lossless(smollm2):
     auto = specdec.generate(smollm2, prompts, max_new_tokens=24)
     chain = specdec.generate(smollm2, prompts, drafters.make("eagle", smollm2), gamma=4, max_new_tokens=24)
     assert chain.tokens == auto.tokens and sum(s["accepted"] for s in chain.stats) > 0
-    tree = drafters.make("eagle", smollm2, tree=dict(kind="dynamic", n_nodes=8, depth=4, top_k=4))
-    assert specdec.generate(smollm2, prompts, tree, gamma=4, max_new_tokens=24).tokens == auto.tokens
     # Sampling (temperature 1, top-5): the first emitted token, accepted draft or resampled, ~ p.
     ids = smollm2.tokenizer.encode("The capital of France is")
-    rows = 400
+    rows = 200
     out = specdec.generate(
         smollm2,
         [ids] * rows,
@@ -538,7 +536,9 @@ def test_train_draft_makes_a_drafter_that_run_py_uses_by_name(tmp_path):
     assert 0 < log[0]["heldout_vocab_coverage"] <= 1
     shipped = json.loads((tmp_path / "head/drafter.json").read_text())
     assert shipped["recipe_layers"] == [2, 2, 3] and len(shipped["sha256"]) == 64
-    assert shipped["evaluation"]["top1"] == pytest.approx(log[-1]["heldout_top1"], abs=1e-6)  # all 6 rows
+    assert len(shipped["evaluation"]["tokens"]) == 8  # held-out sequences, spread over the categories
+    again = trainer.evaluate_shipped(tmp_path / "head", specdec.load_model("tiny-random"))
+    assert again == pytest.approx({k: shipped["evaluation"][k] for k in ("top1", "accept")}, abs=1e-6)
     measured = script(
         "run.py",
         "model=tiny",

@@ -236,7 +236,8 @@ class Transformer(nnx.Module):
             that ``cached_mask`` [B, T, S] allows.
         layers: static tuple of layer indices to run (first k, or a skip set), default all.
             The lm head and final norm always run; no weights are copied.
-        hidden_layers: static layer indices whose output residual stream to return.
+        hidden_layers: static layer indices whose output residual stream to return, in this order
+            (a layer may repeat).
         layer_mask: optional traced [n_layers] bool; a False layer passes the residual stream
             through unchanged. The traced twin of ``layers`` for searching skip sets without
             recompiling (every layer is still computed, so it saves no time).
@@ -249,14 +250,14 @@ class Transformer(nnx.Module):
         T = tokens.shape[1]
         visible, rope = attention_inputs(cfg, cache, positions, mask, cached_mask)
         x = self.embed_tokens(tokens, self.norm.weight.dtype)  # [B, T, D]
-        hidden = []
+        hidden = {}
         for cache_layer, i in enumerate(layers):
             out, cache = self.layers[i](x, cache, cache_layer, visible, rope)
             x = out if layer_mask is None else jnp.where(layer_mask[i], out, x)
             if i in hidden_layers:
-                hidden.append(x)
+                hidden[i] = x
         x = self.norm(x)
         head = dense((self.embed_tokens if self.lm_head is None else self.lm_head).weight, x.dtype)  # [D, V]
         logits = (x @ head).astype(jnp.float32)  # [B, T, V] (XLA:CPU has no bf16 x bf16 -> f32 matmul)
         cache = cache.with_lengths(cache.lengths + T)
-        return logits, cache, (jnp.stack(hidden) if hidden else None)
+        return logits, cache, (jnp.stack([hidden[i] for i in hidden_layers]) if hidden_layers else None)

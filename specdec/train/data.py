@@ -155,7 +155,6 @@ def hidden_features(target: Model, tokens: np.ndarray, layers=None, batch: int =
     tokens [N, T], in ``dtype`` (float16 halves a corpus; its range is checked)."""
     N, T = tokens.shape
     layers = (target.config.n_layers - 1,) if layers is None else tuple(layers)
-    returned = tuple(sorted(set(layers)))  # the forward returns each layer once, in layer order
     padded = -(-T // 64) * 64  # a few compiled shapes serve every length (padding reads nothing earlier)
     tokens = np.pad(tokens, [(0, -N % batch), (0, padded - T)])
     out = []
@@ -163,11 +162,9 @@ def hidden_features(target: Model, tokens: np.ndarray, layers=None, batch: int =
         ids = jnp.asarray(tokens[i : i + batch])
         positions = jnp.broadcast_to(jnp.arange(padded), ids.shape)
         _, _, hidden = target.apply(
-            target.params, ids, positions, target.init_cache(batch, padded), hidden_layers=returned
+            target.params, ids, positions, target.init_cache(batch, padded), hidden_layers=layers
         )
-        hidden = np.asarray(jnp.stack([hidden[returned.index(j)] for j in layers], 2))[
-            : N - i, :T
-        ]  # [b, T, L, D]
+        hidden = np.asarray(jnp.moveaxis(hidden, 0, 2))[: N - i, :T]  # [b, T, L, D]
         if np.dtype(dtype) == np.float16 and np.abs(hidden).max() >= np.finfo(np.float16).max:
             raise ValueError(
                 f"hidden_features: a feature exceeds float16's range ({np.abs(hidden).max():.3g})"
