@@ -38,7 +38,6 @@ from specdec import tasks
 from specdec.generation import bucket, encode_prompts
 from specdec.train import trainer
 from specdec.train.data import Corpus, hidden_features, pad_rows
-from specdec.weights.files import read_safetensors
 
 LAYER_SKIP = [12, 13, 14, 15, 16, 17, 19, 22, 25, 26]  # experiments/search_layer_skip.py's set (docs)
 
@@ -68,8 +67,7 @@ def configurations(target, args) -> list[dict]:
 def answer_agreement(target, prompts, args, unroll: int = 3) -> list[float]:
     """Teacher-forced top-1 of the head on the prompts' greedy answers, per unroll step."""
     folder = trainer.checkpoint_folder(args.checkpoint or trainer.shipped_head("eagle", target))
-    _, _, recipe, graphdef, trainable, frozen = trainer.read_checkpoint(folder, target)
-    teacher = recipe.init(target, read_safetensors(folder / "weights.safetensors").get(trainer.COUNTS))[3]
+    _, _, recipe, graphdef, trainable, frozen, teacher = trainer.read_checkpoint(folder, target)
     out = specdec.generate(target, prompts, chat=False, max_new_tokens=args.max_new_tokens)
     tokens, mask = pad_rows([p + t for p, t in zip(prompts, out.tokens, strict=True)])
     for b, ids in enumerate(prompts):

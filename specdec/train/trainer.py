@@ -211,13 +211,12 @@ def evaluate_shipped(folder, target: Model, tokens=None) -> dict:
     """A shipped head's teacher-forced agreement {"accept", "top1"} on token sequences ``tokens``
     (default: the ones its drafter.json records), their features computed from the target."""
     folder = checkpoint_folder(folder)
-    meta, _, recipe, graphdef, trainable, frozen = read_checkpoint(folder, target)
+    meta, _, recipe, *weights = read_checkpoint(folder, target)
     tokens = meta["evaluation"]["tokens"] if tokens is None else tokens
     padded, mask = pad_rows(tokens)
     layers = tuple(sorted({*recipe.feature_layers(target), target.config.n_layers - 1}))
     corpus = Corpus(padded, mask, hidden_features(target, padded, layers), layers)
-    teacher = recipe.init(target, read_safetensors(folder / "weights.safetensors").get(COUNTS))[3]
-    return evaluate(target, recipe, (graphdef, trainable, frozen, teacher), corpus)
+    return evaluate(target, recipe, weights, corpus)
 
 
 def shipped_head(kind: str, target: Model) -> Path:
@@ -265,7 +264,7 @@ def read_meta(path) -> tuple[dict, TrainConfig]:
 
 
 def read_checkpoint(path, target: Model):
-    """-> (meta, TrainConfig, recipe, graphdef, trainable, frozen), checked against the target."""
+    """-> (meta, TrainConfig, recipe, graphdef, trainable, frozen, teacher), checked against the target."""
     folder = checkpoint_folder(path)
     meta, cfg = read_meta(folder / "drafter.json")
     c, want = target.config, meta["target"]
@@ -282,9 +281,9 @@ def read_checkpoint(path, target: Model):
             f"records {str(meta['sha256'])[:12]}...): the file is corrupt or was replaced"
         )
     tensors = read_safetensors(weights)
-    graphdef, trainable, frozen, _ = recipe.init(target, tensors.get(COUNTS))
+    graphdef, trainable, frozen, teacher = recipe.init(target, tensors.get(COUNTS))
     trainable = _unflat(trainable, tensors, str(folder / "weights.safetensors"))
-    return meta, cfg, recipe, graphdef, trainable, frozen
+    return meta, cfg, recipe, graphdef, trainable, frozen, teacher
 
 
 def load_drafter(kind: str, target: Model, checkpoint=None, stop_below: float | None = None):
@@ -296,7 +295,7 @@ def load_drafter(kind: str, target: Model, checkpoint=None, stop_below: float | 
         recipe = RECIPES[kind]()
         graphdef, trainable, frozen, _ = recipe.init(target)
     else:
-        meta, _, recipe, graphdef, trainable, frozen = read_checkpoint(checkpoint, target)
+        meta, _, recipe, graphdef, trainable, frozen, _ = read_checkpoint(checkpoint, target)
         if meta["kind"] != kind:
             raise ValueError(
                 f"{checkpoint_folder(checkpoint) / 'drafter.json'}: holds {meta['kind']} weights, not {kind}"
@@ -361,7 +360,7 @@ def train(
     step = 0
     saved_any = any((run_dir / d / "drafter.json").is_file() for d in ("checkpoint", "checkpoint.old"))
     if resume and saved_any:  # checkpoint.old alone: interrupted while swapping in a new one
-        meta, saved, _, _, trainable, _ = read_checkpoint(run_dir, target)
+        meta, saved, _, _, trainable, _, _ = read_checkpoint(run_dir, target)
         if json.loads(json.dumps(cfg.to_dict())) != saved.to_dict():
             raise ValueError(
                 f"{run_dir}: has a checkpoint of another training config; use another run_dir or resume=false"
