@@ -213,9 +213,11 @@ def decode_loop(target_def, target_params, drafter, tokens, prompt_lengths, cach
     ranks = drafter.max_siblings if tree_drafter else 1
     read = tuple(drafter.feature_layers) if drafter.needs_features else ()  # the layers drafters read
 
-    def target_pass(tokens, positions, cache, width=None, mask=None):
+    def target_pass(tokens, positions, cache, width=None, mask=None, write=True):
         """The first ``width`` positions -> p [B, W, V], cache, hidden states [B, W, L D] (or None),
-        both zero-padded to W = tokens.shape[1]. mask [B, W, W]: among the new tokens (default causal)."""
+        both zero-padded to W = tokens.shape[1]. mask [B, W, W]: among the new tokens (default causal).
+        Without ``write``, the cache is only read and a block of the new entries, padded to W,
+        comes back in its place (``Transformer``'s ``write``)."""
         W = tokens.shape[1]
         width = W if width is None else width
         logits, cache, hidden = forward(
@@ -226,11 +228,12 @@ def decode_loop(target_def, target_params, drafter, tokens, prompt_lengths, cach
             cache,
             mask=mask,
             hidden_layers=read,
+            write=write,
         )
         pad = ((0, 0), (0, W - width), (0, 0))
         if read:  # [L, B, W, D] -> [B, W, L D]
             hidden = jnp.pad(jnp.concatenate(list(hidden), axis=-1), pad)
-        return jnp.pad(probs(logits, cfg.sampling), pad), cache, hidden
+        return jnp.pad(probs(logits, cfg.sampling), pad), (cache if write else cache.padded(W)), hidden
 
     def pending(state: LoopState):  # [B, 1] the token after the cached ones
         return jnp.take_along_axis(state.tokens, state.lengths[:, None] - 1, axis=1)
@@ -268,11 +271,17 @@ def decode_loop(target_def, target_params, drafter, tokens, prompt_lengths, cach
         tokens = jnp.concatenate([pending(state), draft], axis=1)
         positions = start[:, None] + jnp.arange(K + 1)[None, :]  # [B, K+1]
         cache = state.cache.with_lengths(start)  # roll back rejected slots
+        if len(cfg.widths) == 1:
+            p, cache, hidden = target_pass(tokens, positions, cache)
+            return p, cache, hidden, jnp.asarray(K + 1)
+        # The narrowest compiled width that holds every row's drafts. The branches only read the
+        # cache and hand back the new entries, written after the switch: a cache carried through
+        # a switch's branches is copied by XLA at every step.
         widths = jnp.asarray(cfg.widths)
         branch = jnp.searchsorted(widths, jnp.max(jnp.where(state.done, 0, n_drafted)) + 1)
-        passes = [functools.partial(target_pass, width=w) for w in cfg.widths]
-        p, cache, hidden = jax.lax.switch(branch, passes, tokens, positions, cache)
-        return p, cache, hidden, widths[branch]
+        passes = [functools.partial(target_pass, width=w, write=False) for w in cfg.widths]
+        p, block, hidden = jax.lax.switch(branch, passes, tokens, positions, cache)
+        return p, cache.append(block), hidden, widths[branch]
 
     def verify_tree(state: LoopState, tree: Tree, ancestor):
         """Score the pending token (entry 0) and every node (entry j + 1, at position start + depth,

@@ -10,7 +10,9 @@ weight storage:
   and down's partial products;
 - vocabulary-parallel embedding and LM head: [D, V] split by vocabulary columns;
 - norms replicated;
-- the KV cache [B, Hkv, Dh, S] split by rows over ``data`` and KV heads over ``model``; token
+- the KV cache [B Hkv, S, Dh] / [B Hkv, Dh, S] (rows and heads merged, ``models.cache``) split by
+  rows over ``data`` and replicated over ``model``: each device computes its heads' attention from
+  its copy, with no communication (the merged axis cannot be tiled by heads as well); token
   buffers and lengths by rows over ``data``.
 
 Quantized weights (``models.quant``) follow their weight's rule: q, scale and offset all share
@@ -91,8 +93,8 @@ def place(array, mesh: Mesh, spec: P):
 
 
 def cache_spec() -> P:
-    """KV cache arrays [B, Hkv, Dh, S]: rows over data, KV heads over model."""
-    return P("data", "model", None, None)
+    """KV cache arrays [B Hkv, ...] (row-major merge of rows and heads): rows over data."""
+    return P("data", None, None)
 
 
 def place_batch(array, mesh: Mesh):

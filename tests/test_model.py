@@ -1,11 +1,16 @@
 """The Flax transformer: cache consistency, padding, masks, layer subsets, dtypes."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from specdec import drafters, timing
+from specdec.decode import LoopConfig, decode_loop
 from specdec.models import Model, RopeScaling, tiny_config
+from specdec.sampling import Sampling
 
 
 def full_logits(model, tokens):
@@ -41,25 +46,59 @@ def test_incremental_decode_equals_full_forward(config):
     np.testing.assert_allclose(np.concatenate(pieces, axis=1), expected, atol=1e-5, rtol=1e-5)
 
 
-def test_rows_of_different_lengths_match_each_row_alone():
+@pytest.mark.parametrize("n_rows", [3, 18], ids=["per-row-updates", "scatter"])
+def test_rows_of_different_lengths_match_each_row_alone(n_rows):
+    """Rows of unequal lengths in one batch, then one more token each at its own slot: every row
+    equals that row alone (18 rows take the cache's scatter write, 3 its per-row updates)."""
     config = tiny_config()
     model = Model.random(config, seed=1)
     rows = [[5, 9, 3, 7, 1, 2, 8], [4, 4], [11, 12, 13, 14]]
+    rows = [[(t + 7 * i) % config.vocab_size for t in rows[i % 3]] for i in range(n_rows)]
     T = max(len(r) for r in rows)
-    batch = np.zeros((len(rows), T), np.int32)
+    batch = np.zeros((n_rows, T), np.int32)
     for b, r in enumerate(rows):
         batch[b, : len(r)] = r
-    logits, cache, _ = model.apply(
-        model.params, jnp.asarray(batch), jnp.broadcast_to(jnp.arange(T), (3, T)), model.init_cache(3, 32)
-    )
+    positions = jnp.broadcast_to(jnp.arange(T), (n_rows, T))
+    logits, cache, _ = model.apply(model.params, jnp.asarray(batch), positions, model.init_cache(n_rows, 32))
     # Roll back the padding, then decode one more token per row at its own position.
     lengths = jnp.array([len(r) for r in rows])
-    nxt = jnp.array([[1], [2], [3]])
+    nxt = jnp.arange(1, n_rows + 1)[:, None]
     step, _, _ = model.apply(model.params, nxt, lengths[:, None], cache.with_lengths(lengths))
     for b, r in enumerate(rows):
         alone = full_logits(model, jnp.asarray([[*r, int(nxt[b, 0])]]))
         np.testing.assert_allclose(logits[b, : len(r)], alone[0, : len(r)], atol=1e-5)
         np.testing.assert_allclose(step[b, 0], alone[0, -1], atol=1e-5)
+
+
+def cache_copies(compiled, cache) -> int:
+    """Copies of a cache-sized array among the thunks of a compiled program."""
+    shapes = {f"{jnp.dtype(a.dtype).name}[{','.join(map(str, a.shape))}]" for a in (*cache.k, *cache.v)}
+    names = {"f32": "float32", "bf16": "bfloat16"}
+    return sum(
+        op == "copy" and re.sub(r"^(\w+)\[", lambda m: names.get(m[1], m[1]) + "[", shape) in shapes
+        for op, shape in timing.thunks(compiled)
+    )
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("drafter", ["none", "ngram"])
+def test_decode_loop_updates_the_cache_in_place(batch, drafter):
+    """The compiled decode loop writes the KV cache in place: no copy of a cache buffer per step,
+    autoregressive or verifying prompt lookup's drafts at one of two widths (reading a layer's
+    cache before writing it, a [B, Hkv, ...] layout, or a cache carried through the verify
+    switch's branches made XLA copy every layer's buffers at every step)."""
+    model = Model.random(tiny_config(), seed=0)
+    cache = model.init_cache(batch, 64)
+    draft = None if drafter == "none" else drafters.make(drafter, model)
+    tokens, lengths = jnp.zeros((batch, 64), jnp.int32), jnp.full((batch,), 4)
+    args = (model.params, draft, tokens, lengths, cache, jax.random.key(0))
+    gamma, widths = (0, ()) if draft is None else (3, (1,))
+    cfg = LoopConfig(
+        sampling=Sampling(), gamma=gamma, max_new_tokens=8, eos_ids=(), prompt_len=16, verify_widths=widths
+    )
+    assert len(cfg.widths) == (1 if draft is None else 2)
+    compiled = decode_loop.lower(model.graphdef, *args, cfg=cfg).compile()
+    assert cache_copies(compiled, cache) == 0
 
 
 def test_tree_mask_equals_separate_chains():

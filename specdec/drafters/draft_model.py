@@ -29,7 +29,7 @@ from specdec.models import KVCache, Model, forward
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class DraftState:
-    cache: KVCache  # [L_draft, B, Hkv, N, Dh]
+    cache: KVCache  # the draft layers' cache
     base: jax.Array  # [B] cached tokens before the last proposal (all but the pending token)
     last_draft: jax.Array  # [B] the token sampled at the last step run (not yet fed)
 

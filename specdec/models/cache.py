@@ -15,18 +15,20 @@ _IN_PLACE_MAX_BATCH = 16  # rows written by per-row in-place updates; larger bat
 class KVCache:
     """Keys and values of every cached layer, written in place.
 
-    k, v:     tuples of L arrays [B, Hkv, Dh, S]  keys and values, one array per cached layer,
-                                                  S = capacity slots per row; slots are the minor
-                                                  axis, the layout XLA:CPU's attention products
-                                                  read without a transpose per step
-    lengths:  [B] int32                           valid slots per row; row b's next token goes to
-                                                  slot lengths[b]
+    k:        tuple of L arrays [B Hkv, S, Dh]   keys, one array per cached layer: row b's KV head
+                                                 h is entry b Hkv + h; S = capacity slots per row
+    v:        tuple of L arrays [B Hkv, Dh, S]   values, slots the minor axis
+    lengths:  [B] int32                          valid slots per row; row b's next token goes to
+                                                 slot lengths[b]
 
     The model appends T tokens at slots lengths[b] .. lengths[b]+T-1 and advances
     lengths by T. Rolling back (rejected draft tokens) only moves ``lengths`` back:
     stale slots are overwritten by the next append and are never attended to,
     because a query only sees slots before its own.
 
+    The layouts are what XLA:CPU's attention products read as they are: keys [S, Dh] and values
+    [Dh, S] per head, rows and heads merged into the products' one batch axis (a [B, Hkv, ...]
+    buffer needs a reshape there, which made XLA copy every layer's cache at every step).
     One array per layer (not one stacked [L, ...] array): XLA:CPU rewrites the whole
     operand of a scatter, so a stacked cache would copy every layer at every layer.
     """
@@ -39,9 +41,10 @@ class KVCache:
     def init(
         cls, n_layers: int, batch: int, n_kv_heads: int, capacity: int, head_dim: int, dtype=jnp.float32
     ):
-        shape = (batch, n_kv_heads, head_dim, capacity)
-        k = tuple(jnp.zeros(shape, dtype) for _ in range(n_layers))
-        v = tuple(jnp.zeros(shape, dtype) for _ in range(n_layers))
+        k = tuple(jnp.zeros(key_shape(batch, n_kv_heads, capacity, head_dim), dtype) for _ in range(n_layers))
+        v = tuple(
+            jnp.zeros(value_shape(batch, n_kv_heads, capacity, head_dim), dtype) for _ in range(n_layers)
+        )
         return cls(k, v, jnp.zeros((batch,), jnp.int32))
 
     @property
@@ -50,11 +53,15 @@ class KVCache:
 
     @property
     def capacity(self) -> int:
-        return self.v[0].shape[3]
+        return self.v[0].shape[2]
 
     @property
     def batch(self) -> int:
         return self.lengths.shape[0]
+
+    @property
+    def n_kv_heads(self) -> int:
+        return self.k[0].shape[0] // self.batch
 
     def with_lengths(self, lengths: jax.Array) -> KVCache:
         """Same buffers, new per-row lengths ([B] or a scalar for all rows): rollback, no copy."""
@@ -62,31 +69,48 @@ class KVCache:
             self, lengths=jnp.broadcast_to(jnp.asarray(lengths, jnp.int32), (self.batch,))
         )
 
-    def write(self, layer: int, k_new: jax.Array, v_new: jax.Array) -> KVCache:
-        """Write k_new, v_new [B, T, Hkv, Dh] of one layer at slots lengths[b] + t.
+    @classmethod
+    def block(cls, entries, lengths: jax.Array) -> KVCache:
+        """A cache holding only new entries: ``entries`` one (keys [B Hkv, T, Dh], values
+        [B Hkv, Dh, T]) pair per layer, to be written at ``lengths`` [B] by ``append``."""
+        return cls(tuple(k for k, _ in entries), tuple(v for _, v in entries), lengths)
 
-        Does not advance lengths (the forward does that once, after all layers). Callers keep
-        lengths[b] + T <= capacity (``generate`` sizes the capacity for it).
-        """
-        to_layout = (0, 2, 3, 1)  # [B, T, Hkv, Dh] -> [B, Hkv, Dh, T]
-        return self._put(layer, jnp.transpose(k_new, to_layout), jnp.transpose(v_new, to_layout))
+    def padded(self, width: int) -> KVCache:
+        """This block with zero entries after its own, to ``width`` slots (a fixed shape)."""
+        pad = width - self.capacity
+        return dataclasses.replace(
+            self,
+            k=tuple(jnp.pad(k, ((0, 0), (0, pad), (0, 0))) for k in self.k),
+            v=tuple(jnp.pad(v, ((0, 0), (0, 0), (0, pad))) for v in self.v),
+        )
+
+    def append(self, block: KVCache) -> KVCache:
+        """Write ``block``'s entries (a ``Transformer`` pass with ``write=False``) at slots
+        lengths[b] + t of every layer and advance lengths by its width."""
+        out = self
+        for layer in range(self.n_layers):
+            out = out.put(layer, block.k[layer], block.v[layer])
+        return out.with_lengths(self.lengths + block.capacity)
 
     def move(self, source: jax.Array) -> KVCache:
         """Copy slot source[b, t] to slot lengths[b] + t in every layer (source [B, T]; a token
         tree's accepted path into consecutive slots). Lengths are unchanged."""
-        slots = source[:, None, None, :]
+        source = jnp.repeat(source, self.n_kv_heads, axis=0)  # [B Hkv, T]
         out = self
-        for layer in range(self.n_layers):  # gather [B, Hkv, Dh, T] from the old buffers, write in place
-            keys = jnp.take_along_axis(self.k[layer], slots, axis=3)
-            values = jnp.take_along_axis(self.v[layer], slots, axis=3)
-            out = out._put(layer, keys, values)
+        for layer in range(self.n_layers):  # gather from the old buffers, write in place
+            keys = jnp.take_along_axis(self.k[layer], source[:, :, None], axis=_K_SLOTS)
+            values = jnp.take_along_axis(self.v[layer], source[:, None, :], axis=_V_SLOTS)
+            out = out.put(layer, keys, values)
         return out
 
-    def _put(self, layer: int, keys: jax.Array, values: jax.Array) -> KVCache:
-        """Write keys, values [B, Hkv, Dh, T] (the storage layout) of one layer at slots lengths[b] + t."""
-        B, T = keys.shape[0], keys.shape[3]
+    def put(self, layer: int, keys: jax.Array, values: jax.Array) -> KVCache:
+        """Write keys [B Hkv, T, Dh] and values [B Hkv, Dh, T] (the storage layouts, see
+        ``cache_layout``) of one layer at slots lengths[b] + t. Does not advance lengths (the
+        forward does that once, after all layers). Callers keep lengths[b] + T <= capacity
+        (``generate`` sizes the capacity for it)."""
+        B, H = self.batch, self.n_kv_heads
 
-        def put(buffers, new):
+        def one(buffers, new, axis):
             buffer = buffers[layer]
             new = new.astype(buffer.dtype)
             if B <= _IN_PLACE_MAX_BATCH:
@@ -94,11 +118,37 @@ class KVCache:
                 # rewrites the whole buffer. A block that would run past the capacity is clamped
                 # back by XLA; rows never write there (generate sizes the capacity).
                 for b in range(B):
-                    buffer = jax.lax.dynamic_update_slice(buffer, new[b : b + 1], (b, 0, 0, self.lengths[b]))
+                    start = [b * H, 0, 0]
+                    start[axis] = self.lengths[b]
+                    buffer = jax.lax.dynamic_update_slice(buffer, new[b * H : (b + 1) * H], start)
             else:  # large batches: one scatter (a per-row loop would unroll B updates per layer)
-                slots = self.lengths[:, None] + jnp.arange(T)[None, :]  # [B, T]
-                rows = jnp.arange(B)[:, None]
-                buffer = buffer.at[rows, :, :, slots].set(jnp.moveaxis(new, 3, 1), mode="drop")
+                T = new.shape[axis]
+                slots = jnp.repeat(self.lengths, H)[:, None] + jnp.arange(T)[None, :]  # [B Hkv, T]
+                entries = jnp.arange(B * H)[:, None]
+                index = (entries, slots) if axis == _K_SLOTS else (entries, slice(None), slots)
+                buffer = buffer.at[index].set(jnp.moveaxis(new, axis, 1), mode="drop")
             return (*buffers[:layer], buffer, *buffers[layer + 1 :])
 
-        return dataclasses.replace(self, k=put(self.k, keys), v=put(self.v, values))
+        return dataclasses.replace(self, k=one(self.k, keys, _K_SLOTS), v=one(self.v, values, _V_SLOTS))
+
+
+def cache_layout(k: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """New keys and values [B, T, Hkv, Dh] in the storage layouts: keys [B Hkv, T, Dh], values
+    [B Hkv, Dh, T]."""
+    B, T, H, D = k.shape
+    return jnp.transpose(k, (0, 2, 1, 3)).reshape(B * H, T, D), jnp.transpose(v, (0, 2, 3, 1)).reshape(
+        B * H, D, T
+    )
+
+
+def key_shape(batch: int, n_kv_heads: int, capacity: int, head_dim: int) -> tuple[int, ...]:
+    """[B Hkv, S, Dh]: the score product q k^T reads each slot's key contiguously."""
+    return (batch * n_kv_heads, capacity, head_dim)
+
+
+def value_shape(batch: int, n_kv_heads: int, capacity: int, head_dim: int) -> tuple[int, ...]:
+    """[B Hkv, Dh, S]: the weighted sum over slots reads each value channel contiguously."""
+    return (batch * n_kv_heads, head_dim, capacity)
+
+
+_K_SLOTS, _V_SLOTS = 1, 2  # the slot axis of each layout

@@ -13,7 +13,7 @@ from jax.sharding import NamedSharding
 
 from specdec import sharding
 from specdec.models import quant as q
-from specdec.models.cache import KVCache
+from specdec.models.cache import KVCache, key_shape, value_shape
 from specdec.models.config import ModelConfig
 from specdec.models.transformer import Embedding, Linear, Transformer
 
@@ -212,13 +212,15 @@ class Model:
         n = c.n_layers if n_layers is None else n_layers
         if self.mesh is None:
             return KVCache.init(n, batch, c.n_kv_heads, capacity, c.head_dim, self.dtype)
-        # Sharded: rows over data, KV heads over model, each device allocating only its shard.
+        # Sharded: rows over data (sharding.cache_spec), each device allocating only its shard.
         lengths = sharding.place_batch(np.zeros((batch,), np.int32), self.mesh)
-        shape = (batch, c.n_kv_heads, c.head_dim, capacity)
-        where = NamedSharding(self.mesh, sharding.fit(sharding.cache_spec(), shape, self.mesh))
-        k = tuple(jnp.zeros(shape, self.dtype, device=where) for _ in range(n))
-        v = tuple(jnp.zeros(shape, self.dtype, device=where) for _ in range(n))
-        return KVCache(k, v, lengths)
+
+        def zeros(shape):
+            where = NamedSharding(self.mesh, sharding.fit(sharding.cache_spec(), shape, self.mesh))
+            return tuple(jnp.zeros(shape, self.dtype, device=where) for _ in range(n))
+
+        shape = (batch, c.n_kv_heads, capacity, c.head_dim)
+        return KVCache(zeros(key_shape(*shape)), zeros(value_shape(*shape)), lengths)
 
     def apply(self, params, tokens, positions, cache, **kwargs):
         """Jitted pure forward (see ``Transformer.__call__``): -> (logits [B,T,V], cache, hidden)."""

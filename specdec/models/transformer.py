@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from specdec.models.cache import KVCache
+from specdec.models.cache import KVCache, cache_layout
 from specdec.models.config import ModelConfig
 from specdec.models.quant import QuantizedWeight
 
@@ -119,26 +119,37 @@ def apply_rope(x, rope):
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
 
 
-def attention_inputs(cfg: ModelConfig, cache: KVCache, positions, mask=None, cached_mask=None):
-    """What every layer's attention needs for T new tokens appended after ``cache.lengths``:
-    visible = (cached [B, T, S], new [B, T, T]) bool, and the RoPE angles of ``positions`` [B, T].
+def attention_inputs(cfg: ModelConfig, cache: KVCache, positions, mask=None, cached_mask=None, write=True):
+    """What every layer's attention needs for T new tokens appended after ``cache.lengths``: which
+    entries each new token sees, and the RoPE angles of ``positions`` [B, T].
 
     New token t of row b sees the row's cached slots s < lengths[b] (only those ``cached_mask``
     [B, T, S] allows, if given: a drafter growing a token tree in its cache) and, among the new
-    tokens, those before it (or what ``mask`` [B, T, T] allows).
+    tokens, those before it (or what ``mask`` [B, T, T] allows). ``write``: visible [B, T, S] over
+    the cache's slots once the new tokens are written at lengths[b] + u; else [B, T, S + T] over
+    the cache as it is, then the new tokens.
     """
     B, T = positions.shape
     s = jnp.arange(cache.capacity)[None, None, :]
     lengths = cache.lengths[:, None, None]
-    t, u = jnp.arange(T)[None, :, None], jnp.arange(T)[None, None, :]
-    see_cached = jnp.broadcast_to(s < lengths, (B, T, cache.capacity))  # [B, T, S]
-    see_new = jnp.broadcast_to(u <= t, (B, T, T)) if mask is None else mask  # [B, T, T]
+    t = jnp.arange(T)[None, :, None]
+    new = jnp.arange(T)[None, None, :]
+    u = s - lengths  # [B, 1, S]: slot s holds new token u (when 0 <= u < T)
+    see_cached = jnp.broadcast_to(u < 0, (B, T, cache.capacity))  # [B, T, S]
+    see_new = jnp.broadcast_to(new <= t, (B, T, T)) if mask is None else mask  # [B, T, T]
     if cached_mask is not None:
         see_cached &= cached_mask
     if cfg.sliding_window is not None:  # slot distance within the window (slots = positions in a chain)
-        see_cached &= s > lengths + t - cfg.sliding_window
-        see_new &= u > t - cfg.sliding_window
-    return (see_cached, see_new), rope_angles(positions, jnp.asarray(rope_frequencies(cfg)))
+        see_cached &= u > t - cfg.sliding_window
+        see_new &= new > t - cfg.sliding_window
+    if write:  # new token u's column moved to its slot lengths[b] + u
+        placed = jnp.take_along_axis(
+            see_new, jnp.broadcast_to(jnp.clip(u, 0, T - 1), see_cached.shape), axis=2
+        )
+        visible = see_cached | ((u >= 0) & (u < T) & placed)
+    else:
+        visible = jnp.concatenate([see_cached, see_new], axis=-1)
+    return visible, rope_angles(positions, jnp.asarray(rope_frequencies(cfg)))
 
 
 class Attention(nnx.Module):
@@ -150,32 +161,41 @@ class Attention(nnx.Module):
         self.o_proj = Linear(q_dim, cfg.dim, bias=False, dtype=dtype, rngs=rngs)
         self.cfg = cfg
 
-    def __call__(self, x, cache: KVCache, cache_layer: int, visible, rope):
-        """x [B, T, D]; visible = (cached [B, T, S], new [B, T, T]) bool; rope (cos, sin)
-        -> (out [B, T, D], cache with this layer's new keys and values written)."""
+    def __call__(self, x, cache: KVCache, cache_layer: int, visible, rope, write: bool = True):
+        """x [B, T, D]; visible [B, T, S] bool (``write``) or [B, T, S + T]; rope (cos, sin)
+        -> (out [B, T, D], cache with this layer's new keys and values written; without ``write``,
+        the cache as it is and the new keys [B Hkv, T, Dh] and values [B Hkv, Dh, T] apart)."""
         cfg = self.cfg
         B, T, _ = x.shape
         q = self.q_proj(x).reshape(B, T, cfg.n_heads, cfg.head_dim)
         k = self.k_proj(x).reshape(B, T, cfg.n_kv_heads, cfg.head_dim)
         v = self.v_proj(x).reshape(B, T, cfg.n_kv_heads, cfg.head_dim)
         q, k = apply_rope(q, rope), apply_rope(k, rope)
-        # Grouped-query attention: G = n_heads / n_kv_heads query heads share one kv head.
-        # Attend to the cached slots and to the new tokens as two blocks under one softmax,
-        # and write the new keys and values only afterwards: the cache is then read before
-        # it is updated, which lets XLA update it in place.
-        q = q.reshape(B, T, cfg.n_kv_heads, cfg.group_size, cfg.head_dim) / math.sqrt(cfg.head_dim)
-        old_k, old_v = cache.k[cache_layer], cache.v[cache_layer]  # [B, Hkv, Dh, S]
-        s_old = jnp.einsum("btkgd,bkds->bkgts", q, old_k).astype(jnp.float32)
-        s_new = jnp.einsum("btkgd,bukd->bkgtu", q, k).astype(jnp.float32)
-        scores = jnp.concatenate([s_old, s_new], axis=-1)  # [B, Hkv, G, T, S+T]
-        scores = jnp.where(jnp.concatenate(visible, axis=-1)[:, None, None], scores, _NEG_INF)
-        weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-        S = old_v.shape[3]
-        out = jnp.einsum("bkgts,bkds->btkgd", weights[..., :S], old_v) + jnp.einsum(
-            "bkgtu,bukd->btkgd", weights[..., S:], v
-        )
+        new = cache_layout(k, v)
+        if write:
+            # Write first, then attend over the whole cache: the old buffer is dead once
+            # written, so XLA updates it in place (read before the write, it is copied).
+            cache = cache.put(cache_layer, *new)
+            blocks = [(cache.k[cache_layer], cache.v[cache_layer])]
+        else:  # the cache read only; the caller appends the new entries (KVCache.append)
+            blocks = [(cache.k[cache_layer], cache.v[cache_layer]), new]
+        # Grouped-query attention: G = n_heads / n_kv_heads query heads share one kv head; the
+        # T G queries of each (row, kv head) form one [T G, Dh] block against its [S, Dh] keys.
+        H, G = cfg.n_kv_heads, cfg.group_size
+        q = q.reshape(B, T, H, G, cfg.head_dim).transpose(0, 2, 1, 3, 4).reshape(B * H, T * G, cfg.head_dim)
+        q = q / math.sqrt(cfg.head_dim)
+        scores = jnp.concatenate([jnp.einsum("nqd,nsd->nqs", q, keys) for keys, _ in blocks], axis=-1)
+        scores = scores.astype(jnp.float32).reshape(B, H, T, G, -1)
+        scores = jnp.where(visible[:, None, :, None], scores, _NEG_INF)  # [B, Hkv, T, G, slots]
+        weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(B * H, T * G, -1)
+        out, start = 0.0, 0
+        for _, values in blocks:  # [B Hkv, T G, Dh]: each block's values weighted by its slots
+            width = values.shape[2]
+            out = out + jnp.einsum("nqs,nds->nqd", weights[..., start : start + width], values)
+            start += width
+        out = out.reshape(B, H, T, G, cfg.head_dim).transpose(0, 2, 1, 3, 4)
         out = out.reshape(B, T, cfg.n_heads * cfg.head_dim)
-        return self.o_proj(out), cache.write(cache_layer, k, v)
+        return self.o_proj(out), (cache if write else new)
 
 
 class MLP(nnx.Module):
@@ -195,8 +215,8 @@ class Block(nnx.Module):
         self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps, dtype)
         self.mlp = MLP(cfg, dtype=dtype, rngs=rngs)
 
-    def __call__(self, x, cache, cache_layer, visible, rope):
-        h, cache = self.self_attn(self.input_layernorm(x), cache, cache_layer, visible, rope)
+    def __call__(self, x, cache, cache_layer, visible, rope, write=True):
+        h, cache = self.self_attn(self.input_layernorm(x), cache, cache_layer, visible, rope, write)
         x = x + h
         return x + self.mlp(self.post_attention_layernorm(x)), cache
 
@@ -226,6 +246,7 @@ class Transformer(nnx.Module):
         layers: tuple[int, ...] | None = None,
         hidden_layers: tuple[int, ...] = (),
         layer_mask: jax.Array | None = None,
+        write: bool = True,
     ):
         """Score T new tokens per row and append their keys/values to the cache.
 
@@ -241,23 +262,29 @@ class Transformer(nnx.Module):
         layer_mask: optional traced [n_layers] bool; a False layer passes the residual stream
             through unchanged. The traced twin of ``layers`` for searching skip sets without
             recompiling (every layer is still computed, so it saves no time).
+        write: static; False reads the cache only and returns, in its place, a cache of capacity T
+            holding the new tokens' entries (lengths: where they go), for ``KVCache.append``: a
+            pass inside ``lax.switch`` that carries no cache through its branches (which XLA
+            would copy).
 
-        Returns logits [B, T, V] float32, the cache (lengths advanced by T), and
+        Returns logits [B, T, V] float32, the cache (lengths advanced by T; see ``write``), and
         hidden [len(hidden_layers), B, T, D] (None when hidden_layers is empty).
         """
         cfg = self.cfg
         layers = tuple(range(cfg.n_layers)) if layers is None else tuple(layers)
         T = tokens.shape[1]
-        visible, rope = attention_inputs(cfg, cache, positions, mask, cached_mask)
+        visible, rope = attention_inputs(cfg, cache, positions, mask, cached_mask, write)
         x = self.embed_tokens(tokens, self.norm.weight.dtype)  # [B, T, D]
-        hidden = {}
+        hidden, new = {}, []
         for cache_layer, i in enumerate(layers):
-            out, cache = self.layers[i](x, cache, cache_layer, visible, rope)
+            out, written = self.layers[i](x, cache, cache_layer, visible, rope, write)
+            cache = written if write else cache
+            new.append(written)
             x = out if layer_mask is None else jnp.where(layer_mask[i], out, x)
             if i in hidden_layers:
                 hidden[i] = x
         x = self.norm(x)
         head = dense((self.embed_tokens if self.lm_head is None else self.lm_head).weight, x.dtype)  # [D, V]
         logits = (x @ head).astype(jnp.float32)  # [B, T, V] (XLA:CPU has no bf16 x bf16 -> f32 matmul)
-        cache = cache.with_lengths(cache.lengths + T)
+        cache = cache.with_lengths(cache.lengths + T) if write else KVCache.block(new, cache.lengths)
         return logits, cache, (jnp.stack([hidden[i] for i in hidden_layers]) if hidden_layers else None)
