@@ -11,13 +11,14 @@ bytes of weights read per step / read bandwidth measured in this same process.
 from __future__ import annotations
 
 import argparse
+import collections
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import specdec
-from specdec.timing import median_s, verify_cost
+from specdec.timing import median_s, step_program, thunks, verify_cost
 
 
 def read_bandwidth(n_bytes: int = 1 << 30, repeats: int = 10) -> float:
@@ -47,7 +48,15 @@ def main():
         f"weights {weight_bytes / 1e6:.0f} MB, read bandwidth {bandwidth / 1e9:.1f} GB/s"
     )
 
-    _, results = verify_cost(model, context=args.context, capacity=args.capacity, repeats=args.repeats)
+    steps = 8  # passes per compiled loop, as verify_cost times them
+    program = step_program(model, 1, context=args.context, capacity=args.capacity, steps=steps)
+    ops = collections.Counter(op for op, _ in thunks(program))
+    top = ", ".join(f"{op} {n}" for op, n in ops.most_common(6))
+    print(f"thunks per T=1 step (loop body and entry): {sum(ops.values())} ({top})")
+
+    _, results = verify_cost(
+        model, context=args.context, capacity=args.capacity, repeats=args.repeats, steps=steps
+    )
 
     floor = weight_bytes / bandwidth
     print(f"\nmemory floor of one step: {floor * 1e3:.1f} ms; T=1 step / floor = {results[1] / floor:.2f}x\n")

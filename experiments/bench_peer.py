@@ -378,16 +378,11 @@ def theory_efficiency(target, results, table):
                 float(np.median(m["ours_s"])) / len(m["tokens"])
             )
             alpha = s["alpha"] if np.isfinite(s["alpha"]) else 0.0
-            # A variable-length drafter (prompt lookup) drafts in a share f of its steps and costs one
-            # decode step in the others; f = drafted / (gamma * steps) (a lower bound when a match
-            # near the end of the sequence yields fewer than gamma tokens).
+            # A variable-length drafter (prompt lookup) drafts in a share f of its steps.
             variable = getattr(drafter, "variable_length", False)
             f = min(1.0, s["drafted"] / (gamma * s["target_calls"])) if variable else 1.0
-            step_cost = f * float(gamma * costs[name] + r(gamma + 1)) + (1 - f)
-            predicted = (f * float(theory.expected_tokens(alpha, gamma)) + (1 - f)) / step_cost
-            if f == 1.0:
-                assert np.isclose(predicted, theory.predicted_speedup(alpha, gamma, costs[name], r))
-            from_tau = s["tau"] / step_cost
+            predicted = theory.predicted_speedup(alpha, gamma, costs[name], r, drafting_share=f)
+            from_tau = theory.predicted_speedup(alpha, gamma, costs[name], r, drafting_share=f, tau=s["tau"])
             effs.append(measured / predicted)
             effs_tau.append(measured / from_tau)
             out.append(

@@ -63,13 +63,16 @@ class DistributedConfig:
     process_id: int | None = None
 
 
+AUTO = "auto"  # drafter.gamma chosen by the cost model (specdec.experiment.auto_gamma)
+
+
 @dataclasses.dataclass
 class DrafterConfig:
     """A way of drafting: ``name`` (a key of ``specdec.drafters.REGISTRY``, or "none"), the loop's
     draft length and schedule; a subclass adds the drafter's own options as fields."""
 
     name: str = "none"
-    gamma: int = 4  # K: draft tokens per step
+    gamma: Any = 4  # K: draft tokens per step (an int >= 1), or "auto": the cost model's choice
     schedule: str | None = None  # null | heuristic (adaptive gamma)
 
     def options(self) -> dict:
@@ -105,7 +108,7 @@ class TreeConfig:
 class NoDrafterConfig(DrafterConfig):
     """Plain autoregressive decoding: only the baseline rows."""
 
-    gamma: int = 1
+    gamma: Any = 1
 
 
 @dataclasses.dataclass
@@ -124,7 +127,7 @@ class DraftModelConfig(DrafterConfig):
     the target itself), run on its first ``layers`` layers (an int) or these layer indices."""
 
     name: str = "draft_model"
-    gamma: int = 3
+    gamma: Any = 3
     draft: str | None = None
     layers: Any = 8  # int | list[int] | null (all)
     stop_below: float | None = None  # stop a row's drafting below this draft confidence
@@ -137,7 +140,7 @@ class LayerSkipConfig(DrafterConfig):
     ``first`` k layers, or the set experiments/search_layer_skip.py wrote to ``skip_file``)."""
 
     name: str = "layer_skip"
-    gamma: int = 3
+    gamma: Any = 3
     skip: list[int] | None = None
     first: int | None = None
     skip_file: str | None = None
@@ -162,7 +165,7 @@ class CountConfig(DrafterConfig):
     """Leviathan et al.'s count baselines (unigram, bigram) over the context plus ``corpus``."""
 
     name: str = "unigram"
-    gamma: int = 2
+    gamma: Any = 2
     corpus: list[str] = field(default_factory=list)
 
 
@@ -224,6 +227,7 @@ class PathsConfig:
     figures_dir: str = "${paths.results_dir}/figures"
     runs_dir: str = "${paths.results_dir}/runs"  # Hydra run directories (config, log, summary.json)
     checkpoints_dir: str = "checkpoints"
+    costs_path: str = "${paths.results_dir}/costs.json"  # measured c and r(T) (specdec.costs)
 
 
 @dataclasses.dataclass
@@ -244,6 +248,8 @@ class RunConfig:
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     max_new_tokens: int = 64
     seed: int = 0
+    batch: int = 1  # rows decoded together (copies of each prompt's first turn when > 1)
+    context: int | None = None  # null | prompt tokens: documents before each first turn, cut to this
     force: bool = False  # re-measure configurations already in the results store
 
     def __post_init__(self):
@@ -253,7 +259,10 @@ class RunConfig:
 
         d = self.drafter
         drafters.check_name(d.name, "drafter.name: ")
-        checks.integer(d.gamma, "drafter.gamma", low=1)
+        if isinstance(d.gamma, str) and d.gamma != AUTO:
+            raise ValueError(f"drafter.gamma must be an integer >= 1 or auto, got {d.gamma!r}")
+        if d.gamma != AUTO:
+            checks.integer(d.gamma, "drafter.gamma", low=1)
         if d.schedule not in SCHEDULES:
             raise ValueError(f"drafter.schedule must be null or heuristic, got {d.schedule!r}")
         checks.integer(self.max_new_tokens, "max_new_tokens", low=1)
@@ -262,6 +271,8 @@ class RunConfig:
         check_quant(self.model.quant, "model.quant")
         check_mesh(self.model.mesh)
         checks.optional_integer(self.task.per_category, "task.per_category", low=1)
+        checks.integer(self.batch, "batch", low=1)
+        checks.optional_integer(self.context, "context", low=16)
 
     def identity(self) -> dict:
         """The resolved settings that change what is measured: everything but where results go and
@@ -275,6 +286,10 @@ class RunConfig:
         for key in ("quant", "mesh"):  # unset: the identity a target had before these options existed
             if model[key] is None:
                 del model[key]
+        # batch 1 without a context: the identity rows had before these options existed
+        shape = (
+            {} if self.batch == 1 and self.context is None else dict(batch=self.batch, context=self.context)
+        )
         return dict(
             model=model,
             drafter=dict(drafter, **self.drafter.options()),  # a chain's identity has no tree
@@ -283,6 +298,7 @@ class RunConfig:
             acceptance={"rule": self.acceptance._target_.rsplit(".", 1)[-1], **plain(self.acceptance)},
             max_new_tokens=self.max_new_tokens,
             seed=self.seed,
+            **shape,
         )
 
 

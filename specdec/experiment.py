@@ -2,8 +2,15 @@
 
 The typed ``specdec.config.RunConfig`` says what to measure; ``experiments/run.py`` builds
 its objects (``Prepared``) and calls ``run``. For every prompt, the autoregressive baseline
-and the method run in the same process at batch 1, turn by turn through the chat template
-(earlier answers fed back), so each speedup is a side-by-side ratio.
+and the method run in the same process, turn by turn through the chat template (earlier
+answers fed back), so each speedup is a side-by-side ratio. With ``batch`` > 1 or a
+``context``, each prompt's first turn runs alone: ``batch`` copies decoded together, after
+``context_prompt``'s documents.
+
+Every method row carries the cost model's prediction: c and r(T) measured at the run's batch
+and context (``specdec.costs``, cached per machine, model and dtype in ``paths.costs_path``)
+with the row's alpha and share of drafting steps (``theory.predicted_speedup``).
+``drafter.gamma=auto`` picks gamma from the same costs and a pilot run's alpha (``auto_gamma``).
 
 Identity: a row's ``config_hash`` hashes the resolved configuration (``RunConfig.identity``:
 model, dtype, drafter and all its options, gamma, schedule, sampling, acceptance rule and
@@ -19,8 +26,9 @@ import dataclasses
 import jax
 import numpy as np
 
-from specdec import drafters, metrics, results, tasks, timing
-from specdec.config import DrafterConfig, RunConfig, check_dtype
+from specdec import costs, drafters, metrics, results, tasks, theory
+from specdec.config import AUTO, DrafterConfig, RunConfig, check_dtype
+from specdec.drafters.base import tree_size
 from specdec.generation import generate_warm
 from specdec.sampling import Sampling
 from specdec.sharding import make_mesh
@@ -48,12 +56,23 @@ def make_drafter(cfg: RunConfig, target):
         raise ValueError(f"drafter: {err}") from None
 
 
-def generate_turns(target, question: tasks.Question, **kw) -> dict:
-    """Answer every turn of ``question`` in order, feeding earlier answers back.
+def generate_turns(
+    target, question: tasks.Question, *, batch: int = 1, context: int | None = None, **kw
+) -> dict:
+    """Answer every turn of ``question`` in order, feeding earlier answers back; with ``batch`` > 1
+    or a ``context``, the first turn only (``context_prompt``), ``batch`` copies decoded together.
 
-    Returns the per-turn statistics summed (accept_by_position weighted by target calls),
-    plus prompt_tokens (all turns) and the texts of the answers.
+    Returns the per-turn (per-row) statistics summed (accept_by_position weighted by target
+    calls; wall_s that of the calls), plus prompt_tokens (all turns) and the texts of the answers.
     """
+    if batch > 1 or context is not None:
+        ids = context_prompt(target, question, context)
+        out = generate_warm(target, [ids] * batch, chat=False, **kw)  # compile time excluded
+        totals = None
+        for stats in out.stats:
+            stats = dict(stats, prompt_tokens=len(ids))
+            totals = stats if totals is None else _add(totals, stats)
+        return dict(totals, wall_s=out.wall_s, prompt_tokens=len(ids), answers=out.texts[:1])
     messages, totals, answers = [], None, []
     for turn in question.turns:
         messages.append({"role": "user", "content": turn})
@@ -65,6 +84,37 @@ def generate_turns(target, question: tasks.Question, **kw) -> dict:
         totals = stats if totals is None else _add(totals, stats)
     totals["answers"] = answers
     return totals
+
+
+def context_prompt(target, question: tasks.Question, context: int | None) -> list[int]:
+    """The chat-templated first turn of ``question`` (without a context: as it is), else after
+    documents, RAG-style, so the prompt holds at most ``context`` tokens: the built-in prompts'
+    texts other than this one's, in file order, repeated when they run out (beyond about 3,000
+    tokens). ValueError when ``context`` cannot hold the question itself."""
+    tokenizer = target.tokenizer
+
+    def ids(documents: str) -> list[int]:
+        head = f"Documents:\n{documents}\n\nUsing the documents where they help: " if documents else ""
+        return tokenizer.encode(
+            tokenizer.apply_chat_template([{"role": "user", "content": head + question.turns[0]}])
+        )
+
+    if context is None:
+        return ids("")
+    room = context - len(ids("x"))
+    if room < 1:
+        raise ValueError(f"context: {context} tokens cannot hold prompt {question.question_id} itself")
+    texts = [
+        t
+        for q in tasks.load_questions(tasks.builtin_task_path())
+        if q.question_id != question.question_id
+        for t in q.turns
+    ]
+    pool = tokenizer.encode("\n\n".join(texts))
+    pool = pool * (room // len(pool) + 1)
+    while len(prompt := ids(tokenizer.decode(pool[:room]))) > context:  # re-tokenising may merge differently
+        room -= len(prompt) - context
+    return prompt
 
 
 def _add(a: dict, b: dict) -> dict:
@@ -165,7 +215,7 @@ def run(prepared: Prepared, progress=None) -> list[dict]:
     progress: optional callable(done, total, message) for a progress display.
     Returns the method's rows (the baseline's when the drafter is "none").
     """
-    cfg, target, drafter = prepared.cfg, prepared.target, prepared.drafter
+    cfg, target, drafter, questions = prepared.cfg, prepared.target, prepared.drafter, prepared.questions
     store = results.ResultsStore(cfg.paths.results_path)
     existing = {results.config_key(row): row for row in store.rows()}
     identity = dict(device=jax.devices()[0].device_kind, **cfg.identity())
@@ -177,18 +227,34 @@ def run(prepared: Prepared, progress=None) -> list[dict]:
         seed=cfg.seed,
         **dataclasses.asdict(prepared.sampling),
     )
-    # c is timed on one device's programs; a sharded target's rows leave it empty
+    shape = dict(batch=cfg.batch, context=cfg.context)
+    # c and r(T) are timed on one device's programs; a sharded target's rows leave them empty
     timed = drafter is not None and target.mesh is None
-    c = timing.draft_cost_ratio(target, drafter, gamma=cfg.drafter.gamma) if timed else None
+    cost_cache = costs.CostCache(cfg.paths.costs_path)
+    if cfg.drafter.gamma == AUTO:
+        method["gamma"] = auto_gamma(prepared, questions[0], cost_cache, loop)
+    gamma = method["gamma"]
+    measured = None
+    if timed:
+        measured = costs.measure(
+            target,
+            drafter,
+            gamma=gamma,
+            drafter_key=results.config_hash(method),
+            batch=cfg.batch,
+            context=cfg.context or 256,
+            cache=cost_cache,
+        )
     append = store.append if jax.process_index() == 0 else _nothing  # one writer per run
 
     rows = []
-    for i, q in enumerate(questions := prepared.questions):
+    for i, q in enumerate(questions):
         base_config = _config(cfg, identity, BASELINE, q)
         baseline = existing.get(base_config["config_hash"])
         if baseline is None or (cfg.force and drafter is None):
-            stats = generate_turns(target, q, **loop)
-            baseline = _row(base_config, run_id, q, stats, speedup=1.0, cost_ratio_c=0.0)
+            stats = generate_turns(target, q, **shape, **loop)
+            no_costs = dict(cost_ratio_c=0.0, verify_cost_r=None, predicted_speedup=None)
+            baseline = _row(base_config, run_id, q, stats, speedup=1.0, **no_costs, **shape)
             baseline["baseline_tokens_per_s"] = baseline["tokens_per_s"]
             append([baseline])
         method_config = _config(cfg, identity, method, q)
@@ -198,8 +264,12 @@ def run(prepared: Prepared, progress=None) -> list[dict]:
             rows.append(existing[method_config["config_hash"]])
         else:
             d = cfg.drafter
-            stats = generate_turns(target, q, drafter=drafter, gamma=d.gamma, schedule=d.schedule, **loop)
-            row = _row(method_config, run_id, q, stats, cost_ratio_c=c)
+            stats = generate_turns(
+                target, q, drafter=drafter, gamma=gamma, schedule=d.schedule, **shape, **loop
+            )
+            row = _row(
+                method_config, run_id, q, stats, **shape, **_prediction(drafter, gamma, stats, measured)
+            )
             row["baseline_tokens_per_s"] = baseline["tokens_per_s"]
             row["speedup"] = row["tokens_per_s"] / baseline["tokens_per_s"]
             append([row])
@@ -207,6 +277,48 @@ def run(prepared: Prepared, progress=None) -> list[dict]:
         if progress is not None:
             progress(i + 1, len(questions), f"{q.category} #{q.question_id}")
     return rows
+
+
+def _drafting_share(drafter, gamma: int, stats: dict) -> float:
+    """The share f of steps in which the drafter drafted: 1, or for a variable-length drafter
+    (prompt lookup) drafted / (gamma steps)."""
+    if not getattr(drafter, "variable_length", False) or not stats["target_calls"]:
+        return 1.0
+    return min(1.0, stats["drafted"] / (gamma * stats["target_calls"]))
+
+
+def _prediction(drafter, gamma: int, stats: dict, measured: costs.Costs | None) -> dict:
+    """A method row's cost columns: c, r(gamma + 1) and the predicted speedup (null unless timed;
+    a token tree's prediction, which needs its shape and acceptance by rank, is left null)."""
+    if measured is None:
+        return dict(cost_ratio_c=None, verify_cost_r=None, predicted_speedup=None)
+    if tree_size(drafter, gamma) is not None:
+        return dict(cost_ratio_c=measured.c, verify_cost_r=None, predicted_speedup=None)
+    judged = stats["accepted"] + stats["rejected"]
+    alpha = stats["accepted"] / judged if judged else 0.0
+    f = _drafting_share(drafter, gamma, stats)
+    predicted = theory.predicted_speedup(alpha, gamma, measured.c, measured.r, drafting_share=f)
+    return dict(cost_ratio_c=measured.c, verify_cost_r=measured.r(gamma + 1), predicted_speedup=predicted)
+
+
+def auto_gamma(prepared: Prepared, question: tasks.Question, cost_cache: costs.CostCache, loop: dict) -> int:
+    """gamma for ``drafter.gamma=auto``: ``theory.optimal_gamma`` (up to 8) from c and r(T) measured
+    at the run's batch and context and from alpha (and the share of drafting steps) of a pilot:
+    the first prompt at gamma 4."""
+    cfg, target, drafter = prepared.cfg, prepared.target, prepared.drafter
+    if drafter is None:
+        raise ValueError("drafter.gamma: auto needs a drafter")
+    pilot = 4
+    stats = generate_turns(
+        target, question, drafter=drafter, gamma=pilot, batch=cfg.batch, context=cfg.context, **loop
+    )
+    key = results.config_hash(dict(cfg.identity()["drafter"], gamma=AUTO))
+    kw = dict(batch=cfg.batch, context=cfg.context or 256, cache=cost_cache)
+    measured = costs.measure(target, drafter, gamma=costs.MAX_GAMMA, drafter_key=key, **kw)
+    judged = stats["accepted"] + stats["rejected"]
+    alpha = stats["accepted"] / judged if judged else 0.0
+    f = _drafting_share(drafter, pilot, stats)
+    return theory.optimal_gamma(alpha, measured.c, costs.MAX_GAMMA, measured.r, drafting_share=f)
 
 
 def summarize(rows: list[dict]) -> dict:

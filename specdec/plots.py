@@ -257,12 +257,11 @@ def optimal_gamma_vs_alpha(
 @style()
 def speedup_vs_gamma(df: pd.DataFrame, r: theory.VerifyCost | None = None) -> Figure:
     """Measured speedup vs gamma per drafter (mean ± s.e. over prompts), one panel per temperature,
-    with dashed ``theory.predicted_speedup`` from each row's alpha and cost_ratio_c (averaged
-    like the measurement); rows without cost_ratio_c get no prediction. ``r``: VerifyCost, default free."""
-    d = speculative(df).dropna(subset=["speedup"])
-    p = d.dropna(subset=["alpha", "cost_ratio_c"])
-    pred = theory.predicted_speedup(*(p[c].to_numpy() for c in ("alpha", "gamma", "cost_ratio_c")), r)
-    d = d.assign(predicted=pd.Series(np.atleast_1d(pred), index=p.index, dtype=np.float64))
+    with the dashed prediction (averaged like the measurement): each row's ``predicted_speedup``
+    (from its measured c and r(T), ``specdec.costs``) where it has one, else
+    ``theory.predicted_speedup`` from its alpha and cost_ratio_c with ``r`` (default free); rows
+    with neither get no prediction."""
+    d = _with_prediction(speculative(df).dropna(subset=["speedup"]), r)
     colors = _colors(d["label"])
     fig, axes, panels = _facets(d, "temperature", None, GAMMA_LABEL, SPEEDUP_LABEL, ref=True)
     for ax, dt, _ in panels:
@@ -276,8 +275,53 @@ def speedup_vs_gamma(df: pd.DataFrame, r: theory.VerifyCost | None = None) -> Fi
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     handles, labels = axes[0, 0].get_legend_handles_labels()
     handles += [Line2D([], [], color="0.3", marker="o"), Line2D([], [], color="0.3", ls="--")]
-    labels += ["measured", "predicted" + (" (r = 1)" if r is None else " (measured r)")]
+    measured_costs = d["predicted_speedup"].notna().any()
+    labels += [
+        "measured",
+        "predicted" + (" (measured c, r)" if measured_costs or r is not None else " (r = 1)"),
+    ]
     axes[0, -1].legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1))
+    return fig
+
+
+def _with_prediction(d: pd.DataFrame, r: theory.VerifyCost | None) -> pd.DataFrame:
+    """``d`` with a ``predicted`` column: ``predicted_speedup`` where a row has it, else
+    ``theory.predicted_speedup`` from its alpha, gamma and cost_ratio_c with ``r``."""
+    if "predicted_speedup" not in d:
+        d = d.assign(predicted_speedup=np.nan)
+    p = d[d["predicted_speedup"].isna()].dropna(subset=["alpha", "cost_ratio_c"])
+    pred = theory.predicted_speedup(*(p[c].to_numpy() for c in ("alpha", "gamma", "cost_ratio_c")), r)
+    fallback = pd.Series(np.atleast_1d(pred), index=p.index, dtype=np.float64)
+    return d.assign(predicted=d["predicted_speedup"].astype(np.float64).fillna(fallback))
+
+
+@style()
+def speedup_vs_batch(df: pd.DataFrame) -> Figure:
+    """Measured speedup against batch size, one curve per context length (MagicDec Fig. 1 style),
+    one panel per drafter (mean over prompts, the best gamma of each point), with the prediction
+    from the measured costs (``predicted_speedup``) dashed beside it."""
+    d = speculative(df).dropna(subset=["speedup"])
+    d = d.assign(context=d["context"].fillna(0).astype(int), batch=d["batch"].fillna(1).astype(int))
+    labels = sorted(d["label"].unique())
+    fig, axes = _grid(1, len(labels), "batch size", SPEEDUP_LABEL)
+    contexts = sorted(d["context"].unique())
+    colors = {c: f"C{i}" for i, c in enumerate(contexts)}
+    for ax, lab in zip(axes[0], labels, strict=True):
+        dl = d[d["label"] == lab]
+        for ctx, dc in dl.groupby("context"):
+            by = dc.groupby(["batch", "gamma"])[["speedup", "predicted_speedup"]].mean()
+            best = by.loc[by.groupby(level="batch")["speedup"].idxmax()].droplevel("gamma")
+            name = f"context {ctx}" if ctx else "task prompts"
+            ax.plot(best.index, best["speedup"], marker="o", color=colors[ctx], label=name)
+            if best["predicted_speedup"].notna().any():
+                ax.plot(best.index, best["predicted_speedup"], ls="--", color=colors[ctx], gid="predicted")
+        ax.axhline(1.0, color="0.6", lw=0.8)
+        ax.set_xscale("log", base=2)
+        ax.set_title(lab)
+    handles, names = axes[0, 0].get_legend_handles_labels()
+    handles += [Line2D([], [], color="0.3", marker="o"), Line2D([], [], color="0.3", ls="--")]
+    names += ["measured", "predicted (measured c, r)"]
+    axes[0, -1].legend(handles, names, loc="upper left", bbox_to_anchor=(1.01, 1))
     return fig
 
 
@@ -451,6 +495,7 @@ def make_all(df: pd.DataFrame, out_dir, r: theory.VerifyCost | None = None) -> l
         "expected_tokens_vs_alpha": (lambda: expected_tokens_vs_alpha(df), None, False),
         "optimal_gamma_vs_alpha": (lambda: optimal_gamma_vs_alpha(r=r), None, None),
         "speedup_vs_gamma": (lambda: speedup_vs_gamma(df, r=r), "gamma", True),
+        "speedup_vs_batch": (lambda: speedup_vs_batch(df), "batch", True),
         "acceptance_vs_temperature": (lambda: acceptance_vs_temperature(df), "temperature", False),
         "category_speedup_bars": (lambda: category_speedup_bars(df), "category", True),
         "accepted_length_histogram": (lambda: accepted_length_histogram(df), None, False),

@@ -48,10 +48,19 @@ Schema (``COLUMNS``, in this order; every row has exactly these keys). Non-finit
                                   children judged / accepted by depth - 1 and sibling rank (R = 1 for a
                                   chain); theory.tree_acceptance turns them into the tree cost model's
                                   table; null for rows without drafts or written before it existed
+    batch                  int    rows decoded together (copies of the prompt's first turn when > 1)
+    context                int    prompt tokens of a long-context run (documents before the first
+                                  turn, cut to this length); null: the task's prompts as they are
+    verify_cost_r          float  r(gamma + 1): one target pass over gamma + 1 positions / a decode
+                                  step, measured (specdec.costs) at this batch and context
+    predicted_speedup      float  theory.predicted_speedup from this row's alpha, gamma, c,
+                                  verify_cost_r and share of drafting steps; null without them
 
 Stores written before the last eight columns existed stay readable: such a row is upgraded on
 read (``config`` and ``baseline_hash`` null, ``config_hash`` derived from its old columns with a
 "v1-" prefix, so it never matches, and is never reused for, a configuration measured today).
+Rows written before accept_by_rank, or before batch ... predicted_speedup, read with those null
+(batch 1).
 
 Writing: ``append`` validates every row first (nothing is written if one is bad), then, under
 an exclusive ``filelock`` on the sidecar ``<path>.lock``, writes the whole block with one
@@ -123,9 +132,15 @@ COLUMNS = (
     "config_hash",
     "baseline_hash",
     "accept_by_rank",
+    "batch",
+    "context",
+    "verify_cost_r",
+    "predicted_speedup",
 )
 V1_COLUMNS = COLUMNS[:28]  # the schema before the configuration identity columns
 V2_COLUMNS = COLUMNS[:36]  # the schema before accept_by_rank
+V3_COLUMNS = COLUMNS[:37]  # the schema before batch, context and the cost model's prediction
+NEW_IN_V4 = dict(batch=1, context=None, verify_cost_r=None, predicted_speedup=None)
 V1_CONFIG_COLUMNS = (
     "device",
     "target",
@@ -182,6 +197,7 @@ def _upgrade_v1(row: dict) -> dict:
         config_hash="v1-" + config_hash(old_key),
         baseline_hash=None,
         accept_by_rank=None,
+        **NEW_IN_V4,
     )
     return {c: upgraded[c] for c in COLUMNS}
 
@@ -260,8 +276,9 @@ def _decode_row(line: bytes) -> tuple[dict | None, str | None]:
             return _upgrade_v1(row), None
         except (TypeError, ValueError, AttributeError) as e:
             return None, f"a row of the first schema that cannot be read ({e})"
-    if set(row) == set(V2_COLUMNS):
-        return dict(row, accept_by_rank=None), None
+    if set(row) in (set(V2_COLUMNS), set(V3_COLUMNS)):
+        row = dict(dict(accept_by_rank=None, **NEW_IN_V4), **row)
+        return {c: row[c] for c in COLUMNS}, None
     missing = [c for c in COLUMNS if c not in row]
     unknown = [c for c in row if c not in COLUMNS]
     if missing or unknown:

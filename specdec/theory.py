@@ -144,14 +144,25 @@ class VerifyCost:
         return _out(out)
 
 
-def predicted_speedup(alpha, gamma, c, r: VerifyCost | None = None):
-    """E(alpha, gamma) / (gamma c + r(gamma + 1)); equals ``speedup`` when r is free (None)."""
+def predicted_speedup(alpha, gamma, c, r: VerifyCost | None = None, drafting_share=1.0, tau=None):
+    """E(alpha, gamma) / (gamma c + r(gamma + 1)); equals ``speedup`` when r is free (None).
+
+    drafting_share f: the share of steps in which the drafter drafts (a variable-length drafter,
+    prompt lookup, drafts only where it finds a match; f = drafted / (gamma steps), a lower bound
+    when a match near the end yields fewer than gamma tokens). A step without drafts costs one
+    decode step and emits one token, so the speedup is (f E + 1 - f) / (f (gamma c + r) + 1 - f).
+    tau: the measured tokens per step instead of the model's f E + 1 - f (the loop's cost alone).
+    """
     a, g, c = _unit_interval("alpha", alpha), _gamma(gamma), _non_negative("c", c)
+    f = _unit_interval("drafting_share", drafting_share)
     r = VerifyCost.free() if r is None else r
-    return _out(_expected(a, g) / (g * c + np.asarray(r(g + 1.0))))
+    tokens = f * _expected(a, g) + 1.0 - f if tau is None else _non_negative("tau", tau)
+    return _out(tokens / (f * (g * c + np.asarray(r(g + 1.0))) + 1.0 - f))
 
 
-def optimal_gamma(alpha, c, max_gamma: int = DEFAULT_MAX_GAMMA, r: VerifyCost | None = None):
+def optimal_gamma(
+    alpha, c, max_gamma: int = DEFAULT_MAX_GAMMA, r: VerifyCost | None = None, drafting_share=1.0
+):
     """The integer gamma in [1, max_gamma] maximising ``predicted_speedup`` (Fig. 3 of the paper).
 
     Brute force over gamma; ties go to the smaller gamma. The answer is >= 1 even when no
@@ -163,7 +174,7 @@ def optimal_gamma(alpha, c, max_gamma: int = DEFAULT_MAX_GAMMA, r: VerifyCost | 
         raise ValueError(f"max_gamma must be an integer >= 1, got {max_gamma}")
     a, c = np.broadcast_arrays(a, c)
     g = np.arange(1, int(max_gamma) + 1, dtype=np.float64).reshape((-1,) + (1,) * a.ndim)  # [G, ...]
-    s = np.asarray(predicted_speedup(a[None], g, c[None], r))  # [G, ...]
+    s = np.asarray(predicted_speedup(a[None], g, c[None], r, drafting_share))  # [G, ...]
     best = np.argmax(s, axis=0) + 1
     return int(best) if best.ndim == 0 else best
 

@@ -4,12 +4,14 @@
 - ``forward_s``: one target (or layer-subset) forward over T positions after a given context.
 - ``verify_cost``: the measured verify-cost curve r(T) = cost(T) / cost(1) as a ``theory.VerifyCost``.
 - ``draft_cost_ratio``: c = cost of one drafter step / cost of one target decode step.
+- ``thunks``: what a compiled program runs, instruction by instruction (its XLA:CPU thunks).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 import time
 
 import jax
@@ -46,20 +48,56 @@ def _score_steps(graphdef, params, tokens, positions, cache, layers=None, steps=
         )
         return cache, jnp.argmax(probs(logits[:, -1:], Sampling()), axis=-1).astype(jnp.int32) % 2
 
-    return jax.lax.fori_loop(0, steps, step, (cache, jnp.zeros((1, 1), jnp.int32)))
+    return jax.lax.fori_loop(0, steps, step, (cache, jnp.zeros((tokens.shape[0], 1), jnp.int32)))
+
+
+_NOT_THUNKS = frozenset({"parameter", "get-tuple-element", "tuple", "bitcast", "constant"})
+
+
+def thunks(compiled) -> list[tuple[str, str]]:
+    """(opcode, result shape) of every instruction a compiled program runs on its own: those of its
+    entry and control-flow computations (loop bodies and conditions, branches), each one XLA:CPU
+    thunk; instructions inside fusions run within their fusion's thunk, and parameters, tuples,
+    bitcasts and constants run nothing. A fusion's opcode is "fusion"."""
+    text = compiled.as_text()
+    fused = set(re.findall(r"calls=(%[\w.\-]+)", text))
+    out = []
+    for computation in re.split(r"\n(?=\S)", text):
+        name = re.match(r"(?:ENTRY )?(%[\w.\-]+)", computation)
+        if name is None or name.group(1) in fused:
+            continue
+        for shape, opcode in re.findall(r"=\s*(\S+?)(?:\{[\d,]*\})?\s+([\w\-]+)\(", computation):
+            if opcode not in _NOT_THUNKS:
+                out.append((opcode, shape))
+    return out
+
+
+def step_program(model: Model, T: int, *, context: int = 256, capacity: int = 512, batch: int = 1, steps=8):
+    """The compiled program ``forward_s`` times: ``steps`` forward passes of T positions."""
+    cache = model.init_cache(batch, capacity).with_lengths(context)
+    tokens = jnp.ones((batch, T), jnp.int32)
+    positions = jnp.broadcast_to(context + jnp.arange(T)[None], (batch, T))
+    return _score_steps.lower(model.graphdef, model.params, tokens, positions, cache, steps=steps).compile()
 
 
 def forward_s(
-    model: Model, T: int, *, context: int = 256, capacity: int = 512, layers=None, steps=8, repeats=5
+    model: Model,
+    T: int,
+    *,
+    context: int = 256,
+    capacity: int = 512,
+    batch: int = 1,
+    layers=None,
+    steps=8,
+    repeats=5,
 ):
-    """Median seconds of one forward (plus greedy sampling) of T positions after ``context`` cached
-    tokens, batch 1, measured as ``steps`` passes inside one compiled loop (no per-call dispatch,
-    as in ``decode_loop``); ``layers``: a layer subset (a self-speculative draft)."""
-    state = {
-        "cache": model.init_cache(1, capacity, None if layers is None else len(layers)).with_lengths(context)
-    }
-    tokens = jnp.ones((1, T), jnp.int32)
-    positions = context + jnp.arange(T)[None]
+    """Median seconds of one forward (plus greedy sampling) of T positions in each of ``batch`` rows
+    after ``context`` cached tokens, measured as ``steps`` passes inside one compiled loop (no
+    per-call dispatch, as in ``decode_loop``); ``layers``: a layer subset (a self-speculative draft)."""
+    n_layers = None if layers is None else len(layers)
+    state = {"cache": model.init_cache(batch, capacity, n_layers).with_lengths(context)}
+    tokens = jnp.ones((batch, T), jnp.int32)
+    positions = jnp.broadcast_to(context + jnp.arange(T)[None], (batch, T))
 
     def run():
         state["cache"], token = _score_steps(
@@ -80,7 +118,7 @@ def verify_cost(model: Model, widths=(1, 2, 3, 4, 5, 6, 8, 12, 16), **kw) -> tup
 def _draft_steps(drafter, state, context: Context, key, hidden, steps=8):
     """``steps`` one-token drafting steps (propose, then commit) inside
     one program, as in ``decode_loop``; each reads tokens the previous one changed, so none can be
-    hoisted out of the loop. hidden [1, 2, L D]: verified hidden states (None unless needs_features)."""
+    hoisted out of the loop. hidden [B, 2, L D]: verified hidden states (None unless needs_features)."""
     lengths = context.lengths
 
     def step(i, carry):
@@ -89,11 +127,11 @@ def _draft_steps(drafter, state, context: Context, key, hidden, steps=8):
         draft, _, state = drafter.propose(state, ctx, 1, jax.random.fold_in(key, i))
         # The draft rejected, its correction token next: a full block (and a draft model's catch-up
         # forward) is the exception, so one step costs one proposal plus the commit's own work.
-        path = jnp.concatenate([draft, draft], axis=1)  # [1, 2]
+        path = jnp.concatenate([draft, draft], axis=1)  # [B, 2]
         verified = Verified(start=lengths - 1, n_accepted=jnp.zeros_like(lengths), tokens=path, hidden=hidden)
         return drafter.commit(state, verified), draft[:, :1] % 2
 
-    return jax.lax.fori_loop(0, steps, step, (state, jnp.zeros((1, 1), jnp.int32)))[1]
+    return jax.lax.fori_loop(0, steps, step, (state, jnp.zeros((lengths.shape[0], 1), jnp.int32)))[1]
 
 
 @functools.partial(jax.jit, static_argnames=("gamma", "steps"))
@@ -106,16 +144,25 @@ def _tree_steps(drafter, state, context: Context, key, hidden, gamma: int, steps
         ctx = dataclasses.replace(context, tokens=context.tokens + shift)
         tree, state = drafter.propose(state, ctx, gamma, jax.random.fold_in(key, i))
         n = jnp.zeros_like(lengths)
-        path = jnp.broadcast_to(tree.tokens[:, :1], (1, gamma + 1))
-        nodes = jnp.zeros((1, gamma), jnp.int32)
+        B = lengths.shape[0]
+        path = jnp.broadcast_to(tree.tokens[:, :1], (B, gamma + 1))
+        nodes = jnp.zeros((B, gamma), jnp.int32)
         verified = Verified(start=lengths - 1, n_accepted=n, tokens=path, hidden=hidden, nodes=nodes)
         return drafter.commit(state, verified), tree.tokens[:, :1] % 2
 
-    return jax.lax.fori_loop(0, steps, step, (state, jnp.zeros((1, 1), jnp.int32)))[1]
+    return jax.lax.fori_loop(0, steps, step, (state, jnp.zeros((lengths.shape[0], 1), jnp.int32)))[1]
 
 
 def draft_cost_ratio(
-    target: Model, drafter, *, gamma: int = 1, context: int = 256, capacity: int = 512, repeats=20, steps=8
+    target: Model,
+    drafter,
+    *,
+    gamma: int = 1,
+    context: int = 256,
+    capacity: int = 512,
+    batch: int = 1,
+    repeats=20,
+    steps=8,
 ) -> float:
     """c: median seconds of one drafting step of one token (``propose`` + ``commit``) over one
     target decode step, both timed as ``steps`` calls inside one compiled loop (no per-call
@@ -125,14 +172,15 @@ def draft_cost_ratio(
     if drafter is None:
         return 0.0
     ctx = Context(
-        tokens=jnp.ones((1, capacity), jnp.int32),
-        lengths=jnp.array([context]),
-        budget=jnp.array([1]),
+        tokens=jnp.ones((batch, capacity), jnp.int32),
+        lengths=jnp.full((batch,), context),
+        budget=jnp.ones((batch,), jnp.int32),
         sampling=Sampling(),
         prompt_len=context,
     )
     if drafter.needs_features:
-        hidden = lambda T: jnp.zeros((1, T, target.config.dim * len(drafter.feature_layers)), target.dtype)
+        width = target.config.dim * len(drafter.feature_layers)
+        hidden = lambda T: jnp.zeros((batch, T, width), target.dtype)
     else:
         hidden = lambda T: None
     state = jax.jit(drafter.init)(ctx, hidden(context))
@@ -144,4 +192,5 @@ def draft_cost_ratio(
         draft = (
             median_s(lambda: _draft_steps(drafter, state, ctx, key, hidden(2), steps=steps), repeats) / steps
         )
-    return draft / forward_s(target, 1, context=context, capacity=capacity, steps=steps, repeats=repeats)
+    step = forward_s(target, 1, context=context, capacity=capacity, batch=batch, steps=steps, repeats=repeats)
+    return draft / step

@@ -7,6 +7,7 @@ import gc
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -86,9 +87,13 @@ def run_experiment(*overrides, cwd) -> subprocess.CompletedProcess:
     )
 
 
+COSTS = Path(tempfile.mkdtemp(prefix="specdec-test-costs-")) / "costs.json"
+
+
 def store_overrides(folder: Path) -> list[str]:
-    """Overrides that put a run's results store, figures and Hydra run directories in ``folder``."""
-    return [f"paths.results_dir={folder}"]
+    """Overrides that put a run's results store, figures and Hydra run directories in ``folder``;
+    measured step costs go to one file for the whole session (``specdec.costs`` caches them)."""
+    return [f"paths.results_dir={folder}", f"paths.costs_path={COSTS}"]
 
 
 @dataclasses.dataclass(frozen=True)

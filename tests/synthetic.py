@@ -53,6 +53,10 @@ def make_row(**overrides) -> dict:
         seed=0,
         max_new_tokens=64,
         accept_by_rank={"tried": [[32], [16], [8], [4]], "accepted": [[16], [8], [4], [4]]},
+        batch=1,
+        context=None,
+        verify_cost_r=None,
+        predicted_speedup=None,
     )
     row.update(overrides)
     config = {k: row[k] for k in IDENTITY}

@@ -15,7 +15,7 @@ from conftest import compose, run_experiment, store_overrides
 from hydra.utils import instantiate
 
 import specdec
-from specdec import acceptance, config, experiment, results, sampling
+from specdec import acceptance, config, costs, experiment, results, sampling, tasks, theory
 from specdec.drafters.base import tree_size
 from specdec.models import Model
 from specdec.results import ResultsStore
@@ -246,6 +246,9 @@ def test_rerunning_a_sweep_skips_finished_configurations(tiny_sweep, tmp_path):
         (["task=spec_bench_file"], "task.name_or_path"),
         (["drafter.gamma=0"], "drafter.gamma must be >= 1"),
         (["drafter.gamma=2.5"], "drafter.gamma"),
+        (["drafter.gamma=fast"], "drafter.gamma must be an integer >= 1 or auto, got 'fast'"),
+        (["batch=0"], "batch must be >= 1"),
+        (["context=8"], "context must be >= 16"),
         (["max_new_tokens=0"], "max_new_tokens must be >= 1"),
         (["seed=abc"], "seed"),
         (["task.categories=[poetry]"], "unknown categories ['poetry']"),
@@ -333,3 +336,38 @@ def test_identity_separates_dtype_and_seed_and_reuses_baselines_across_drafters(
     assert len({r["config_hash"] for r in rows}) == len(rows) == 9
     for r in rows:
         assert r["config_hash"] == results.config_hash(r["config"])
+
+
+def test_context_prompt_fills_the_context_with_documents(tiny):
+    (question,) = [q for q in tasks.load_questions(tasks.builtin_task_path()) if q.category == "qa"][:1]
+    plain = experiment.context_prompt(tiny, question, None)
+    for context in (len(plain) + 40, 600):
+        ids = experiment.context_prompt(tiny, question, context)
+        assert context - 8 <= len(ids) <= context
+        assert ids[-len(plain) // 2 :] == plain[-len(plain) // 2 :]  # the question ends the prompt
+    with pytest.raises(ValueError, match="context: 16 tokens cannot hold prompt"):
+        experiment.context_prompt(tiny, question, 16)
+
+
+def test_a_batch_and_context_run_with_gamma_chosen_by_the_cost_model(tmp_path):
+    """batch=2 context=96 drafter.gamma=auto: copies of the prompt decoded together after documents,
+    lossless; gamma = theory.optimal_gamma from the costs measured (and cached) at this batch and
+    context and the pilot's alpha; each method row carries r(gamma + 1) and its prediction."""
+    common = ["model=tiny", "task.categories=[qa]", "task.per_category=1", "max_new_tokens=6"]
+    overrides = [*common, *store_overrides(tmp_path), "drafter=ngram", "drafter.gamma=auto"]
+    prepared = run_script.prepare(compose("run", [*overrides, "batch=2", "context=96"]))
+    experiment.run(prepared)
+    base, row = ResultsStore(tmp_path / "results.jsonl").rows()
+    assert (base["batch"], base["context"], row["batch"], row["context"]) == (2, 96, 2, 96)
+    assert 88 <= row["prompt_tokens"] <= 96 and row["new_tokens"] == base["new_tokens"] == 2 * 6
+    assert row["config"]["batch"] == 2 and row["config"]["drafter"]["gamma"] == row["gamma"]
+    assert 1 <= row["gamma"] <= costs.MAX_GAMMA
+    cache = costs.CostCache(prepared.cfg.paths.costs_path).read()
+    entry = cache[costs.key(prepared.target, 2, 96)]
+    measured = costs.Costs({int(T): s for T, s in entry["latencies"].items()})
+    assert row["verify_cost_r"] == pytest.approx(measured.r(row["gamma"] + 1))
+    f = min(1.0, row["drafted"] / (row["gamma"] * row["target_calls"]))
+    alpha = row["alpha"] or 0.0
+    want = theory.predicted_speedup(alpha, row["gamma"], row["cost_ratio_c"], measured.r, drafting_share=f)
+    assert row["predicted_speedup"] == pytest.approx(want)
+    assert ResultsStore(tmp_path / "results.jsonl").rows()[0]["predicted_speedup"] is None  # the baseline

@@ -280,6 +280,7 @@ def test_make_all_skips_single_valued_figures(tmp_path, caplog):
     skipped = {r.getMessage().split(":")[0] for r in caplog.records}
     assert skipped == {
         "skipping speedup_vs_gamma",
+        "skipping speedup_vs_batch",
         "skipping category_speedup_bars",
         "skipping acceptance_vs_temperature",
         "skipping acceptance_by_position",
@@ -363,3 +364,40 @@ def test_agreement_vs_data_draws_one_sorted_line_per_recipe(tmp_path):
     ]
     assert list(accept_ax.get_lines()[0].get_ydata()) == [0.29, 0.38]  # first recipe met: eagle1
     assert top1_ax.get_xscale() == "log"
+
+
+def test_speedup_vs_batch_draws_the_best_gamma_per_batch_and_context(tmp_path):
+    """One panel per drafter, one measured and one predicted line per context: at each batch the
+    gamma with the best mean speedup, its predicted_speedup beside it."""
+    rows = []
+    for context in (256, 1024):
+        for batch in (1, 4, 16):
+            for gamma, scale in ((2, 1.0), (4, 0.9 if context == 256 else 1.1)):
+                for prompt_id in (1, 2):
+                    speedup = scale * (1.2 + 0.01 * prompt_id - 0.01 * batch + context / 10_000)
+                    rows.append(
+                        synthetic.make_row(
+                            batch=batch,
+                            context=context,
+                            gamma=gamma,
+                            prompt_id=prompt_id,
+                            speedup=speedup,
+                            predicted_speedup=speedup + 0.1,
+                        )
+                    )
+    frame = store_frame(tmp_path / "results.jsonl", rows)
+    fig = plots.speedup_vs_batch(frame)
+    assert_labelled(fig)
+    (ax,) = panels(fig)
+    measured = [line for line in ax.lines if line.get_marker() == "o"]
+    predicted = lines(ax, "predicted")
+    assert [line.get_label() for line in measured] == ["context 256", "context 1024"]
+    x, y = measured[0].get_data()
+    np.testing.assert_array_equal(x, [1, 4, 16])
+    best = [1.0 * (1.215 - 0.01 * b + 0.0256) for b in (1, 4, 16)]  # gamma 2 wins at context 256
+    np.testing.assert_allclose(y, best)
+    np.testing.assert_allclose(
+        measured[1].get_ydata(), [1.1 * (1.215 - 0.01 * b + 0.1024) for b in (1, 4, 16)]
+    )
+    np.testing.assert_allclose(predicted[0].get_ydata(), np.asarray(best) + 0.1)
+    assert "speedup_vs_batch" in {p.stem for p in plots.make_all(frame, tmp_path / "figures")}

@@ -15,8 +15,8 @@ from specdec.results import COLUMNS, PartialLineWarning, ResultsStore, config_ke
 
 
 def test_columns_are_the_documented_schema():
-    assert len(COLUMNS) == len(set(COLUMNS)) == 37
-    assert COLUMNS[:3] == ("run_id", "time", "git_commit") and COLUMNS[-1] == "accept_by_rank"
+    assert len(COLUMNS) == len(set(COLUMNS)) == 41
+    assert COLUMNS[:3] == ("run_id", "time", "git_commit") and COLUMNS[-1] == "predicted_speedup"
     for c in COLUMNS:  # every column is documented in the module docstring
         assert f"\n    {c} " in results.__doc__
 
@@ -243,6 +243,23 @@ def test_stores_of_the_second_schema_read_with_no_rank_counts(tmp_path):
     path.write_text(json.dumps(dict(old, extra=1)) + "\n")
     with pytest.raises(ValueError, match=r"unknown: \['extra'\]"):
         ResultsStore(path).rows()
+
+
+def test_stores_of_the_third_schema_read_as_batch_one_without_prediction(tmp_path):
+    """A row written before batch, context and the cost model's columns keeps its identity and
+    reads as a batch-1 row of the task's prompts, with no r(T) and no prediction."""
+    old = {c: v for c, v in make_row().items() if c in results.V3_COLUMNS}
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps(old) + "\n")
+    (row,) = ResultsStore(path).rows()
+    assert list(row) == list(COLUMNS) and row["config_hash"] == make_row()["config_hash"]
+    assert (row["batch"], row["context"], row["verify_cost_r"], row["predicted_speedup"]) == (
+        1,
+        None,
+        None,
+        None,
+    )
+    assert row["accept_by_rank"] == make_row()["accept_by_rank"]
 
 
 def test_git_commit_and_run_id(monkeypatch):

@@ -120,6 +120,23 @@ def test_predicted_speedup_linear_verify_cost():
     assert theory.predicted_speedup(0.8, 4, 0.1, linear) == pytest.approx(3.3616 / 5.4)
 
 
+def test_predicted_speedup_with_a_share_of_drafting_steps():
+    # alpha 0.5, gamma 2, c 0.1, r = 1, drafting in half the steps: E = 1.75, so
+    # (0.5 * 1.75 + 0.5) / (0.5 * (0.2 + 1) + 0.5) = 1.375 / 1.1 = 1.25.
+    assert theory.predicted_speedup(0.5, 2, 0.1, drafting_share=0.5) == pytest.approx(1.25)
+    assert theory.predicted_speedup(0.5, 2, 0.1, drafting_share=1.0) == theory.predicted_speedup(0.5, 2, 0.1)
+    assert theory.predicted_speedup(0.9, 4, 0.1, drafting_share=0.0) == pytest.approx(1.0)
+    # From a measured tau instead of the model's tokens per step: 1.5 / 1.1.
+    assert theory.predicted_speedup(0.5, 2, 0.1, drafting_share=0.5, tau=1.5) == pytest.approx(1.5 / 1.1)
+    # The share moves the best gamma: rarely drafting, long drafts cost little.
+    r = VerifyCost((1, 2, 9), (1.0, 1.3, 2.0))
+    assert theory.optimal_gamma(0.6, 0.05, 8, r, drafting_share=1.0) <= theory.optimal_gamma(
+        0.6, 0.05, 8, r, drafting_share=0.1
+    )
+    with pytest.raises(ValueError, match="drafting_share"):
+        theory.predicted_speedup(0.5, 2, 0.1, drafting_share=1.5)
+
+
 def test_optimal_gamma_with_verify_cost():
     # The CPU-like curve r = 1, 2.5, 3, 3.5 at T = 1, 2, 4, 8 (slope 0.125 beyond), alpha = 0.9, c = 0.1:
     # speedup(g) = E / (0.1 g + r(g + 1)) with r(g + 1) = 3.5 + 0.125 (g - 7):
