@@ -47,6 +47,7 @@ def prepare(cfg: DictConfig) -> experiment.Prepared:
     if d.initialize:  # several processes, one per host: each loads only its own devices' shards
         sharding.initialize_distributed(d.coordinator, d.num_processes, d.process_id)
     target = instantiate(cfg.model)
+    experiment.check_context(target, questions, run_config.context)
     drafter = experiment.make_drafter(run_config, target)
     return experiment.Prepared(
         cfg=run_config, questions=questions, target=target, drafter=drafter, sampling=sampling, rule=rule

@@ -117,6 +117,13 @@ def context_prompt(target, question: tasks.Question, context: int | None) -> lis
     return prompt
 
 
+def check_context(target, questions, context: int | None) -> None:
+    """ValueError naming the first prompt that ``context`` tokens cannot hold (before compiling)."""
+    if context is not None:
+        for question in questions:
+            context_prompt(target, question, context)
+
+
 def _add(a: dict, b: dict) -> dict:
     calls = a["target_calls"] + b["target_calls"]
     by_pos = (np.asarray(a["accept_by_position"]) * a["target_calls"]) + (

@@ -249,6 +249,7 @@ def test_rerunning_a_sweep_skips_finished_configurations(tiny_sweep, tmp_path):
         (["drafter.gamma=fast"], "drafter.gamma must be an integer >= 1 or auto, got 'fast'"),
         (["batch=0"], "batch must be >= 1"),
         (["context=8"], "context must be >= 16"),
+        (["context=20"], "context: 20 tokens cannot hold prompt"),
         (["max_new_tokens=0"], "max_new_tokens must be >= 1"),
         (["seed=abc"], "seed"),
         (["task.categories=[poetry]"], "unknown categories ['poetry']"),
