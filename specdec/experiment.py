@@ -286,6 +286,12 @@ def run(prepared: Prepared, progress=None) -> list[dict]:
     return rows
 
 
+def _alpha(stats: dict) -> float:
+    """The acceptance rate of summed statistics, 0 when no draft was judged."""
+    alpha = metrics.acceptance_rate(stats["accepted"], stats["rejected"])
+    return alpha if np.isfinite(alpha) else 0.0
+
+
 def _drafting_share(drafter, gamma: int, stats: dict) -> float:
     """The share f of steps in which the drafter drafted: 1, or for a variable-length drafter
     (prompt lookup) drafted / (gamma steps)."""
@@ -301,10 +307,8 @@ def _prediction(drafter, gamma: int, stats: dict, measured: costs.Costs | None) 
         return dict(cost_ratio_c=None, verify_cost_r=None, predicted_speedup=None)
     if tree_size(drafter, gamma) is not None:
         return dict(cost_ratio_c=measured.c, verify_cost_r=None, predicted_speedup=None)
-    judged = stats["accepted"] + stats["rejected"]
-    alpha = stats["accepted"] / judged if judged else 0.0
     f = _drafting_share(drafter, gamma, stats)
-    predicted = theory.predicted_speedup(alpha, gamma, measured.c, measured.r, drafting_share=f)
+    predicted = theory.predicted_speedup(_alpha(stats), gamma, measured.c, measured.r, drafting_share=f)
     return dict(cost_ratio_c=measured.c, verify_cost_r=measured.r(gamma + 1), predicted_speedup=predicted)
 
 
@@ -322,10 +326,8 @@ def auto_gamma(prepared: Prepared, question: tasks.Question, cost_cache: costs.C
     key = results.config_hash(dict(cfg.identity()["drafter"], gamma=AUTO))
     kw = dict(batch=cfg.batch, context=cfg.context or 256, cache=cost_cache)
     measured = costs.measure(target, drafter, gamma=costs.MAX_GAMMA, drafter_key=key, **kw)
-    judged = stats["accepted"] + stats["rejected"]
-    alpha = stats["accepted"] / judged if judged else 0.0
     f = _drafting_share(drafter, pilot, stats)
-    return theory.optimal_gamma(alpha, measured.c, costs.MAX_GAMMA, measured.r, drafting_share=f)
+    return theory.optimal_gamma(_alpha(stats), measured.c, costs.MAX_GAMMA, measured.r, drafting_share=f)
 
 
 def summarize(rows: list[dict]) -> dict:
