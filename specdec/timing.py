@@ -74,10 +74,16 @@ def thunks(compiled) -> list[tuple[str, str]]:
 
 def step_program(model: Model, T: int, *, context: int = 256, capacity: int = 512, batch: int = 1, steps=8):
     """The compiled program ``forward_s`` times: ``steps`` forward passes of T positions."""
-    cache = model.init_cache(batch, capacity).with_lengths(context)
-    tokens = jnp.ones((batch, T), jnp.int32)
-    positions = jnp.broadcast_to(context + jnp.arange(T)[None], (batch, T))
+    tokens, positions, cache = _step_inputs(model, T, context, capacity, batch)
     return _score_steps.lower(model.graphdef, model.params, tokens, positions, cache, steps=steps).compile()
+
+
+def _step_inputs(model: Model, T: int, context: int, capacity: int, batch: int, layers=None):
+    """tokens and positions [batch, T] after ``context`` cached tokens, and that cache."""
+    n_layers = None if layers is None else len(layers)
+    cache = model.init_cache(batch, capacity, n_layers).with_lengths(context)
+    positions = jnp.broadcast_to(context + jnp.arange(T)[None], (batch, T))
+    return jnp.ones((batch, T), jnp.int32), positions, cache
 
 
 def forward_s(
@@ -94,10 +100,8 @@ def forward_s(
     """Median seconds of one forward (plus greedy sampling) of T positions in each of ``batch`` rows
     after ``context`` cached tokens, measured as ``steps`` passes inside one compiled loop (no
     per-call dispatch, as in ``decode_loop``); ``layers``: a layer subset (a self-speculative draft)."""
-    n_layers = None if layers is None else len(layers)
-    state = {"cache": model.init_cache(batch, capacity, n_layers).with_lengths(context)}
-    tokens = jnp.ones((batch, T), jnp.int32)
-    positions = jnp.broadcast_to(context + jnp.arange(T)[None], (batch, T))
+    tokens, positions, cache = _step_inputs(model, T, context, capacity, batch, layers)
+    state = {"cache": cache}
 
     def run():
         state["cache"], token = _score_steps(
