@@ -48,7 +48,7 @@ import jax
 import numpy as np
 
 import specdec
-from specdec import tasks, theory
+from specdec import metrics, tasks, theory
 from specdec.generation import encode_prompts
 from specdec.models import ModelConfig
 from specdec.timing import draft_cost_ratio, verify_cost
@@ -378,11 +378,14 @@ def theory_efficiency(target, results, table):
                 float(np.median(m["ours_s"])) / len(m["tokens"])
             )
             alpha = s["alpha"] if np.isfinite(s["alpha"]) else 0.0
-            # A variable-length drafter (prompt lookup) drafts in a share f of its steps.
+            # A variable-length drafter (prompt lookup) drafts in a share f of its steps and pays
+            # the wide pass in a share f' (its drafts may be short).
             variable = getattr(drafter, "variable_length", False)
             f = min(1.0, s["drafted"] / (gamma * s["target_calls"])) if variable else 1.0
-            predicted = theory.predicted_speedup(alpha, gamma, costs[name], r, drafting_share=f)
-            from_tau = theory.predicted_speedup(alpha, gamma, costs[name], r, drafting_share=f, tau=s["tau"])
+            fp = metrics.wide_pass_share(s["verified"], s["target_calls"], gamma) if variable else 1.0
+            shares = dict(drafting_share=f, pass_share=fp)
+            predicted = theory.predicted_speedup(alpha, gamma, costs[name], r, **shares)
+            from_tau = theory.predicted_speedup(alpha, gamma, costs[name], r, **shares, tau=s["tau"])
             effs.append(measured / predicted)
             effs_tau.append(measured / from_tau)
             out.append(

@@ -56,12 +56,17 @@ def prepare(cfg: DictConfig) -> experiment.Prepared:
 
 def print_summary(title: str, summary: dict) -> None:
     print(f"\n{title}")
-    print(f"{'category':<16} {'prompts':>7} {'alpha':>6} {'tau':>6} {'tok/s':>7} {'speedup':>8}")
+    print(
+        f"{'category':<16} {'prompts':>7} {'alpha':>6} {'tau':>6} {'tok/s':>7} {'speedup':>8} {'decoding':>8}"
+    )
     for category, m in summary.items():
-        cells = [
-            f"{m[k]:.2f}" if m[k] is not None else "-" for k in ("alpha", "tau", "tokens_per_s", "speedup")
-        ]
-        print(f"{category:<16} {m['prompts']:>7} {cells[0]:>6} {cells[1]:>6} {cells[2]:>7} {cells[3]:>8}")
+        keys = ("alpha", "tau", "tokens_per_s", "speedup", "decode_speedup")
+        cells = [f"{m[k]:.2f}" if m[k] is not None else "-" for k in keys]
+        widths = (6, 6, 7, 8, 8)
+        print(
+            f"{category:<16} {m['prompts']:>7} "
+            + " ".join(f"{c:>{w}}" for c, w in zip(cells, widths, strict=True))
+        )
 
 
 @hydra.main(config_path="../configs", config_name="run", version_base=None)

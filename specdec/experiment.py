@@ -9,7 +9,10 @@ answers fed back), so each speedup is a side-by-side ratio. With ``batch`` > 1 o
 
 Every method row carries the cost model's prediction: c and r(T) measured at the run's batch
 and context (``specdec.costs``, cached per machine, model and dtype in ``paths.costs_path``)
-with the row's alpha and share of drafting steps (``theory.predicted_speedup``).
+with the row's alpha and share of drafting steps (``theory.predicted_speedup``). The prediction
+is for decoding, and a wall time also holds the prompt's prefill: every row records the target's
+prefill time measured apart (``prefill_s``, summed over turns) and the decoding speedup with it
+taken out of both walls (``decode_speedup``).
 ``drafter.gamma=auto`` picks gamma from the same costs and a pilot run's alpha (``auto_gamma``).
 
 Identity: a row's ``config_hash`` hashes the resolved configuration (``RunConfig.identity``:
@@ -29,7 +32,7 @@ import numpy as np
 from specdec import costs, drafters, metrics, results, tasks, theory
 from specdec.config import AUTO, DrafterConfig, RunConfig, check_dtype
 from specdec.drafters.base import tree_size
-from specdec.generation import generate_warm
+from specdec.generation import bucket, generate_warm
 from specdec.sampling import Sampling
 from specdec.sharding import make_mesh
 from specdec.weights import load_model
@@ -63,7 +66,8 @@ def generate_turns(
     or a ``context``, the first turn only (``context_prompt``), ``batch`` copies decoded together.
 
     Returns the per-turn (per-row) statistics summed (accept_by_position weighted by target
-    calls; wall_s that of the calls), plus prompt_tokens (all turns) and the texts of the answers.
+    calls; wall_s that of the calls), plus prompt_tokens (all turns), prompt_lengths (per turn)
+    and the texts of the answers.
     """
     if batch > 1 or context is not None:
         ids = context_prompt(target, question, context)
@@ -72,17 +76,25 @@ def generate_turns(
         for stats in out.stats:
             stats = dict(stats, prompt_tokens=len(ids))
             totals = stats if totals is None else _add(totals, stats)
-        return dict(totals, wall_s=out.wall_s, prompt_tokens=len(ids), answers=out.texts[:1])
-    messages, totals, answers = [], None, []
+        return dict(
+            totals,
+            wall_s=out.wall_s,
+            prompt_tokens=len(ids),
+            prompt_lengths=[len(ids)],
+            answers=out.texts[:1],
+        )
+    messages, totals, answers, encoded = [], None, [], []
     for turn in question.turns:
         messages.append({"role": "user", "content": turn})
         ids = target.tokenizer.encode(target.tokenizer.apply_chat_template(messages))
+        encoded.append(ids)
         out = generate_warm(target, [ids], chat=False, **kw)  # compile time excluded
         stats = dict(out.stats[0], prompt_tokens=len(ids))
         answers.append(out.texts[0])
         messages.append({"role": "assistant", "content": out.texts[0]})
         totals = stats if totals is None else _add(totals, stats)
     totals["answers"] = answers
+    totals["prompt_lengths"] = [len(ids) for ids in encoded]
     return totals
 
 
@@ -129,7 +141,16 @@ def _add(a: dict, b: dict) -> dict:
     by_pos = (np.asarray(a["accept_by_position"]) * a["target_calls"]) + (
         np.asarray(b["accept_by_position"]) * b["target_calls"]
     )
-    summed = ("new_tokens", "target_calls", "drafted", "accepted", "rejected", "wall_s", "prompt_tokens")
+    summed = (
+        "new_tokens",
+        "target_calls",
+        "drafted",
+        "accepted",
+        "rejected",
+        "verified",
+        "wall_s",
+        "prompt_tokens",
+    )
     out = {k: a[k] + b[k] for k in summed}
     out["accept_by_position"] = (by_pos / max(calls, 1)).tolist()
     out["accept_by_rank"] = {
@@ -189,6 +210,7 @@ def _row(config: dict, run_id: str, question, stats: dict, **measured) -> dict:
         target_calls=stats["target_calls"],
         drafted=stats["drafted"],
         accepted=stats["accepted"],
+        verified=stats["verified"],
         alpha=metrics.acceptance_rate(stats["accepted"], stats["rejected"]),
         tau=stats["new_tokens"] / stats["target_calls"],
         accept_by_position=stats["accept_by_position"],
@@ -235,14 +257,14 @@ def run(prepared: Prepared, progress=None) -> list[dict]:
         **dataclasses.asdict(prepared.sampling),
     )
     shape = dict(batch=cfg.batch, context=cfg.context)
-    # c and r(T) are timed on one device's programs; a sharded target's rows leave them empty
-    timed = drafter is not None and target.mesh is None
+    # Costs are timed on one device's programs; a sharded target's rows leave them empty
+    timed = target.mesh is None
     cost_cache = costs.CostCache(cfg.paths.costs_path)
     if cfg.drafter.gamma == AUTO:
         method["gamma"] = auto_gamma(prepared, questions[0], cost_cache, loop)
     gamma = method["gamma"]
     measured = None
-    if timed:
+    if timed and drafter is not None:
         measured = costs.measure(
             target,
             drafter,
@@ -261,7 +283,19 @@ def run(prepared: Prepared, progress=None) -> list[dict]:
         if baseline is None or (cfg.force and drafter is None):
             stats = generate_turns(target, q, **shape, **loop)
             no_costs = dict(cost_ratio_c=0.0, verify_cost_r=None, predicted_speedup=None)
-            baseline = _row(base_config, run_id, q, stats, speedup=1.0, **no_costs, **shape)
+            prefill = _prefill(target, cfg.batch, stats, cost_cache) if timed else None
+            decode = None if prefill is None else 1.0
+            baseline = _row(
+                base_config,
+                run_id,
+                q,
+                stats,
+                speedup=1.0,
+                prefill_s=prefill,
+                decode_speedup=decode,
+                **no_costs,
+                **shape,
+            )
             baseline["baseline_tokens_per_s"] = baseline["tokens_per_s"]
             append([baseline])
         method_config = _config(cfg, identity, method, q)
@@ -274,8 +308,16 @@ def run(prepared: Prepared, progress=None) -> list[dict]:
             stats = generate_turns(
                 target, q, drafter=drafter, gamma=gamma, schedule=d.schedule, **shape, **loop
             )
+            prefill = _prefill(target, cfg.batch, stats, cost_cache) if timed else None
             row = _row(
-                method_config, run_id, q, stats, **shape, **_prediction(drafter, gamma, stats, measured)
+                method_config,
+                run_id,
+                q,
+                stats,
+                **shape,
+                **_prediction(drafter, gamma, stats, measured),
+                prefill_s=prefill,
+                decode_speedup=_decode_speedup(baseline, stats["wall_s"], prefill),
             )
             row["baseline_tokens_per_s"] = baseline["tokens_per_s"]
             row["speedup"] = row["tokens_per_s"] / baseline["tokens_per_s"]
@@ -286,18 +328,38 @@ def run(prepared: Prepared, progress=None) -> list[dict]:
     return rows
 
 
+def _prefill(target, batch: int, stats: dict, cache: costs.CostCache) -> float:
+    """Seconds of the target's prefills in these turns, each prompt padded as ``generate`` pads it."""
+    return sum(
+        costs.prefill_s(target, batch=batch, length=bucket(n), cache=cache) for n in stats["prompt_lengths"]
+    )
+
+
+def _decode_speedup(baseline: dict, wall: float, prefill: float | None) -> float | None:
+    """The speedup of decoding alone: each wall less its target prefill (the baseline row's, or
+    this one's for a baseline stored without it; sampled answers make later turns' prompts
+    differ). None when not measured, or when a wall is not longer than its prefill."""
+    base_prefill = prefill if baseline["prefill_s"] is None else baseline["prefill_s"]
+    if prefill is None or baseline["wall_s"] <= base_prefill or wall <= prefill:
+        return None
+    return (baseline["wall_s"] - base_prefill) / (wall - prefill)
+
+
 def _alpha(stats: dict) -> float:
     """The acceptance rate of summed statistics, 0 when no draft was judged."""
     alpha = metrics.acceptance_rate(stats["accepted"], stats["rejected"])
     return alpha if np.isfinite(alpha) else 0.0
 
 
-def _drafting_share(drafter, gamma: int, stats: dict) -> float:
-    """The share f of steps in which the drafter drafted: 1, or for a variable-length drafter
-    (prompt lookup) drafted / (gamma steps)."""
+def _shares(drafter, gamma: int, stats: dict) -> dict:
+    """``theory.predicted_speedup``'s drafting_share (drafted / (gamma steps)) and pass_share
+    (``metrics.wide_pass_share``) for a variable-length drafter (prompt lookup); 1 for others."""
     if not getattr(drafter, "variable_length", False) or not stats["target_calls"]:
-        return 1.0
-    return min(1.0, stats["drafted"] / (gamma * stats["target_calls"]))
+        return dict(drafting_share=1.0, pass_share=1.0)
+    return dict(
+        drafting_share=min(1.0, stats["drafted"] / (gamma * stats["target_calls"])),
+        pass_share=metrics.wide_pass_share(stats["verified"], stats["target_calls"], gamma),
+    )
 
 
 def _prediction(drafter, gamma: int, stats: dict, measured: costs.Costs | None) -> dict:
@@ -307,8 +369,9 @@ def _prediction(drafter, gamma: int, stats: dict, measured: costs.Costs | None) 
         return dict(cost_ratio_c=None, verify_cost_r=None, predicted_speedup=None)
     if tree_size(drafter, gamma) is not None:
         return dict(cost_ratio_c=measured.c, verify_cost_r=None, predicted_speedup=None)
-    f = _drafting_share(drafter, gamma, stats)
-    predicted = theory.predicted_speedup(_alpha(stats), gamma, measured.c, measured.r, drafting_share=f)
+    predicted = theory.predicted_speedup(
+        _alpha(stats), gamma, measured.c, measured.r, **_shares(drafter, gamma, stats)
+    )
     return dict(cost_ratio_c=measured.c, verify_cost_r=measured.r(gamma + 1), predicted_speedup=predicted)
 
 
@@ -326,12 +389,13 @@ def auto_gamma(prepared: Prepared, question: tasks.Question, cost_cache: costs.C
     key = results.config_hash(dict(cfg.identity()["drafter"], gamma=AUTO))
     kw = dict(batch=cfg.batch, context=cfg.context or 256, cache=cost_cache)
     measured = costs.measure(target, drafter, gamma=costs.MAX_GAMMA, drafter_key=key, **kw)
-    f = _drafting_share(drafter, pilot, stats)
+    f = _shares(drafter, pilot, stats)["drafting_share"]
     return theory.optimal_gamma(_alpha(stats), measured.c, costs.MAX_GAMMA, measured.r, drafting_share=f)
 
 
 def summarize(rows: list[dict]) -> dict:
-    """Per-category means of alpha, tau, tokens/s and speedup, and the overall mean: {category: {...}}."""
+    """Per-category means of alpha, tau, tokens/s, speedup and decode_speedup, and the overall
+    mean: {category: {...}}."""
     by_category: dict[str, list[dict]] = {}
     for row in rows:
         by_category.setdefault(row["category"], []).append(row)
@@ -342,7 +406,8 @@ def summarize(rows: list[dict]) -> dict:
         return float(np.mean(vals)) if vals else None
 
     return {
-        cat: {k: mean(rs, k) for k in ("alpha", "tau", "tokens_per_s", "speedup")} | {"prompts": len(rs)}
+        cat: {k: mean(rs, k) for k in ("alpha", "tau", "tokens_per_s", "speedup", "decode_speedup")}
+        | {"prompts": len(rs)}
         for cat, rs in by_category.items()
     }
 

@@ -23,6 +23,15 @@ def acceptance_rate(accepted: int, rejected: int) -> float:
     return accepted / judged if judged else float("nan")
 
 
+def wide_pass_share(verified: int, target_calls: int, gamma: int) -> float:
+    """The share of steps that paid a gamma + 1 wide verify pass rather than a decode step, from
+    the positions the target scored: verified = calls + gamma (wide passes) when the loop's pass
+    widths are 1 and gamma + 1 (its default for a variable-length drafter)."""
+    if not target_calls:
+        return 0.0
+    return min(1.0, max(0.0, (verified - target_calls) / (gamma * target_calls)))
+
+
 def row_stats(stats, wall_s: float) -> list[dict]:
     """One dict per row: new_tokens, target_calls, drafted, accepted, rejected, verified (positions
     the target scored), alpha, tau, mean_gamma, accept_by_position (rate per draft

@@ -260,7 +260,8 @@ def speedup_vs_gamma(df: pd.DataFrame, r: theory.VerifyCost | None = None) -> Fi
     with the dashed prediction (averaged like the measurement): each row's ``predicted_speedup``
     (from its measured c and r(T), ``specdec.costs``) where it has one, else
     ``theory.predicted_speedup`` from its alpha and cost_ratio_c with ``r`` (default free); rows
-    with neither get no prediction."""
+    with neither get no prediction. Where rows carry ``decode_speedup`` (the prefill measured
+    apart), a dotted line draws it: what the prediction predicts."""
     d = _with_prediction(speculative(df).dropna(subset=["speedup"]), r)
     colors = _colors(d["label"])
     fig, axes, panels = _facets(d, "temperature", None, GAMMA_LABEL, SPEEDUP_LABEL, ref=True)
@@ -272,6 +273,9 @@ def speedup_vs_gamma(df: pd.DataFrame, r: theory.VerifyCost | None = None) -> Fi
                 ax.plot(mean.index, mean.to_numpy(), ls="--", color=colors[lab], gid="predicted")
             else:
                 log.info("speedup_vs_gamma: %s has no cost_ratio_c, no prediction drawn", lab)
+            if "decode_speedup" in dl and dl["decode_speedup"].notna().any():
+                mean = dl.groupby("gamma")["decode_speedup"].mean().dropna()
+                ax.plot(mean.index, mean.to_numpy(), ls=":", color=colors[lab], gid="decode")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     handles, labels = axes[0, 0].get_legend_handles_labels()
     handles += [Line2D([], [], color="0.3", marker="o"), Line2D([], [], color="0.3", ls="--")]
@@ -280,6 +284,9 @@ def speedup_vs_gamma(df: pd.DataFrame, r: theory.VerifyCost | None = None) -> Fi
         "measured",
         "predicted" + (" (measured c, r)" if measured_costs or r is not None else " (r = 1)"),
     ]
+    if "decode_speedup" in d and d["decode_speedup"].notna().any():
+        handles.append(Line2D([], [], color="0.3", ls=":"))
+        labels.append("measured, decoding alone (prefill apart)")
     axes[0, -1].legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1))
     return fig
 
@@ -297,11 +304,18 @@ def _with_prediction(d: pd.DataFrame, r: theory.VerifyCost | None) -> pd.DataFra
 
 @style()
 def speedup_vs_batch(df: pd.DataFrame) -> Figure:
-    """Measured speedup against batch size, one curve per context length (MagicDec Fig. 1 style),
-    one panel per drafter (mean over prompts, the best gamma of each point), with the prediction
-    from the measured costs (``predicted_speedup``) dashed beside it."""
+    """Measured speedup of decoding against batch size, one curve per context length (MagicDec
+    Fig. 1 style), one panel per drafter (mean over prompts, the best gamma of each point), with the
+    prediction from the measured costs (``predicted_speedup``) dashed beside it. Decoding alone
+    (``decode_speedup``: the prefill, which grows with batch x context, measured apart) where rows
+    have it, else the wall-clock speedup."""
     d = speculative(df).dropna(subset=["speedup"])
-    d = d.assign(context=d["context"].fillna(0).astype(int), batch=d["batch"].fillna(1).astype(int))
+    decode = d.get("decode_speedup", np.nan)
+    d = d.assign(
+        context=d["context"].fillna(0).astype(int),
+        batch=d["batch"].fillna(1).astype(int),
+        speedup=pd.Series(decode, index=d.index, dtype=np.float64).fillna(d["speedup"]),
+    )
     labels = sorted(d["label"].unique())
     fig, axes = _grid(1, len(labels), "batch size", SPEEDUP_LABEL)
     contexts = sorted(d["context"].unique())
@@ -320,7 +334,7 @@ def speedup_vs_batch(df: pd.DataFrame) -> Figure:
         ax.set_title(lab)
     handles, names = axes[0, 0].get_legend_handles_labels()
     handles += [Line2D([], [], color="0.3", marker="o"), Line2D([], [], color="0.3", ls="--")]
-    names += ["measured", "predicted (measured c, r)"]
+    names += ["measured (decoding)", "predicted (measured c, r)"]
     axes[0, -1].legend(handles, names, loc="upper left", bbox_to_anchor=(1.01, 1))
     return fig
 

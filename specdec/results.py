@@ -55,12 +55,18 @@ Schema (``COLUMNS``, in this order; every row has exactly these keys). Non-finit
                                   step, measured (specdec.costs) at this batch and context
     predicted_speedup      float  theory.predicted_speedup from this row's alpha, gamma, c,
                                   verify_cost_r and share of drafting steps; null without them
+    verified               int    positions the target scored in the decode loop (a step scores 1
+                                  without drafts, gamma + 1 with a chain, the tree's nodes + 1)
+    prefill_s              float  seconds of the target's prefill of this row's prompts (each turn's,
+                                  padded, at this batch), measured apart (specdec.costs); null if not
+    decode_speedup         float  (baseline wall_s - prefill_s) / (wall_s - prefill_s): the speedup
+                                  of decoding alone, which predicted_speedup predicts; null if unknown
 
 Stores written before the last eight columns existed stay readable: such a row is upgraded on
 read (``config`` and ``baseline_hash`` null, ``config_hash`` derived from its old columns with a
 "v1-" prefix, so it never matches, and is never reused for, a configuration measured today).
-Rows written before accept_by_rank, or before batch ... predicted_speedup, read with those null
-(batch 1).
+Rows written before accept_by_rank, before batch ... predicted_speedup, or before verified ...
+decode_speedup, read with those null (batch 1).
 
 Writing: ``append`` validates every row first (nothing is written if one is bad), then, under
 an exclusive ``filelock`` on the sidecar ``<path>.lock``, writes the whole block with one
@@ -136,11 +142,16 @@ COLUMNS = (
     "context",
     "verify_cost_r",
     "predicted_speedup",
+    "verified",
+    "prefill_s",
+    "decode_speedup",
 )
 V1_COLUMNS = COLUMNS[:28]  # the schema before the configuration identity columns
 V2_COLUMNS = COLUMNS[:36]  # the schema before accept_by_rank
 V3_COLUMNS = COLUMNS[:37]  # the schema before batch, context and the cost model's prediction
+V4_COLUMNS = COLUMNS[:41]  # the schema before verified, prefill_s and decode_speedup
 NEW_IN_V4 = dict(batch=1, context=None, verify_cost_r=None, predicted_speedup=None)
+NEW_IN_V5 = dict(verified=None, prefill_s=None, decode_speedup=None)
 V1_CONFIG_COLUMNS = (
     "device",
     "target",
@@ -198,6 +209,7 @@ def _upgrade_v1(row: dict) -> dict:
         baseline_hash=None,
         accept_by_rank=None,
         **NEW_IN_V4,
+        **NEW_IN_V5,
     )
     return {c: upgraded[c] for c in COLUMNS}
 
@@ -276,8 +288,8 @@ def _decode_row(line: bytes) -> tuple[dict | None, str | None]:
             return _upgrade_v1(row), None
         except (TypeError, ValueError, AttributeError) as e:
             return None, f"a row of the first schema that cannot be read ({e})"
-    if set(row) in (set(V2_COLUMNS), set(V3_COLUMNS)):
-        row = dict(dict(accept_by_rank=None, **NEW_IN_V4), **row)
+    if set(row) in (set(V2_COLUMNS), set(V3_COLUMNS), set(V4_COLUMNS)):
+        row = dict(dict(accept_by_rank=None, **NEW_IN_V4, **NEW_IN_V5), **row)
         return {c: row[c] for c in COLUMNS}, None
     missing = [c for c in COLUMNS if c not in row]
     unknown = [c for c in row if c not in COLUMNS]

@@ -144,20 +144,24 @@ class VerifyCost:
         return _out(out)
 
 
-def predicted_speedup(alpha, gamma, c, r: VerifyCost | None = None, drafting_share=1.0, tau=None):
+def predicted_speedup(
+    alpha, gamma, c, r: VerifyCost | None = None, drafting_share=1.0, tau=None, pass_share=None
+):
     """E(alpha, gamma) / (gamma c + r(gamma + 1)); equals ``speedup`` when r is free (None).
 
     drafting_share f: the share of steps in which the drafter drafts (a variable-length drafter,
-    prompt lookup, drafts only where it finds a match; f = drafted / (gamma steps), a lower bound
-    when a match near the end yields fewer than gamma tokens). A step without drafts costs one
-    decode step and emits one token, so the speedup is (f E + 1 - f) / (f (gamma c + r) + 1 - f).
+    prompt lookup, drafts only where it finds a match; f = drafted / (gamma steps) counts its
+    drafts as full blocks). A step without drafts costs one decode step and emits one token, so
+    the speedup is (f E + 1 - f) / (f' (gamma c + r) + 1 - f'), where pass_share f' is the share
+    of steps that paid the wide pass (a short draft pays it too; default f).
     tau: the measured tokens per step instead of the model's f E + 1 - f (the loop's cost alone).
     """
     a, g, c = _unit_interval("alpha", alpha), _gamma(gamma), _non_negative("c", c)
     f = _unit_interval("drafting_share", drafting_share)
+    fp = f if pass_share is None else _unit_interval("pass_share", pass_share)
     r = VerifyCost.free() if r is None else r
     tokens = f * _expected(a, g) + 1.0 - f if tau is None else _non_negative("tau", tau)
-    return _out(tokens / (f * (g * c + np.asarray(r(g + 1.0))) + 1.0 - f))
+    return _out(tokens / (fp * (g * c + np.asarray(r(g + 1.0))) + 1.0 - fp))
 
 
 def optimal_gamma(

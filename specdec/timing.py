@@ -96,6 +96,7 @@ def forward_s(
     layers=None,
     steps=8,
     repeats=5,
+    warmup=3,
 ):
     """Median seconds of one forward (plus greedy sampling) of T positions in each of ``batch`` rows
     after ``context`` cached tokens, measured as ``steps`` passes inside one compiled loop (no
@@ -109,7 +110,7 @@ def forward_s(
         )
         return token
 
-    return median_s(run, repeats) / steps
+    return median_s(run, repeats, warmup) / steps
 
 
 def verify_cost(model: Model, widths=(1, 2, 3, 4, 5, 6, 8, 12, 16), **kw) -> tuple[VerifyCost, dict]:

@@ -57,6 +57,9 @@ def make_row(**overrides) -> dict:
         context=None,
         verify_cost_r=None,
         predicted_speedup=None,
+        verified=160,
+        prefill_s=0.05,
+        decode_speedup=2.1,
     )
     row.update(overrides)
     config = {k: row[k] for k in IDENTITY}

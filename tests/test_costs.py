@@ -43,6 +43,25 @@ def test_costs_are_measured_once_then_read_back(tiny, tmp_path, monkeypatch):
     assert all(" | tiny | float32 | " in key for key in entries)
 
 
+def test_the_prefill_is_timed_once_per_batch_and_padded_length(tiny, tmp_path, monkeypatch):
+    cache = costs.CostCache(tmp_path / "costs.json")
+    costs.measure(tiny, None, gamma=1, context=64, cache=cache, repeats=2)  # an entry it joins
+    seconds = costs.prefill_s(tiny, batch=1, length=64, cache=cache, repeats=1)
+    assert seconds > 0 and cache.read()[costs.key(tiny, 1, 64)]["prefill"] == seconds
+    assert sorted(cache.read()[costs.key(tiny, 1, 64)]["latencies"]) == ["1", "2"]  # kept
+
+    timed = []
+
+    def forward_s(model, T, *, context, batch, **_):
+        timed.append((T, context, batch))
+        return 1.0
+
+    monkeypatch.setattr(timing, "forward_s", forward_s)
+    assert costs.prefill_s(tiny, batch=1, length=64, cache=cache) == seconds and timed == []
+    assert costs.prefill_s(tiny, batch=2, length=64, cache=cache) == 1.0
+    assert timed == [(64, 0, 2)]  # all 64 positions into an empty cache, both rows
+
+
 def test_a_corrupt_cost_cache_is_named_and_kept(tiny, tmp_path):
     path = tmp_path / "costs.json"
     path.write_text('{"a": [1, 2')

@@ -168,6 +168,10 @@ def test_speedup_vs_gamma(frame):
     want = np.mean(theory.predicted_speedup(d["alpha"].to_numpy(), 2, d["cost_ratio_c"].to_numpy(), R))
     x, y = lines(axes[0], "predicted")[0].get_data()
     assert y[list(x).index(2)] == pytest.approx(want)
+    # Dotted: the rows' decode_speedup (the prefill apart), averaged the same way.
+    decode = lines(axes[0], "decode")
+    assert len(decode) == 3 and decode[0].get_linestyle() == ":"
+    np.testing.assert_allclose(decode[0].get_ydata(), d["decode_speedup"].mean())
 
 
 def test_acceptance_vs_temperature(frame):
@@ -368,20 +372,23 @@ def test_agreement_vs_data_draws_one_sorted_line_per_recipe(tmp_path):
 
 def test_speedup_vs_batch_draws_the_best_gamma_per_batch_and_context(tmp_path):
     """One panel per drafter, one measured and one predicted line per context: at each batch the
-    gamma with the best mean speedup, its predicted_speedup beside it."""
+    gamma with the best mean speedup of decoding (decode_speedup; the wall's speedup for rows
+    without it, here those at context 256), its predicted_speedup beside it."""
     rows = []
     for context in (256, 1024):
         for batch in (1, 4, 16):
             for gamma, scale in ((2, 1.0), (4, 0.9 if context == 256 else 1.1)):
                 for prompt_id in (1, 2):
                     speedup = scale * (1.2 + 0.01 * prompt_id - 0.01 * batch + context / 10_000)
+                    decode = speedup if context == 1024 else None  # wall: less, the prefill in it
                     rows.append(
                         synthetic.make_row(
                             batch=batch,
                             context=context,
                             gamma=gamma,
                             prompt_id=prompt_id,
-                            speedup=speedup,
+                            speedup=speedup if decode is None else 0.5 * speedup,
+                            decode_speedup=decode,
                             predicted_speedup=speedup + 0.1,
                         )
                     )

@@ -15,8 +15,8 @@ from specdec.results import COLUMNS, PartialLineWarning, ResultsStore, config_ke
 
 
 def test_columns_are_the_documented_schema():
-    assert len(COLUMNS) == len(set(COLUMNS)) == 41
-    assert COLUMNS[:3] == ("run_id", "time", "git_commit") and COLUMNS[-1] == "predicted_speedup"
+    assert len(COLUMNS) == len(set(COLUMNS)) == 44
+    assert COLUMNS[:3] == ("run_id", "time", "git_commit") and COLUMNS[-1] == "decode_speedup"
     for c in COLUMNS:  # every column is documented in the module docstring
         assert f"\n    {c} " in results.__doc__
 
@@ -260,6 +260,17 @@ def test_stores_of_the_third_schema_read_as_batch_one_without_prediction(tmp_pat
         None,
     )
     assert row["accept_by_rank"] == make_row()["accept_by_rank"]
+
+
+def test_stores_of_the_fourth_schema_read_without_the_prefill_columns(tmp_path):
+    """A row written before verified, prefill_s and decode_speedup keeps its values and identity."""
+    old = {c: v for c, v in make_row(batch=4, verify_cost_r=1.4).items() if c in results.V4_COLUMNS}
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps(old) + "\n")
+    (row,) = ResultsStore(path).rows()
+    assert list(row) == list(COLUMNS) and (row["batch"], row["verify_cost_r"]) == (4, 1.4)
+    assert row["config_hash"] == make_row(batch=4, verify_cost_r=1.4)["config_hash"]
+    assert (row["verified"], row["prefill_s"], row["decode_speedup"]) == (None, None, None)
 
 
 def test_git_commit_and_run_id(monkeypatch):

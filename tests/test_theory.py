@@ -126,6 +126,10 @@ def test_predicted_speedup_with_a_share_of_drafting_steps():
     assert theory.predicted_speedup(0.5, 2, 0.1, drafting_share=0.5) == pytest.approx(1.25)
     assert theory.predicted_speedup(0.5, 2, 0.1, drafting_share=1.0) == theory.predicted_speedup(0.5, 2, 0.1)
     assert theory.predicted_speedup(0.9, 4, 0.1, drafting_share=0.0) == pytest.approx(1.0)
+    # Short drafts in more steps: the wide pass paid in 0.8 of them, 1.375 / (0.8 * 1.2 + 0.2).
+    assert theory.predicted_speedup(0.5, 2, 0.1, drafting_share=0.5, pass_share=0.8) == pytest.approx(
+        1.375 / 1.16
+    )
     # From a measured tau instead of the model's tokens per step: 1.5 / 1.1.
     assert theory.predicted_speedup(0.5, 2, 0.1, drafting_share=0.5, tau=1.5) == pytest.approx(1.5 / 1.1)
     # The share moves the best gamma: rarely drafting, long drafts cost little.
