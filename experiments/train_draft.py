@@ -51,12 +51,19 @@ def make_corpus(target, data: DictConfig) -> tuple[Corpus, Corpus]:
     return corpus.subset(data.tokens, data.seed), heldout
 
 
+def prepare(cfg: DictConfig):
+    """(the typed ``train`` config, the target), validated before anything is compiled; a bad
+    value raises one of ``conf.USER_ERRORS`` naming its key."""
+    train_cfg = conf.typed(cfg).train  # a TrainDraftConfig's TrainConfig
+    target = instantiate(cfg.model)
+    train_cfg.make_recipe().check(target)
+    return train_cfg, target
+
+
 @hydra.main(config_path="../configs", config_name="train_draft", version_base=None)
 def main(cfg: DictConfig) -> None:
     try:
-        train_cfg = conf.typed(cfg).train  # a TrainDraftConfig
-        target = instantiate(cfg.model)
-        train_cfg.make_recipe().check(target)
+        train_cfg, target = prepare(cfg)
     except conf.USER_ERRORS as err:
         print(f"error: {conf.one_line(err)}", file=sys.stderr)
         sys.exit(2)

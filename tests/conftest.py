@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import gc
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -88,6 +90,7 @@ def run_experiment(*overrides, cwd) -> subprocess.CompletedProcess:
 
 
 COSTS = Path(tempfile.mkdtemp(prefix="specdec-test-costs-")) / "costs.json"
+atexit.register(shutil.rmtree, COSTS.parent, ignore_errors=True)  # the session's, gone with it
 
 
 def store_overrides(folder: Path) -> list[str]:

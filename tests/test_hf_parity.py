@@ -284,7 +284,7 @@ def truncated_draft(smollm2):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("gamma", [1, 3, 5])
+@pytest.mark.parametrize("gamma", [1, 4])
 def test_smollm2_greedy_speculative_equals_autoregressive(
     smollm2, prompt_ids, greedy_reference, truncated_draft, gamma
 ):

@@ -1,6 +1,7 @@
 """The target sharded over 4 forced host devices (a fresh process: the device count is fixed at
-JAX's start): every kind of drafter's output identical on 1 device and the meshes 1x4, 2x2 and 4x1,
-greedy and sampled; each device holding its share of the weights; a checkpoint loaded into shards."""
+JAX's start): every kind of drafter's output identical on 1 device and the mesh 2x2, greedy and
+sampled, and on 1x4, greedy (autoregressive and prompt lookup on 4x1); each device holding its
+share of the weights; a checkpoint loaded into shards."""
 
 import json
 import os
@@ -35,9 +36,14 @@ def test_every_drafter_is_identical_across_meshes(report):
     assert report["devices"] == 4
     reference = report["reference"]
     assert len(reference) == 14  # 7 drafters, greedy and sampled
+    assert {mesh: len(got["outputs"]) for mesh, got in report["meshes"].items()} == {
+        "1x4": 7,
+        "2x2": 14,
+        "4x1": 2,
+    }
     for mesh, got in report["meshes"].items():
-        for name, tokens in reference.items():
-            assert got["outputs"][name] == tokens, f"{mesh}: {name}"
+        for name, tokens in got["outputs"].items():
+            assert tokens == reference[name], f"{mesh}: {name}"
 
 
 @pytest.mark.slow

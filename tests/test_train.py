@@ -2,6 +2,7 @@
 checkpoints and resume, bad configuration, and a tiny end-to-end training run."""
 
 import dataclasses
+import functools
 import json
 import os
 import subprocess
@@ -13,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import train_draft
 from conftest import compose
 from flax import nnx
 from test_sampling_distribution import PASS, _pvalue
@@ -275,29 +277,32 @@ def test_training_time_test_unroll_matches_a_hand_written_two_step_reference(tar
     graphdef, trainable, frozen, teacher = recipe.init(target)
     trainable = jax.tree.map(lambda x: x + 0.02 * jax.random.normal(jax.random.key(1), x.shape), trainable)
     batch = trainer._batch(corpus, [0, 1], (0, 2, 3), 3)
-    p, _, steps = recipe.unrolled(graphdef, trainable, frozen, teacher, batch)
+    p, _, steps = jax.jit(recipe.unrolled, static_argnums=0)(graphdef, trainable, frozen, teacher, batch)
     assert len(steps) == 2 and not bool(steps[1][2][:, 0].any()) and bool(steps[1][2][:, 1].all())
     head, c = nnx.merge(graphdef, trainable), target.config
     tokens, features = batch["tokens"], batch["features"]
-    for b, j in ((0, 1), (0, 6), (1, 9)):
+
+    @functools.partial(jax.jit, static_argnums=2)  # one program per j (eager, each op compiles)
+    def by_hand(features, tokens, j):
         cache = KVCache.init(1, 1, c.n_kv_heads, j + 1, c.head_dim, jnp.float32)
-        true = head.target_features(features[b : b + 1, :j])  # entries 0..j-1 read the target's features
+        true = head.target_features(features[:, :j])  # entries 0..j-1 read the target's features
         h0, cache = head(
-            true, embed_lookup(frozen["embed"], tokens[b : b + 1, 1 : j + 1]), jnp.arange(j)[None], cache
+            true, embed_lookup(frozen["embed"], tokens[:, 1 : j + 1]), jnp.arange(j)[None], cache
         )
         h1, _ = head(
-            h0[:, -1:],
-            embed_lookup(frozen["embed"], tokens[b : b + 1, j + 1 : j + 2]),
-            jnp.array([[j]]),
-            cache,
+            h0[:, -1:], embed_lookup(frozen["embed"], tokens[:, j + 1 : j + 2]), jnp.array([[j]]), cache
         )
-        np.testing.assert_allclose(steps[0][1][b, j - 1], h0[0, -1], atol=2e-5)
-        np.testing.assert_allclose(steps[1][1][b, j], h1[0, 0], atol=2e-5)
-        q1 = drafters.eagle.readout_logits(h1[0, 0], teacher["norm"], teacher["head"], c.norm_eps)
+        return h0[0, -1], h1[0, 0]
+
+    for b, j in ((0, 1), (0, 6), (1, 9)):
+        h0, h1 = by_hand(features[b : b + 1], tokens[b : b + 1], j)
+        np.testing.assert_allclose(steps[0][1][b, j - 1], h0, atol=2e-5)
+        np.testing.assert_allclose(steps[1][1][b, j], h1, atol=2e-5)
+        q1 = drafters.eagle.readout_logits(h1, teacher["norm"], teacher["head"], c.norm_eps)
         np.testing.assert_allclose(steps[1][0][b, j], q1, atol=1e-4)
     # The loss weighs step s by 0.8^s: the normalized sum of the two steps' KL.
     kl = [float(losses.forward_kl(p, q, m)) for q, _, m in steps]
-    loss = float(recipe.loss(graphdef, trainable, frozen, teacher, batch, None))
+    loss = float(jax.jit(recipe.loss, static_argnums=0)(graphdef, trainable, frozen, teacher, batch, None))
     assert loss == pytest.approx((kl[0] + 0.8 * kl[1]) / 1.8, rel=1e-5)
 
 
@@ -556,17 +561,29 @@ def test_train_draft_makes_a_drafter_that_run_py_uses_by_name(tmp_path):
     assert len(rows) == 1 and rows[0]["tau"] >= 1.0 and rows[0]["target_calls"] >= 1
 
 
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["train.steps=0"], "train.steps must be >= 1"),
+        (["+train.recipe.divergence=js"], "train.recipe: unknown option 'divergence' for eagle"),
+        (["data.heldout_batch=0"], "data.heldout_batch must be >= 1, got 0"),
+        (["+train.epochs=3"], "train.epochs: unknown key"),
+        ([], "train.recipe.vocab must be between 1 and 512, got 8192"),  # tiny's vocabulary
+    ],
+)
+def test_train_draft_refuses_a_bad_configuration_before_training(tmp_path, overrides, message):
+    """In process, as train_draft.py composes and prepares: the error names the key."""
+    with pytest.raises(conf.USER_ERRORS) as info:
+        train_draft.prepare(compose("train_draft", ["model=tiny", f"run_dir={tmp_path}/run", *overrides]))
+    assert message in conf.one_line(info.value)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["train.steps=0"], "error: train.steps must be >= 1"),
-        (["+train.recipe.divergence=js"], "error: train.recipe: unknown option 'divergence' for eagle"),
-        (["data.heldout_batch=0"], "error: data.heldout_batch must be >= 1, got 0"),
-        (["train=medusa"], "Could not find 'train/medusa'"),
+        (["train=medusa"], "Could not find 'train/medusa'"),  # Hydra's composition errors
         (["train.steps=2.5"], "train.steps"),
-        (["+train.epochs=3"], "error: train.epochs: unknown key"),
-        ([], "error: train.recipe.vocab must be between 1 and 512, got 8192"),  # tiny's vocabulary
     ],
 )
 def test_train_draft_bad_configuration_is_one_clear_line(tmp_path, overrides, message):
