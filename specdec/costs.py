@@ -105,9 +105,7 @@ def prefill_s(
     seconds = None if cache is None else cache.read().get(entry_key, {}).get("prefill")
     if seconds is None:
         capacity = capacity_for(length, 64, MAX_GAMMA)
-        seconds = timing.forward_s(
-            target, length, context=0, capacity=capacity, batch=batch, steps=1, repeats=repeats, warmup=1
-        )
+        seconds = timing.prefill_s(target, length, capacity=capacity, batch=batch, repeats=repeats)
         if cache is not None:
             cache.update(entry_key, lambda old: old | {"prefill": seconds})
     return seconds
