@@ -257,14 +257,12 @@ def run(prepared: Prepared, progress=None) -> list[dict]:
         **dataclasses.asdict(prepared.sampling),
     )
     shape = dict(batch=cfg.batch, context=cfg.context)
-    # Costs are timed on one device's programs; a sharded target's rows leave them empty
-    timed = target.mesh is None
     cost_cache = costs.CostCache(cfg.paths.costs_path)
     if cfg.drafter.gamma == AUTO:
         method["gamma"] = auto_gamma(prepared, questions[0], cost_cache, loop)
     gamma = method["gamma"]
     measured = None
-    if timed and drafter is not None:
+    if drafter is not None and target.mesh is None:  # costs are timed on one device's programs
         measured = costs.measure(
             target,
             drafter,
@@ -283,7 +281,7 @@ def run(prepared: Prepared, progress=None) -> list[dict]:
         if baseline is None or (cfg.force and drafter is None):
             stats = generate_turns(target, q, **shape, **loop)
             no_costs = dict(cost_ratio_c=0.0, verify_cost_r=None, predicted_speedup=None)
-            prefill = _prefill(target, cfg.batch, stats, cost_cache) if timed else None
+            prefill = _prefill(target, cfg.batch, stats, cost_cache)
             decode = None if prefill is None else 1.0
             baseline = _row(
                 base_config,
@@ -308,7 +306,7 @@ def run(prepared: Prepared, progress=None) -> list[dict]:
             stats = generate_turns(
                 target, q, drafter=drafter, gamma=gamma, schedule=d.schedule, **shape, **loop
             )
-            prefill = _prefill(target, cfg.batch, stats, cost_cache) if timed else None
+            prefill = _prefill(target, cfg.batch, stats, cost_cache)
             row = _row(
                 method_config,
                 run_id,
@@ -328,8 +326,11 @@ def run(prepared: Prepared, progress=None) -> list[dict]:
     return rows
 
 
-def _prefill(target, batch: int, stats: dict, cache: costs.CostCache) -> float:
-    """Seconds of the target's prefills in these turns, each prompt padded as ``generate`` pads it."""
+def _prefill(target, batch: int, stats: dict, cache: costs.CostCache) -> float | None:
+    """Seconds of the target's prefills in these turns, each prompt padded as ``generate`` pads it
+    (None for a sharded target: costs are timed on one device's programs)."""
+    if target.mesh is not None:
+        return None
     return sum(
         costs.prefill_s(target, batch=batch, length=bucket(n), cache=cache) for n in stats["prompt_lengths"]
     )
