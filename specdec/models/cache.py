@@ -72,7 +72,8 @@ class KVCache:
     @classmethod
     def block(cls, entries, lengths: jax.Array) -> KVCache:
         """A cache holding only new entries: ``entries`` one (keys [B Hkv, T, Dh], values
-        [B Hkv, Dh, T]) pair per layer, to be written at ``lengths`` [B] by ``append``."""
+        [B Hkv, Dh, T]) pair per layer; ``lengths`` [B], the slots they follow (``append``
+        writes them at the receiving cache's own lengths, the same ones in the decode loop)."""
         return cls(tuple(k for k, _ in entries), tuple(v for _, v in entries), lengths)
 
     def padded(self, width: int) -> KVCache:
