@@ -378,8 +378,8 @@ def _prediction(drafter, gamma: int, stats: dict, measured: costs.Costs | None) 
 
 def auto_gamma(prepared: Prepared, question: tasks.Question, cost_cache: costs.CostCache, loop: dict) -> int:
     """gamma for ``drafter.gamma=auto``: ``theory.optimal_gamma`` (up to 8) from c and r(T) measured
-    at the run's batch and context and from alpha (and the share of drafting steps) of a pilot:
-    the first prompt at gamma 4."""
+    at the run's batch and context and from alpha (and the shares of drafting steps and wide
+    passes) of a pilot: the first prompt at gamma 4."""
     cfg, target, drafter = prepared.cfg, prepared.target, prepared.drafter
     if drafter is None:
         raise ValueError("drafter.gamma: auto needs a drafter")
@@ -390,8 +390,8 @@ def auto_gamma(prepared: Prepared, question: tasks.Question, cost_cache: costs.C
     key = results.config_hash(dict(cfg.identity()["drafter"], gamma=AUTO))
     kw = dict(batch=cfg.batch, context=cfg.context or 256, cache=cost_cache)
     measured = costs.measure(target, drafter, gamma=costs.MAX_GAMMA, drafter_key=key, **kw)
-    f = _shares(drafter, pilot, stats)["drafting_share"]
-    return theory.optimal_gamma(_alpha(stats), measured.c, costs.MAX_GAMMA, measured.r, drafting_share=f)
+    shares = _shares(drafter, pilot, stats)
+    return theory.optimal_gamma(_alpha(stats), measured.c, costs.MAX_GAMMA, measured.r, **shares)
 
 
 def summarize(rows: list[dict]) -> dict:

@@ -165,7 +165,12 @@ def predicted_speedup(
 
 
 def optimal_gamma(
-    alpha, c, max_gamma: int = DEFAULT_MAX_GAMMA, r: VerifyCost | None = None, drafting_share=1.0
+    alpha,
+    c,
+    max_gamma: int = DEFAULT_MAX_GAMMA,
+    r: VerifyCost | None = None,
+    drafting_share=1.0,
+    pass_share=None,
 ):
     """The integer gamma in [1, max_gamma] maximising ``predicted_speedup`` (Fig. 3 of the paper).
 
@@ -178,7 +183,9 @@ def optimal_gamma(
         raise ValueError(f"max_gamma must be an integer >= 1, got {max_gamma}")
     a, c = np.broadcast_arrays(a, c)
     g = np.arange(1, int(max_gamma) + 1, dtype=np.float64).reshape((-1,) + (1,) * a.ndim)  # [G, ...]
-    s = np.asarray(predicted_speedup(a[None], g, c[None], r, drafting_share))  # [G, ...]
+    s = np.asarray(
+        predicted_speedup(a[None], g, c[None], r, drafting_share, pass_share=pass_share)
+    )  # [G, ...]
     best = np.argmax(s, axis=0) + 1
     return int(best) if best.ndim == 0 else best
 

@@ -137,6 +137,10 @@ def test_predicted_speedup_with_a_share_of_drafting_steps():
     assert theory.optimal_gamma(0.6, 0.05, 8, r, drafting_share=1.0) <= theory.optimal_gamma(
         0.6, 0.05, 8, r, drafting_share=0.1
     )
+    # The pass share reaches the choice: the best gamma of the mixed speedup, found by hand.
+    by_hand = [theory.predicted_speedup(0.6, g, 0.05, r, 0.3, pass_share=0.9) for g in range(1, 9)]
+    want = int(np.argmax(by_hand)) + 1
+    assert theory.optimal_gamma(0.6, 0.05, 8, r, drafting_share=0.3, pass_share=0.9) == want
     with pytest.raises(ValueError, match="drafting_share"):
         theory.predicted_speedup(0.5, 2, 0.1, drafting_share=1.5)
 
