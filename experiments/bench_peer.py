@@ -378,12 +378,9 @@ def theory_efficiency(target, results, table):
                 float(np.median(m["ours_s"])) / len(m["tokens"])
             )
             alpha = s["alpha"] if np.isfinite(s["alpha"]) else 0.0
-            # A variable-length drafter (prompt lookup) drafts in a share f of its steps and pays
-            # the wide pass in a share f' (its drafts may be short).
-            variable = getattr(drafter, "variable_length", False)
-            f = min(1.0, s["drafted"] / (gamma * s["target_calls"])) if variable else 1.0
-            fp = metrics.wide_pass_share(s["verified"], s["target_calls"], gamma) if variable else 1.0
-            shares = dict(drafting_share=f, pass_share=fp)
+            # A variable-length drafter (prompt lookup) drafts in a share of its steps.
+            shares = metrics.prediction_shares(s, gamma, getattr(drafter, "variable_length", False))
+            f = shares["drafting_share"]
             predicted = theory.predicted_speedup(alpha, gamma, costs[name], r, **shares)
             from_tau = theory.predicted_speedup(alpha, gamma, costs[name], r, **shares, tau=s["tau"])
             effs.append(measured / predicted)

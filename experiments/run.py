@@ -56,16 +56,14 @@ def prepare(cfg: DictConfig) -> experiment.Prepared:
 
 def print_summary(title: str, summary: dict) -> None:
     print(f"\n{title}")
-    print(
-        f"{'category':<16} {'prompts':>7} {'alpha':>6} {'tau':>6} {'tok/s':>7} {'speedup':>8} {'decoding':>8}"
-    )
+    columns = (("alpha", "alpha", 6), ("tau", "tau", 6), ("tok/s", "tokens_per_s", 7))
+    columns += (("speedup", "speedup", 8), ("decoding", "decode_speedup", 8))
+    print(f"{'category':<16} {'prompts':>7} " + " ".join(f"{name:>{w}}" for name, _, w in columns))
     for category, m in summary.items():
-        keys = ("alpha", "tau", "tokens_per_s", "speedup", "decode_speedup")
-        cells = [f"{m[k]:.2f}" if m[k] is not None else "-" for k in keys]
-        widths = (6, 6, 7, 8, 8)
+        cells = ("-" if m[k] is None else f"{m[k]:.2f}" for _, k, _ in columns)
         print(
             f"{category:<16} {m['prompts']:>7} "
-            + " ".join(f"{c:>{w}}" for c, w in zip(cells, widths, strict=True))
+            + " ".join(f"{c:>{w}}" for c, (_, _, w) in zip(cells, columns, strict=True))
         )
 
 

@@ -83,19 +83,17 @@ def generate_turns(
             prompt_lengths=[len(ids)],
             answers=out.texts[:1],
         )
-    messages, totals, answers, encoded = [], None, [], []
+    messages, totals, answers, lengths = [], None, [], []
     for turn in question.turns:
         messages.append({"role": "user", "content": turn})
         ids = target.tokenizer.encode(target.tokenizer.apply_chat_template(messages))
-        encoded.append(ids)
+        lengths.append(len(ids))
         out = generate_warm(target, [ids], chat=False, **kw)  # compile time excluded
         stats = dict(out.stats[0], prompt_tokens=len(ids))
         answers.append(out.texts[0])
         messages.append({"role": "assistant", "content": out.texts[0]})
         totals = stats if totals is None else _add(totals, stats)
-    totals["answers"] = answers
-    totals["prompt_lengths"] = [len(ids) for ids in encoded]
-    return totals
+    return dict(totals, answers=answers, prompt_lengths=lengths)
 
 
 def context_prompt(target, question: tasks.Question, context: int | None) -> list[int]:
@@ -353,14 +351,7 @@ def _alpha(stats: dict) -> float:
 
 
 def _shares(drafter, gamma: int, stats: dict) -> dict:
-    """``theory.predicted_speedup``'s drafting_share (drafted / (gamma steps)) and pass_share
-    (``metrics.wide_pass_share``) for a variable-length drafter (prompt lookup); 1 for others."""
-    if not getattr(drafter, "variable_length", False) or not stats["target_calls"]:
-        return dict(drafting_share=1.0, pass_share=1.0)
-    return dict(
-        drafting_share=min(1.0, stats["drafted"] / (gamma * stats["target_calls"])),
-        pass_share=metrics.wide_pass_share(stats["verified"], stats["target_calls"], gamma),
-    )
+    return metrics.prediction_shares(stats, gamma, getattr(drafter, "variable_length", False))
 
 
 def _prediction(drafter, gamma: int, stats: dict, measured: costs.Costs | None) -> dict:

@@ -32,6 +32,19 @@ def wide_pass_share(verified: int, target_calls: int, gamma: int) -> float:
     return min(1.0, max(0.0, (verified - target_calls) / (gamma * target_calls)))
 
 
+def prediction_shares(stats: dict, gamma: int, variable_length: bool) -> dict:
+    """``theory.predicted_speedup``'s drafting_share (drafted / (gamma steps)) and pass_share
+    (``wide_pass_share``) from a row's counters, for a variable-length drafter (prompt lookup,
+    which drafts only where it finds a match); 1 and 1 for any other drafter."""
+    calls = stats["target_calls"]
+    if not variable_length or not calls:
+        return dict(drafting_share=1.0, pass_share=1.0)
+    return dict(
+        drafting_share=min(1.0, stats["drafted"] / (gamma * calls)),
+        pass_share=wide_pass_share(stats["verified"], calls, gamma),
+    )
+
+
 def row_stats(stats, wall_s: float) -> list[dict]:
     """One dict per row: new_tokens, target_calls, drafted, accepted, rejected, verified (positions
     the target scored), alpha, tau, mean_gamma, accept_by_position (rate per draft
