@@ -7,8 +7,9 @@ k layers), and the loop's overhead:
     overhead = iteration - (gamma * draft step + verify pass over gamma+1 positions
                             + catch-up draft steps after fully accepted blocks)
 
-where an iteration is (wall - prefill) / target calls, and the draft step,
-verify pass and prefill are each timed alone as jitted programs of the same shapes.
+where an iteration is (wall - prefill) / target calls (the prefill, target's and draft's, timed
+in the same call as a program of its own), and the draft step and verify pass are each timed
+alone as jitted programs of the same shapes.
 All timings are medians after warm-up; compile time is excluded and printed apart.
 
     python experiments/bench_decode.py [--draft-layers 8] [--gammas 1 2 3 4] [--max-new-tokens 96]
@@ -64,14 +65,12 @@ def main():
         # drifts of this machine's speed cancel in the overhead; medians over rounds.
         rounds = []
         for _ in range(args.repeats):
-            wall = specdec.generate(target, ids, chat=False, drafter=drafter, gamma=gamma, **kw).wall_s
+            out = specdec.generate(target, ids, chat=False, drafter=drafter, gamma=gamma, **kw)
+            wall = out.wall_s
             auto_wall = specdec.generate(target, ids, chat=False, **kw).wall_s
             draft = forward_s(target, 1, context=n, capacity=capacity, layers=drafter.layers, repeats=3)
             verify = forward_s(target, gamma + 1, context=n, capacity=capacity, repeats=3)
-            prefill = forward_s(target, T, context=0, capacity=capacity, repeats=3, steps=2) + forward_s(
-                target, T, context=0, capacity=capacity, layers=drafter.layers, repeats=3, steps=2
-            )
-            iteration = (wall - prefill) / s["target_calls"]
+            iteration = (wall - out.prefill_s) / s["target_calls"]
             modelled = gamma * draft + verify + full_blocks * draft
             rounds.append((wall, auto_wall, iteration, modelled, (iteration - modelled) / iteration))
         wall, auto_wall, iteration, modelled, overhead = np.median(np.array(rounds), axis=0)

@@ -22,10 +22,10 @@ interleaved, so drifts of the machine's speed hit both frameworks alike; tokens/
 On a CPU, torch's intra-op thread count is the faster of 1 and all cores, measured after JAX has
 run (a busy CPU makes torch's one-thread-per-core pool collapse; ``--torch-threads`` forces one).
 
-Theory efficiency: for each speculative specdec run, the speedup over specdec's own
-autoregressive run next to the speedup ``specdec.theory`` predicts from the measured alpha, the
-drafter's cost ratio c (``timing.draft_cost_ratio``) and the verify-cost curve r(T)
-(``timing.verify_cost``).
+Theory efficiency: for each speculative specdec run, the speedup of its decoding (the wall less
+the prefill, timed apart in the same call) over specdec's own autoregressive run's, next to the
+speedup ``specdec.theory`` predicts from the measured alpha, the drafter's cost ratio c
+(``timing.draft_cost_ratio``) and the verify-cost curve r(T) (``timing.verify_cost``).
 
     python experiments/bench_peer.py [--per-category 1] [--max-new-tokens 64] [--repeats 3]
     python experiments/bench_peer.py --dtypes f32 bf16 --min-bucket 512 \
@@ -232,7 +232,7 @@ def _bench_dtype(args, dtype: str, prompts_cache: dict) -> dict:
             eos_ids=eos,
             min_bucket=args.min_bucket or 16,
         )
-        return out.tokens[0], out.wall_s, out.compile_s, out.stats[0]
+        return out
 
     print(
         f"\n== {dtype}: {target.name}, {len(prompts)} prompts, <= {N} new tokens, greedy, batch 1; "
@@ -245,8 +245,15 @@ def _bench_dtype(args, dtype: str, prompts_cache: dict) -> dict:
         ids = p["ids"]
         row = dict(question_id=p["question_id"], category=p["category"], ids=ids, m={})
         for name, (drafter, gamma, hf_kw) in table.items():  # warm-up: compiles, and the outputs
-            tokens, _, compile_s, stats = ours(ids, drafter, gamma)
-            m = dict(tokens=tokens, compile_s=compile_s, stats=stats, ours_s=[], hf_s=[])
+            out = ours(ids, drafter, gamma)
+            m = dict(
+                tokens=out.tokens[0],
+                compile_s=out.compile_s,
+                stats=out.stats[0],
+                ours_s=[],
+                decode_s=[],
+                hf_s=[],
+            )
             if hf is not None and hf_kw is not None:
                 m["hf_tokens"], m["hf_first_s"] = hf.run(ids, N, **hf_kw)
             row["m"][name] = m
@@ -254,7 +261,9 @@ def _bench_dtype(args, dtype: str, prompts_cache: dict) -> dict:
         for _ in range(args.repeats):
             for name, (drafter, gamma, hf_kw) in table.items():
                 m = row["m"][name]
-                m["ours_s"].append(ours(ids, drafter, gamma)[1])
+                out = ours(ids, drafter, gamma)
+                m["ours_s"].append(out.wall_s)
+                m["decode_s"].append(out.wall_s - out.prefill_s)
                 if "hf_tokens" in m:
                     m["hf_s"].append(hf.run(ids, N, **hf_kw)[1])
             if not args.no_theory:  # c and r(T) in the same minutes as the runs they predict
@@ -374,8 +383,10 @@ def theory_efficiency(target, results, table):
             m, base = row["m"][name], row["m"]["greedy"]
             s = m["stats"]
             r, _, costs = per_row[row["question_id"]]
-            measured = (float(np.median(base["ours_s"])) / len(base["tokens"])) / (
-                float(np.median(m["ours_s"])) / len(m["tokens"])
+            # Decoding alone, as theory predicts it (files written before decode_s: whole walls).
+            walls = "decode_s" if "decode_s" in m else "ours_s"
+            measured = (float(np.median(base[walls])) / len(base["tokens"])) / (
+                float(np.median(m[walls])) / len(m["tokens"])
             )
             alpha = s["alpha"] if np.isfinite(s["alpha"]) else 0.0
             # A variable-length drafter (prompt lookup) drafts in a share of its steps.

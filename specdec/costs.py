@@ -7,11 +7,7 @@ every job of a sweep, and the figures drawn later, predict from one measurement:
 
     {"<machine> | <target> | <dtype> | B=<batch> | S=<context>":
         {"latencies": {"1": s, "2": s, ...},   # one target pass over T positions, seconds
-         "c": {"<drafter key>": c, ...},       # one drafting step / one target step
-         "prefill": s}}                        # the pass that caches S prompt tokens (optional)
-
-A generation's wall time holds its prefill; ``prefill_s`` measures it apart (per padded prompt
-length), so a run can report the decoding speedup the cost model predicts.
+         "c": {"<drafter key>": c, ...}}       # one drafting step / one target step
 
 The file is rewritten atomically (temporary file, then rename) under a lock; a file that is not
 such JSON is named in a ValueError, never overwritten.
@@ -93,22 +89,6 @@ class CostCache:
             tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
             os.replace(tmp, self.path)
         return data[entry_key]
-
-
-def prefill_s(
-    target, *, batch: int = 1, length: int, cache: CostCache | None = None, repeats: int = 3
-) -> float:
-    """Seconds of the target's prefill of ``length`` (a padded prompt length) positions in each of
-    ``batch`` rows into an empty cache, as ``decode_loop`` runs it: from ``cache`` where it holds
-    it, else timed now (median of ``repeats`` after one warm-up) and stored."""
-    entry_key = key(target, batch, length)
-    seconds = None if cache is None else cache.read().get(entry_key, {}).get("prefill")
-    if seconds is None:
-        capacity = capacity_for(length, 64, MAX_GAMMA)
-        seconds = timing.prefill_s(target, length, capacity=capacity, batch=batch, repeats=repeats)
-        if cache is not None:
-            cache.update(entry_key, lambda old: old | {"prefill": seconds})
-    return seconds
 
 
 def measure(

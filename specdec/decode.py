@@ -1,8 +1,8 @@
 """THE compiled loop: autoregressive and speculative decoding in one XLA program.
 
-One call of ``decode_loop`` generates every token of a batch:
+``prefill`` reads a batch's prompts, then one call of ``decode_loop`` generates every token:
 
-    prefill(target); drafter.init
+    prefill  target(prompts) into its cache; drafter.init               # its own program, timed apart
     while any row is active and fewer than max_new_tokens steps have run:
         draft   q, x   = drafter.propose(gamma tokens after the pending token)   # [B, K, V], [B, K]
         verify  p      = target(pending, x) in one pass                          # [B, K+1, V]
@@ -190,79 +190,112 @@ def next_budget(schedule: str | None, budget, n, levels, gamma: int):
     return budget
 
 
+def _target_pass(
+    target_def,
+    target_params,
+    cfg: LoopConfig,
+    read,
+    tokens,
+    positions,
+    cache,
+    width=None,
+    mask=None,
+    write=True,
+):
+    """The target on the first ``width`` positions of tokens [B, W] -> p [B, W, V], cache, hidden
+    states of the layers ``read`` [B, W, L D] (None when none are read), both zero-padded to W.
+    mask [B, W, W]: among the new tokens (default causal). Without ``write``, the cache is only
+    read and a block of the new entries, padded to W, comes back in its place (``Transformer``'s
+    ``write``)."""
+    W = tokens.shape[1]
+    width = W if width is None else width
+    logits, cache, hidden = forward(
+        target_def,
+        target_params,
+        tokens[:, :width],
+        positions[:, :width],
+        cache,
+        mask=mask,
+        hidden_layers=read,
+        write=write,
+    )
+    pad = ((0, 0), (0, W - width), (0, 0))
+    if read:  # [L, B, W, D] -> [B, W, L D]
+        hidden = jnp.pad(jnp.concatenate(list(hidden), axis=-1), pad)
+    return jnp.pad(probs(logits, cfg.sampling), pad), (cache if write else cache.padded(W)), hidden
+
+
+def _features(drafter) -> tuple[int, ...]:
+    """The target layers whose hidden states the drafter reads (none unless ``needs_features``)."""
+    return tuple(drafter.feature_layers) if drafter.needs_features else ()
+
+
+def _context(cfg: LoopConfig, state: LoopState) -> Context:
+    return Context(
+        tokens=state.tokens,
+        lengths=state.lengths,
+        budget=state.budget,
+        sampling=cfg.sampling,
+        prompt_len=cfg.prompt_len,
+    )
+
+
 @functools.partial(jax.jit, static_argnames=("target_def", "cfg"), donate_argnames=("tokens", "cache"))
-def decode_loop(target_def, target_params, drafter, tokens, prompt_lengths, cache: KVCache, key, *, cfg):
-    """Generate up to ``cfg.max_new_tokens`` tokens per row in one program.
+def prefill(target_def, target_params, drafter, tokens, prompt_lengths, cache: KVCache, *, cfg) -> LoopState:
+    """Read the prompts: the target caches the whole prompt bucket [B, T], padding included (the
+    first verify pass rolls the cache back to lengths - 1, so the last prompt token becomes the
+    first pending token), and the drafter reads them (``drafter.init``, handed the hidden states
+    of its ``feature_layers`` [B, T, L D] when it ``needs_features``).
 
     target_def: static nnx GraphDef; target_params: its parameter pytree.
-    drafter: a Drafter pytree, or None for autoregressive decoding (cfg.gamma must be 0). If it
-        ``needs_features``, every target pass also returns the hidden states of the target layers
-        ``drafter.feature_layers`` (side by side, [B, W, L D]), handed to its ``init`` and ``commit``.
+    drafter: a Drafter pytree, or None for autoregressive decoding (cfg.gamma must be 0).
     tokens [B, N] int32 (donated): prompts, right-padded to cfg.prompt_len, zeros after.
     prompt_lengths [B] int32: true prompt lengths (>= 1).
     cache (donated): the target's KVCache with capacity N.
-    key: PRNG key.
 
-    Returns (tokens [B, N], lengths [B], stats: Stats, cache): row b's new tokens
-    are tokens[b, prompt_lengths[b]:lengths[b]].
+    Returns the ``LoopState`` that ``decode_loop`` starts from. A program of its own, so a run
+    times its prefill and its decoding apart (``generation.generate``).
     """
     drafter = Autoregressive() if drafter is None else drafter
-    B = tokens.shape[0]
-    K, T = cfg.gamma, cfg.prompt_len
+    B, T, K = tokens.shape[0], cfg.prompt_len, cfg.gamma
+    ranks = drafter.max_siblings if tree_size(drafter, K) is not None else 1
+    positions = jnp.broadcast_to(jnp.arange(T), (B, T))
+    _, cache, hidden = _target_pass(
+        target_def, target_params, cfg, _features(drafter), tokens[:, :T], positions, cache.with_lengths(0)
+    )
+    state = LoopState(
+        step=jnp.zeros((), jnp.int32),
+        tokens=tokens,
+        lengths=prompt_lengths,
+        done=jnp.zeros((B,), bool),
+        budget=jnp.full((B,), K, jnp.int32),
+        cache=cache,
+        drafter_state=None,
+        stats=Stats.zeros(B, K, ranks),
+    )
+    return dataclasses.replace(state, drafter_state=drafter.init(_context(cfg, state), hidden))
+
+
+@functools.partial(jax.jit, static_argnames=("target_def", "cfg"), donate_argnames=("state",))
+def decode_loop(target_def, target_params, drafter, state: LoopState, prompt_lengths, key, *, cfg):
+    """Generate up to ``cfg.max_new_tokens`` tokens per row in one program.
+
+    target_def, target_params, drafter, prompt_lengths: as given to ``prefill``.
+    state (donated): ``prefill``'s LoopState.
+    key: PRNG key.
+
+    Returns the final LoopState (every buffer of the donated one reused): row b's new tokens are
+    tokens[b, prompt_lengths[b]:lengths[b]]; its cache holds every token but the pending one.
+    """
+    drafter = Autoregressive() if drafter is None else drafter
+    B = state.tokens.shape[0]
+    K = cfg.gamma
     tree_drafter = tree_size(drafter, K) is not None  # proposes a Tree (specdec.trees)
     ranks = drafter.max_siblings if tree_drafter else 1
-    read = tuple(drafter.feature_layers) if drafter.needs_features else ()  # the layers drafters read
-
-    def target_pass(tokens, positions, cache, width=None, mask=None, write=True):
-        """The first ``width`` positions -> p [B, W, V], cache, hidden states [B, W, L D] (or None),
-        both zero-padded to W = tokens.shape[1]. mask [B, W, W]: among the new tokens (default causal).
-        Without ``write``, the cache is only read and a block of the new entries, padded to W,
-        comes back in its place (``Transformer``'s ``write``)."""
-        W = tokens.shape[1]
-        width = W if width is None else width
-        logits, cache, hidden = forward(
-            target_def,
-            target_params,
-            tokens[:, :width],
-            positions[:, :width],
-            cache,
-            mask=mask,
-            hidden_layers=read,
-            write=write,
-        )
-        pad = ((0, 0), (0, W - width), (0, 0))
-        if read:  # [L, B, W, D] -> [B, W, L D]
-            hidden = jnp.pad(jnp.concatenate(list(hidden), axis=-1), pad)
-        return jnp.pad(probs(logits, cfg.sampling), pad), (cache if write else cache.padded(W)), hidden
+    target_pass = functools.partial(_target_pass, target_def, target_params, cfg, _features(drafter))
 
     def pending(state: LoopState):  # [B, 1] the token after the cached ones
         return jnp.take_along_axis(state.tokens, state.lengths[:, None] - 1, axis=1)
-
-    def context(state: LoopState) -> Context:
-        return Context(
-            tokens=state.tokens,
-            lengths=state.lengths,
-            budget=state.budget,
-            sampling=cfg.sampling,
-            prompt_len=T,
-        )
-
-    # Prefill the whole prompt bucket [B, T], padding included: the first verify pass rolls the cache
-    # back to lengths - 1, so the last prompt token becomes the first pending token.
-    with jax.named_scope("prefill"):
-        positions = jnp.broadcast_to(jnp.arange(T), (B, T))
-        _, cache, hidden = target_pass(tokens[:, :T], positions, cache.with_lengths(0))
-        state = LoopState(
-            step=jnp.zeros((), jnp.int32),
-            tokens=tokens,
-            lengths=prompt_lengths,
-            done=jnp.zeros((B,), bool),
-            budget=jnp.full((B,), K, jnp.int32),
-            cache=cache,
-            drafter_state=None,
-            stats=Stats.zeros(B, K, ranks),
-        )
-        state = dataclasses.replace(state, drafter_state=drafter.init(context(state), hidden))
 
     def verify(state: LoopState, draft, n_drafted):
         """Score the pending token and the drafts in one target pass, only as wide as the longest
@@ -296,13 +329,15 @@ def decode_loop(target_def, target_params, drafter, tokens, prompt_lengths, cach
         start = state.lengths - 1
         with jax.named_scope("draft"):
             if tree_drafter:
-                tree, drafter_state = drafter.propose(state.drafter_state, context(state), K, key_draft)
+                tree, drafter_state = drafter.propose(state.drafter_state, _context(cfg, state), K, key_draft)
                 ancestor = trees.ancestors(tree.parent)  # [B, N+1, N+1]
                 tree = trees.restrict(tree, ancestor, jnp.where(state.done, 0, state.budget))
                 n_drafted = jnp.sum(tree.valid, axis=1)  # [B]
                 levels = jnp.max(jnp.where(tree.valid, trees.depths(ancestor)[:, 1:], 0), axis=1)  # [B]
             else:
-                draft, q, drafter_state = drafter.propose(state.drafter_state, context(state), K, key_draft)
+                draft, q, drafter_state = drafter.propose(
+                    state.drafter_state, _context(cfg, state), K, key_draft
+                )
                 drafted = drafted_mask(q, state.budget)  # [B, K]
                 q = jnp.where(drafted[..., None], q, 0.0)  # [B, K, V]
                 n_drafted = levels = jnp.sum(drafted, axis=1)  # [B]
@@ -346,4 +381,4 @@ def decode_loop(target_def, target_params, drafter, tokens, prompt_lengths, cach
         return (state.step < cfg.max_new_tokens) & ~jnp.all(state.done)
 
     state = jax.lax.while_loop(active, step, state)
-    return state.tokens, state.lengths, state.stats, state.cache.with_lengths(state.lengths - 1)
+    return dataclasses.replace(state, cache=state.cache.with_lengths(state.lengths - 1))

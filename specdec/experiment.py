@@ -10,9 +10,9 @@ answers fed back), so each speedup is a side-by-side ratio. With ``batch`` > 1 o
 Every method row carries the cost model's prediction: c and r(T) measured at the run's batch
 and context (``specdec.costs``, cached per machine, model and dtype in ``paths.costs_path``)
 with the row's alpha and share of drafting steps (``theory.predicted_speedup``). The prediction
-is for decoding, and a wall time also holds the prompt's prefill: every row records the target's
-prefill time measured apart (``prefill_s``, summed over turns) and the decoding speedup with it
-taken out of both walls (``decode_speedup``).
+is for decoding, and a wall time also holds the prompt's prefill, a program of its own timed in
+the same call: every row records it (``prefill_s``, summed over turns) and the decoding speedup
+with it taken out of both walls (``decode_speedup``).
 ``drafter.gamma=auto`` picks gamma from the same costs and a pilot run's alpha (``auto_gamma``).
 
 Identity: a row's ``config_hash`` hashes the resolved configuration (``RunConfig.identity``:
@@ -32,7 +32,7 @@ import numpy as np
 from specdec import costs, drafters, metrics, results, tasks, theory
 from specdec.config import AUTO, DrafterConfig, RunConfig, check_dtype
 from specdec.drafters.base import tree_size
-from specdec.generation import bucket, generate_warm
+from specdec.generation import generate_warm
 from specdec.sampling import Sampling
 from specdec.sharding import make_mesh
 from specdec.weights import load_model
@@ -66,8 +66,8 @@ def generate_turns(
     or a ``context``, the first turn only (``context_prompt``), ``batch`` copies decoded together.
 
     Returns the per-turn (per-row) statistics summed (accept_by_position weighted by target
-    calls; wall_s that of the calls), plus prompt_tokens (all turns), prompt_lengths (per turn)
-    and the texts of the answers.
+    calls; wall_s and prefill_s those of the calls), plus prompt_tokens (all turns) and the texts
+    of the answers.
     """
     if batch > 1 or context is not None:
         ids = context_prompt(target, question, context)
@@ -79,21 +79,20 @@ def generate_turns(
         return dict(
             totals,
             wall_s=out.wall_s,
+            prefill_s=out.prefill_s,
             prompt_tokens=len(ids),
-            prompt_lengths=[len(ids)],
             answers=out.texts[:1],
         )
-    messages, totals, answers, lengths = [], None, [], []
+    messages, totals, answers = [], None, []
     for turn in question.turns:
         messages.append({"role": "user", "content": turn})
         ids = target.tokenizer.encode(target.tokenizer.apply_chat_template(messages))
-        lengths.append(len(ids))
         out = generate_warm(target, [ids], chat=False, **kw)  # compile time excluded
         stats = dict(out.stats[0], prompt_tokens=len(ids))
         answers.append(out.texts[0])
         messages.append({"role": "assistant", "content": out.texts[0]})
         totals = stats if totals is None else _add(totals, stats)
-    return dict(totals, answers=answers, prompt_lengths=lengths)
+    return dict(totals, answers=answers)
 
 
 def context_prompt(target, question: tasks.Question, context: int | None) -> list[int]:
@@ -147,6 +146,7 @@ def _add(a: dict, b: dict) -> dict:
         "rejected",
         "verified",
         "wall_s",
+        "prefill_s",
         "prompt_tokens",
     )
     out = {k: a[k] + b[k] for k in summed}
@@ -214,6 +214,7 @@ def _row(config: dict, run_id: str, question, stats: dict, **measured) -> dict:
         accept_by_position=stats["accept_by_position"],
         accept_by_rank=stats["accept_by_rank"] if stats["drafted"] else None,
         wall_s=stats["wall_s"],
+        prefill_s=stats["prefill_s"],
         tokens_per_s=stats["new_tokens"] / stats["wall_s"],
         **measured,
     )
@@ -279,18 +280,8 @@ def run(prepared: Prepared, progress=None) -> list[dict]:
         if baseline is None or (cfg.force and drafter is None):
             stats = generate_turns(target, q, **shape, **loop)
             no_costs = dict(cost_ratio_c=0.0, verify_cost_r=None, predicted_speedup=None)
-            prefill = _prefill(target, cfg.batch, stats, cost_cache)
-            decode = None if prefill is None else 1.0
             baseline = _row(
-                base_config,
-                run_id,
-                q,
-                stats,
-                speedup=1.0,
-                prefill_s=prefill,
-                decode_speedup=decode,
-                **no_costs,
-                **shape,
+                base_config, run_id, q, stats, speedup=1.0, decode_speedup=1.0, **no_costs, **shape
             )
             baseline["baseline_tokens_per_s"] = baseline["tokens_per_s"]
             append([baseline])
@@ -304,7 +295,6 @@ def run(prepared: Prepared, progress=None) -> list[dict]:
             stats = generate_turns(
                 target, q, drafter=drafter, gamma=gamma, schedule=d.schedule, **shape, **loop
             )
-            prefill = _prefill(target, cfg.batch, stats, cost_cache)
             row = _row(
                 method_config,
                 run_id,
@@ -312,8 +302,7 @@ def run(prepared: Prepared, progress=None) -> list[dict]:
                 stats,
                 **shape,
                 **_prediction(drafter, gamma, stats, measured),
-                prefill_s=prefill,
-                decode_speedup=_decode_speedup(baseline, stats["wall_s"], prefill),
+                decode_speedup=_decode_speedup(baseline, stats),
             )
             row["baseline_tokens_per_s"] = baseline["tokens_per_s"]
             row["speedup"] = row["tokens_per_s"] / baseline["tokens_per_s"]
@@ -324,24 +313,12 @@ def run(prepared: Prepared, progress=None) -> list[dict]:
     return rows
 
 
-def _prefill(target, batch: int, stats: dict, cache: costs.CostCache) -> float | None:
-    """Seconds of the target's prefills in these turns, each prompt padded as ``generate`` pads it
-    (None for a sharded target: costs are timed on one device's programs)."""
-    if target.mesh is not None:
+def _decode_speedup(baseline: dict, stats: dict) -> float | None:
+    """The speedup of decoding alone: each wall less the prefill measured in the same calls. None
+    for a baseline stored without its prefill (rows of schema V4)."""
+    if baseline["prefill_s"] is None:
         return None
-    return sum(
-        costs.prefill_s(target, batch=batch, length=bucket(n), cache=cache) for n in stats["prompt_lengths"]
-    )
-
-
-def _decode_speedup(baseline: dict, wall: float, prefill: float | None) -> float | None:
-    """The speedup of decoding alone: each wall less its target prefill (the baseline row's, or
-    this one's for a baseline stored without it; sampled answers make later turns' prompts
-    differ). None when not measured, or when a wall is not longer than its prefill."""
-    base_prefill = prefill if baseline["prefill_s"] is None else baseline["prefill_s"]
-    if prefill is None or baseline["wall_s"] <= base_prefill or wall <= prefill:
-        return None
-    return (baseline["wall_s"] - base_prefill) / (wall - prefill)
+    return (baseline["wall_s"] - baseline["prefill_s"]) / (stats["wall_s"] - stats["prefill_s"])
 
 
 def _alpha(stats: dict) -> float:

@@ -1,8 +1,8 @@
 """``specdec.generate``: prompts in, texts and statistics out, around the compiled loop.
 
-Host-side only: tokenise, validate, pad into a length bucket, run one compiled
-``decode_loop`` call (compiled once per bucket and kept in the target's ``ProgramCache``),
-time it, detokenise.
+Host-side only: tokenise, validate, pad into a length bucket, run the compiled ``prefill`` and
+``decode_loop`` (compiled once per bucket and kept in the target's ``ProgramCache``), time
+each, detokenise.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from jax.experimental import multihost_utils
 
 from specdec import acceptance as acceptance_rules
 from specdec import checks, metrics, sharding
-from specdec.decode import SCHEDULES, LoopConfig, decode_loop
+from specdec.decode import SCHEDULES, LoopConfig, decode_loop, prefill
 from specdec.drafters.base import tree_size
 from specdec.models import Model
 from specdec.sampling import Sampling
@@ -28,13 +28,15 @@ from specdec.sampling import Sampling
 @dataclasses.dataclass
 class GenerationOutput:
     """texts[i], tokens[i] (new tokens only) and stats[i] (see ``metrics.row_stats``) per prompt;
-    wall_s: one compiled call, measured after ``block_until_ready``; compile_s: 0.0 when cached."""
+    wall_s: the prefill and the decode loop, measured after ``block_until_ready``; prefill_s: the
+    prefill's share of it (its own program, run first); compile_s: 0.0 when cached."""
 
     texts: list[str]
     tokens: list[list[int]]
     stats: list[dict]
     prompt_tokens: list[list[int]]
     wall_s: float
+    prefill_s: float
     compile_s: float
 
 
@@ -78,8 +80,8 @@ def encode_prompts(model: Model, prompts, chat: bool) -> list[list[int]]:
 
 
 class ProgramCache:
-    """Compiled decode programs keyed by everything that shapes them, least recently used
-    dropped beyond ``max_entries``. Each ``Model`` owns one."""
+    """Compiled (prefill, decode loop) program pairs keyed by everything that shapes them, least
+    recently used dropped beyond ``max_entries``. Each ``Model`` owns one."""
 
     def __init__(self, max_entries: int = 32):
         self.max_entries = checks.integer(max_entries, "max_entries", low=1)
@@ -89,7 +91,8 @@ class ProgramCache:
         return len(self._programs)
 
     def get(self, args, cfg: LoopConfig, target_def):
-        """The compiled program for these arguments and settings, and its compile time (0 if cached)."""
+        """The compiled (prefill, decode loop) for ``args`` (target params, drafter, tokens,
+        prompt lengths, cache, key) and settings, and their compile time (0 if cached)."""
         signature = (
             cfg,
             target_def,
@@ -100,8 +103,10 @@ class ProgramCache:
             self._programs.move_to_end(signature)
             return self._programs[signature], 0.0
         start = time.perf_counter()
-        compiled = decode_loop.lower(target_def, *args, cfg=cfg).compile()
-        self._programs[signature] = compiled
+        params, drafter, tokens, lengths, cache, key = args
+        first = prefill.lower(target_def, params, drafter, tokens, lengths, cache, cfg=cfg).compile()
+        loop = decode_loop.lower(target_def, params, drafter, first.out_info, lengths, key, cfg=cfg).compile()
+        compiled = self._programs[signature] = (first, loop)
         while len(self._programs) > self.max_entries:
             self._programs.popitem(last=False)
         return compiled, time.perf_counter() - start
@@ -214,9 +219,12 @@ def generate(
         drafter = sharding.place_drafter(drafter, target.mesh)
     cache = target.init_cache(B, capacity)
     args = (target.params, drafter, *rows, cache, jax.random.key(seed))
-    compiled, compile_s = target.programs.get(args, cfg, target.graphdef)
+    (first, loop), compile_s = target.programs.get(args, cfg, target.graphdef)
     start = time.perf_counter()
-    tokens, out_lengths, stats, _ = jax.block_until_ready(compiled(*args))
+    state = jax.block_until_ready(first(*args[:-1]))
+    prefill_s = time.perf_counter() - start
+    state = jax.block_until_ready(loop(target.params, drafter, state, rows[1], args[-1]))
+    tokens, out_lengths, stats = state.tokens, state.lengths, state.stats
     wall_s = time.perf_counter() - start
     if jax.process_count() > 1:  # rows on several processes' devices: every process gathers them all
         tokens, out_lengths, stats = multihost_utils.process_allgather(
@@ -226,7 +234,9 @@ def generate(
     tokens, out_lengths = np.asarray(tokens), np.asarray(out_lengths)
     new = [tokens[b, lengths[b] : out_lengths[b]].tolist() for b in range(B)]
     texts = [target.tokenizer.decode(t) if target.tokenizer is not None else "" for t in new]
-    return GenerationOutput(texts, new, metrics.row_stats(stats, wall_s), ids, wall_s, compile_s)
+    return GenerationOutput(
+        texts, new, metrics.row_stats(stats, wall_s, prefill_s), ids, wall_s, prefill_s, compile_s
+    )
 
 
 def generate_warm(target: Model, prompts, *, repeats: int = 1, **kw) -> GenerationOutput:

@@ -45,12 +45,12 @@ def prediction_shares(stats: dict, gamma: int, variable_length: bool) -> dict:
     )
 
 
-def row_stats(stats, wall_s: float) -> list[dict]:
+def row_stats(stats, wall_s: float, prefill_s: float) -> list[dict]:
     """One dict per row: new_tokens, target_calls, drafted, accepted, rejected, verified (positions
     the target scored), alpha, tau, mean_gamma, accept_by_position (rate per draft
     position), accepted_hist (steps per accepted length), accept_by_rank (children tried and
-    accepted by depth and sibling rank, [K][R] counts), wall_s and tokens_per_s (the
-    batch's wall time, shared by its rows)."""
+    accepted by depth and sibling rank, [K][R] counts), wall_s, prefill_s (its share spent in
+    the prefill) and tokens_per_s (the batch's wall time, shared by its rows)."""
     s = {k: np.asarray(v) for k, v in vars(stats).items()}
     rows = []
     for b in range(s["new_tokens"].shape[0]):
@@ -71,6 +71,7 @@ def row_stats(stats, wall_s: float) -> list[dict]:
                 accepted_hist=s["accepted_hist"][b].tolist(),
                 accept_by_rank=dict(tried=s["tried"][b].tolist(), accepted=s["hits"][b].tolist()),
                 wall_s=wall_s,
+                prefill_s=prefill_s,
                 tokens_per_s=new / wall_s if wall_s > 0 else float("nan"),
             )
         )

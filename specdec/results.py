@@ -57,8 +57,8 @@ Schema (``COLUMNS``, in this order; every row has exactly these keys). Non-finit
                                   verify_cost_r and share of drafting steps; null without them
     verified               int    positions the target scored in the decode loop (a step scores 1
                                   without drafts, gamma + 1 with a chain, the tree's nodes + 1)
-    prefill_s              float  seconds of the target's prefill of this row's prompts (each turn's,
-                                  padded, at this batch), measured apart (specdec.costs); null if not
+    prefill_s              float  seconds of wall_s spent in the target's prefill of this row's
+                                  prompts (a program of its own, timed in the same calls); null in V4
     decode_speedup         float  (baseline wall_s - prefill_s) / (wall_s - prefill_s): the speedup
                                   of decoding alone, which predicted_speedup predicts; null if unknown
 

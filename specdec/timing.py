@@ -2,7 +2,6 @@
 
 - ``median_s``: the median time of a call, after warm-up, synchronised with ``block_until_ready``.
 - ``forward_s``: one target (or layer-subset) forward over T positions after a given context.
-- ``prefill_s``: the target's prefill of T positions into an empty cache, as the decode loop runs it.
 - ``verify_cost``: the measured verify-cost curve r(T) = cost(T) / cost(1) as a ``theory.VerifyCost``.
 - ``draft_cost_ratio``: c = cost of one drafter step / cost of one target decode step.
 - ``thunks``: what a compiled program runs, instruction by instruction (its XLA:CPU thunks).
@@ -111,25 +110,6 @@ def forward_s(
         return token
 
     return median_s(run, repeats) / steps
-
-
-@functools.partial(jax.jit, static_argnames="graphdef", donate_argnames="cache")
-def _prefill(graphdef, params, tokens, positions, cache):
-    """A prefill as ``decode_loop`` runs it: the cache filled, the logits unused (XLA drops the head)."""
-    return forward(graphdef, params, tokens, positions, cache.with_lengths(0))[1]
-
-
-def prefill_s(model: Model, T: int, *, capacity: int, batch: int = 1, repeats: int = 3, warmup: int = 1):
-    """Median seconds of the target's prefill of T positions in each of ``batch`` rows into an
-    empty cache of ``capacity`` slots (after ``warmup`` calls)."""
-    tokens, positions, cache = _step_inputs(model, T, 0, capacity, batch)
-    state = {"cache": cache}
-
-    def run():
-        state["cache"] = _prefill(model.graphdef, model.params, tokens, positions, state["cache"])
-        return state["cache"].lengths
-
-    return median_s(run, repeats, warmup)
 
 
 def verify_cost(model: Model, widths=(1, 2, 3, 4, 5, 6, 8, 12, 16), **kw) -> tuple[VerifyCost, dict]:

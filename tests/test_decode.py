@@ -86,6 +86,10 @@ def test_statistics_are_consistent(target, drafts):
     auto = run(target, PROMPTS, max_new_tokens=40)
     assert [s["target_calls"] for s in auto.stats] == [40] * 4
     assert [s["tau"] for s in auto.stats] == [1.0] * 4
+    # The prefill, its own program, is timed within the call's wall time; every row shares both.
+    for o in (out, auto):
+        assert 0 < o.prefill_s < o.wall_s
+        assert {(s["wall_s"], s["prefill_s"]) for s in o.stats} == {(o.wall_s, o.prefill_s)}
 
 
 def test_eos_stops_each_row_exactly(target, drafts):

@@ -17,7 +17,7 @@ from test_sampling_distribution import FAIL, PASS, _pvalue
 import specdec
 from specdec import drafters, theory, trees
 from specdec.acceptance import SpeculativeSampling
-from specdec.decode import LoopConfig, decode_loop
+from specdec.decode import LoopConfig, decode_loop, prefill
 from specdec.drafters import Context
 from specdec.generation import bucket
 from specdec.models import Model, tiny_config
@@ -35,7 +35,7 @@ TREE_DRAFTERS = {
     "draft_model": ("draft_model", dict(layers=2)),
     "eagle": ("eagle", dict(checkpoint="untrained")),
 }  # distilled is a DraftModel with the same tree hooks as draft_model (left out for the suite's time)
-WALL_KEYS = ("wall_s", "tokens_per_s")  # timing, not counts
+WALL_KEYS = ("wall_s", "prefill_s", "tokens_per_s")  # timing, not counts
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def run(target, prompts, drafter=None, **kw):
 
 
 def loop(target, drafter, prompts, *, gamma, max_new_tokens, temperature=0.0, seed=0, rule=None):
-    """``decode_loop`` called as ``generate`` calls it, with a roomy cache; returns the raw
+    """``prefill`` and ``decode_loop`` called as ``generate`` calls them, with a roomy cache; returns the raw
     (tokens [B, S], lengths [B], Stats, cache): Stats' tried / hits [B, K, R] included."""
     B, T = len(prompts), bucket(max(len(p) for p in prompts))
     capacity = -(-(T + max_new_tokens + 64) // 64) * 64
@@ -69,17 +69,25 @@ def loop(target, drafter, prompts, *, gamma, max_new_tokens, temperature=0.0, se
         prompt_len=T,
         rule=SpeculativeSampling() if rule is None else rule,
     )
-    tokens, lengths, stats, cache = decode_loop(
+    lengths = jnp.asarray([len(p) for p in prompts], jnp.int32)
+    state = prefill(
         target.graphdef,
         target.params,
         drafter,
         jnp.asarray(buffer),
-        jnp.asarray([len(p) for p in prompts], jnp.int32),
+        lengths,
         target.init_cache(B, capacity),
-        jax.random.key(seed),
         cfg=cfg,
     )
-    return np.asarray(tokens), np.asarray(lengths), jax.tree.map(np.asarray, stats), cache
+    state = decode_loop(
+        target.graphdef, target.params, drafter, state, lengths, jax.random.key(seed), cfg=cfg
+    )
+    return (
+        np.asarray(state.tokens),
+        np.asarray(state.lengths),
+        jax.tree.map(np.asarray, state.stats),
+        state.cache,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
