@@ -1,5 +1,8 @@
 """Every drafter in the compiled loop: greedy losslessness, sampling losslessness, its own logic."""
 
+import re
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -8,6 +11,7 @@ from test_sampling_distribution import PASS, _pvalue
 import specdec
 from specdec import drafters
 from specdec.drafters import Context, NGram
+from specdec.drafters.eagle import Eagle, readout_logits
 from specdec.drafters.layer_skip import match_rate, save_skip_set, search_skip_set
 from specdec.models import Model, tiny_config
 from specdec.sampling import Sampling, probs
@@ -195,3 +199,19 @@ def test_corrupt_skip_file_is_named(target, tmp_path):
     path.write_text('{"skip": [1, 2')
     with pytest.raises(ValueError, match=f"layer_skip: skip_file {path} is not a skip set"):
         drafters.make("layer_skip", target, skip_file=str(path))
+
+
+def test_eagle_vocabulary_subset_spreads_its_logits_without_a_batch_scatter():
+    """A head drafting over a vocabulary subset gives the subset's logits at their ids and -inf
+    elsewhere, spread by a gather: a scatter into the [B, V] logits ran 300 ms a step on XLA:CPU
+    at batch 4 (0.7 ms at batch 1), making EAGLE's c 2.5 instead of 0.06."""
+    target = Model.random(tiny_config(vocab_size=97), seed=0)
+    ids = np.array([3, 5, 50, 96])
+    head = Eagle.random(target, vocab_ids=ids)
+    h = jax.random.normal(jax.random.key(1), (4, target.config.dim))
+    got = np.asarray(head.logits(h))
+    want = np.asarray(readout_logits(h, head.norm, head.head, target.config.norm_eps))  # [4, 4]
+    np.testing.assert_array_equal(got[:, ids], want)
+    assert np.all(np.isneginf(np.delete(got, ids, axis=1)))
+    text = jax.jit(head.logits).lower(h).compile().as_text()
+    assert not re.search(r"= f32\[4,97\]\S* scatter\(", text)

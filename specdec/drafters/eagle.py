@@ -182,8 +182,12 @@ class Eagle:
         # Drafting over a subset of frequent tokens (FR-Spec): the LM head product, most of a
         # draft step's cost, shrinks by V_s / V; tokens outside get probability 0 in q, which
         # the acceptance rule handles like any other draft distribution (still lossless).
-        full = jnp.full((*logits.shape[:-1], self.vocab_size), -jnp.inf, jnp.float32)
-        return full.at[..., self.vocab_ids].set(logits)
+        # Spread by a gather: token v reads column slot[v] of the subset's logits. (A scatter of
+        # the [B, V_s] logits into [B, V] ran 300 ms a step on XLA:CPU at batch 4, 0.7 ms at 1.)
+        V_s = self.vocab_ids.shape[0]
+        slot = jnp.full((self.vocab_size,), -1, jnp.int32).at[self.vocab_ids].set(jnp.arange(V_s))  # [V]
+        spread = jnp.take(logits, jnp.maximum(slot, 0), axis=-1)  # [..., V]
+        return jnp.where(slot >= 0, spread, -jnp.inf)
 
     def init(self, context: Context, hidden) -> EagleState:
         """Read the prompt: entries j = 0..T-1 from the prefill's features hidden [B, T, L D] and
