@@ -1,4 +1,4 @@
-"""THE compiled loop: autoregressive and speculative decoding in one XLA program.
+"""THE compiled loop: autoregressive and speculative decoding, a prefill program then one loop program.
 
 ``prefill`` reads a batch's prompts, then one call of ``decode_loop`` generates every token:
 
