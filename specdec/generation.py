@@ -218,12 +218,14 @@ def generate(
         rows = tuple(sharding.place_batch(a, target.mesh) for a in (buffer, lengths))
         drafter = sharding.place_drafter(drafter, target.mesh)
     cache = target.init_cache(B, capacity)
-    args = (target.params, drafter, *rows, cache, jax.random.key(seed))
+    key = jax.random.key(seed)
+    prompt_buffer, prompt_lengths = rows
+    args = (target.params, drafter, prompt_buffer, prompt_lengths, cache, key)
     (first, loop), compile_s = target.programs.get(args, cfg, target.graphdef)
     start = time.perf_counter()
-    state = jax.block_until_ready(first(*args[:-1]))
+    state = jax.block_until_ready(first(target.params, drafter, prompt_buffer, prompt_lengths, cache))
     prefill_s = time.perf_counter() - start
-    state = jax.block_until_ready(loop(target.params, drafter, state, rows[1], args[-1]))
+    state = jax.block_until_ready(loop(target.params, drafter, state, prompt_lengths, key))
     tokens, out_lengths, stats = state.tokens, state.lengths, state.stats
     wall_s = time.perf_counter() - start
     if jax.process_count() > 1:  # rows on several processes' devices: every process gathers them all
