@@ -14,6 +14,34 @@ from pathlib import Path
 
 import pytest
 
+# Compiling is most of the suite's time (a tiny model's decode loop takes ~0.3 s, SmolLM2's
+# seconds), and the end-to-end tests' fresh processes compile many of the same programs again.
+# - Every program goes into the persistent compilation cache, not only those that took 1 s or more
+#   (JAX's default), so each is compiled once per suite.
+# - LLVM compiles the fused kernels at its lowest optimisation level: 20% less compiling, and the
+#   kernels' rounding differs from the default build (SmolLM2's logits by up to 4e-5). Every check
+#   compares programs built the same way, or holds a tolerance against transformers.
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip()
+
+# The longest modules (each 2.5 to 5 minutes, cold, on 2 cores), in the order pytest-xdist should
+# start them: it hands whole files to its workers in collection order, and by name test_train.py
+# and test_trees.py came last, when the other worker had little left to run beside them.
+LONGEST_FIRST = (
+    "test_train.py",
+    "test_experiments.py",
+    "test_trees.py",
+    "test_hf_parity.py",
+    "test_drafters.py",
+    "test_sharding.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The modules of LONGEST_FIRST first, in its order; the others after them, as collected."""
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable within a module
+
 
 @pytest.fixture(autouse=True, scope="module")
 def _release_compiled_programs():
