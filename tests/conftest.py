@@ -18,7 +18,7 @@ import pytest
 # seconds), and the end-to-end tests' fresh processes compile many of the same programs again.
 # - Every program goes into the persistent compilation cache, not only those that took 1 s or more
 #   (JAX's default), so each is compiled once per suite.
-# - LLVM compiles the fused kernels at its lowest optimisation level: 20% less compiling, and the
+# - LLVM compiles the fused kernels at its lowest optimisation level: 11-20% less CPU, and the
 #   kernels' rounding differs from the default build (SmolLM2's logits by up to 4e-5). Every check
 #   compares programs built the same way, or holds a tolerance against transformers.
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
