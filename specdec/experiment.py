@@ -266,7 +266,7 @@ def run(prepared: Prepared, progress=None) -> list[dict]:
             target,
             drafter,
             gamma=gamma,
-            drafter_key=results.config_hash(method),
+            drafter_key=_cost_key(drafter, method, gamma),
             batch=cfg.batch,
             context=cfg.context or 256,
             cache=cost_cache,
@@ -344,6 +344,16 @@ def _prediction(drafter, gamma: int, stats: dict, measured: costs.Costs | None) 
     return dict(cost_ratio_c=measured.c, verify_cost_r=measured.r(gamma + 1), predicted_speedup=predicted)
 
 
+def _cost_key(drafter, method: dict, gamma: int) -> str:
+    """The cost cache's key for the drafter's c: its configuration without gamma for a chain (c is
+    one one-token drafting step, the same at every gamma, so ``auto_gamma``'s measurement serves
+    the run), with the gamma timed for a tree (c is a whole tree's cost over its depth)."""
+    chain = tree_size(drafter, gamma) is None
+    return results.config_hash(
+        {k: v for k, v in method.items() if k != "gamma"} | ({} if chain else {"gamma": gamma})
+    )
+
+
 def auto_gamma(prepared: Prepared, question: tasks.Question, cost_cache: costs.CostCache, loop: dict) -> int:
     """gamma for ``drafter.gamma=auto``: ``theory.optimal_gamma`` (up to 8) from c and r(T) measured
     at the run's batch and context and from alpha (and the shares of drafting steps and wide
@@ -355,7 +365,7 @@ def auto_gamma(prepared: Prepared, question: tasks.Question, cost_cache: costs.C
     stats = generate_turns(
         target, question, drafter=drafter, gamma=pilot, batch=cfg.batch, context=cfg.context, **loop
     )
-    key = results.config_hash(dict(cfg.identity()["drafter"], gamma=AUTO))
+    key = _cost_key(drafter, cfg.identity()["drafter"], costs.MAX_GAMMA)
     kw = dict(batch=cfg.batch, context=cfg.context or 256, cache=cost_cache)
     measured = costs.measure(target, drafter, gamma=costs.MAX_GAMMA, drafter_key=key, **kw)
     shares = _shares(drafter, pilot, stats)

@@ -364,6 +364,7 @@ def test_a_batch_and_context_run_with_gamma_chosen_by_the_cost_model(tmp_path):
     cache = costs.CostCache(prepared.cfg.paths.costs_path).read()
     entry = cache[costs.key(prepared.target, 2, 96)]
     measured = costs.Costs({int(T): s for T, s in entry["latencies"].items()})
+    assert list(entry["c"].values()) == [row["cost_ratio_c"]]  # c timed once, for gamma=auto and the run
     assert row["verify_cost_r"] == pytest.approx(measured.r(row["gamma"] + 1))
     calls, gamma = row["target_calls"], row["gamma"]
     f = min(1.0, row["drafted"] / (gamma * calls))
