@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import gc
+import json
 import os
 import shutil
 import subprocess
@@ -13,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 # Compiling is most of the suite's time (a tiny model's decode loop takes ~0.3 s, SmolLM2's
 # seconds), and the end-to-end tests' fresh processes compile many of the same programs again.
@@ -142,11 +144,16 @@ class TinySweep:
 
 
 @pytest.fixture(scope="session")
-def tiny_sweep(tmp_path_factory) -> TinySweep:
+def tiny_sweep(tmp_path_factory, worker_id) -> TinySweep:
     """A real two-job multirun of experiments/run.py on the tiny random model (ngram at gamma 1
     and 3, one built-in prompt per category, 8 new tokens), made once per session and shared by
-    the experiment and notebook tests. Read-only: a test that appends copies the store first."""
-    out = tmp_path_factory.mktemp("tiny_sweep")
+    the experiment and notebook tests. Read-only: a test that appends copies the store first.
+
+    Made once for all pytest-xdist workers (their base folders share a parent): the first worker
+    to ask runs it under a file lock and records the process; the others read that record."""
+    shared = tmp_path_factory.getbasetemp()
+    shared = shared if worker_id == "master" else shared.parent
+    out, record = shared / "tiny_sweep", shared / "tiny_sweep.json"
     overrides = (
         "-m",
         "model=tiny",
@@ -155,6 +162,12 @@ def tiny_sweep(tmp_path_factory) -> TinySweep:
         "task.per_category=1",
         "max_new_tokens=8",
     )
-    proc = run_experiment(*overrides, *store_overrides(out), cwd=out)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    with FileLock(f"{record}.lock"):
+        if not record.exists():
+            out.mkdir(exist_ok=True)
+            proc = run_experiment(*overrides, *store_overrides(out), cwd=out)
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            record.write_text(json.dumps(dict(args=proc.args, stdout=proc.stdout, stderr=proc.stderr)))
+    done = json.loads(record.read_text())
+    proc = subprocess.CompletedProcess(done["args"], 0, done["stdout"], done["stderr"])
     return TinySweep(out, overrides, proc)

@@ -1,6 +1,7 @@
 """Run by tests/test_sharding.py in a fresh process with 4 forced host devices: every kind of
 drafter (bigram and distilled run the code paths of ngram and draft_model, so they are left
-out) on one device and on the mesh 2x2 (both axes), greedy and sampled; on 1x4 (every product
+out) sampled on one device, and autoregressive greedy there; on the mesh 2x2 (both axes),
+greedy and sampled; on 1x4 (every product
 split four ways), greedy; on 4x1 (rows split, weights replicated), autoregressive and prompt
 lookup (a drafter with per-row state), greedy; shard shapes; a checkpoint loaded straight into
 its shards. Each sharded program compiles in seconds: the set is what covers each axis once.
@@ -96,7 +97,10 @@ def weight_bytes(model) -> dict:
 
 def main(folder: str):
     base = Model.random(CFG, seed=0)
-    report = {"devices": len(jax.devices()), "reference": outputs(base), "meshes": {}}
+    # One device: autoregressive greedy, which every drafter's greedy output on every mesh must
+    # equal (lossless), and each drafter sampled, whose draws each mesh must reproduce.
+    reference = outputs(base, (0.0,), ["none"]) | outputs(base, (1.0,))
+    report = {"devices": len(jax.devices()), "reference": reference, "meshes": {}}
     for shape, (temperatures, labels) in MESHES.items():
         mesh = sharding.make_mesh(*shape)
         model = base.shard(mesh)

@@ -228,13 +228,11 @@ def test_rerunning_a_sweep_skips_finished_configurations(tiny_sweep, tmp_path):
     proc = run_experiment(*args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(ResultsStore(tmp_path / "results.jsonl").rows()) == len(before)
-    forced = run_experiment(
-        *[a for a in args if not a.startswith("drafter.gamma")], "drafter.gamma=3", "force=true", cwd=tmp_path
-    )
+    kept = [a for a in args if not a.startswith("drafter.gamma")]
+    forced = run_experiment(*kept, "drafter.gamma=3", "task.categories=[qa]", "force=true", cwd=tmp_path)
     assert forced.returncode == 0, forced.stderr[-3000:]
     after = ResultsStore(tmp_path / "results.jsonl").rows()
-    assert len(after) == len(before) + 6
-    assert {r["gamma"] for r in after[len(before) :]} == {3}
+    assert [(r["gamma"], r["category"]) for r in after[len(before) :]] == [(3, "qa")]  # measured anew
     assert ResultsStore(tiny_sweep.results_path).rows() == before  # the shared store is untouched
 
 

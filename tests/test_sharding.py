@@ -1,7 +1,8 @@
 """The target sharded over 4 forced host devices (a fresh process: the device count is fixed at
-JAX's start): every kind of drafter's output identical on 1 device and the mesh 2x2, greedy and
-sampled, and on 1x4, greedy (autoregressive and prompt lookup on 4x1); each device holding its
-share of the weights; a checkpoint loaded into shards."""
+JAX's start): every kind of drafter's output on the mesh 2x2, greedy and sampled, and on 1x4,
+greedy (autoregressive and prompt lookup on 4x1), identical to one device's (greedy: to
+autoregressive decoding's); each device holding its share of the weights; a checkpoint loaded
+into shards."""
 
 import json
 import os
@@ -35,7 +36,7 @@ def report(tmp_path_factory):
 def test_every_drafter_is_identical_across_meshes(report):
     assert report["devices"] == 4
     reference = report["reference"]
-    assert len(reference) == 14  # 7 drafters, greedy and sampled
+    assert len(reference) == 8  # autoregressive greedy; 7 drafters sampled
     assert {mesh: len(got["outputs"]) for mesh, got in report["meshes"].items()} == {
         "1x4": 7,
         "2x2": 14,
@@ -43,7 +44,8 @@ def test_every_drafter_is_identical_across_meshes(report):
     }
     for mesh, got in report["meshes"].items():
         for name, tokens in got["outputs"].items():
-            assert tokens == reference[name], f"{mesh}: {name}"
+            greedy = name.endswith("T=0.0")
+            assert tokens == reference["none T=0.0" if greedy else name], f"{mesh}: {name}"
 
 
 @pytest.mark.slow
@@ -114,5 +116,4 @@ def test_two_processes_on_localhost_decode_as_one_device_does(report):
         assert p.returncode == 0, err[-3000:]
         got = json.loads(out.splitlines()[-1])
         assert (got["processes"], got["devices"]) == (2, 4)
-        assert got["tokens"]["None"] == report["reference"]["none T=0.0"]
-        assert got["tokens"]["layer_skip"] == report["reference"]["layer_skip T=0.0"]
+        assert got["tokens"]["None"] == got["tokens"]["layer_skip"] == report["reference"]["none T=0.0"]
