@@ -6,19 +6,22 @@ specdec.theory) and the ratio of the T = 1 step to the memory-bandwidth floor:
 bytes of weights read per step / read bandwidth measured in this same process.
 
     python experiments/bench_forward.py [--model smollm2-135m-instruct] [--repeats 30] [--dtype float32]
+    python experiments/bench_forward.py --compare-kernels [--rounds 3]   # verify kernels against XLA's
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import specdec
-from specdec.timing import median_s, step_program, thunks, verify_cost
+from specdec import kernels
+from specdec.timing import forward_s, median_s, step_program, thunks, verify_cost
 
 
 def read_bandwidth(n_bytes: int = 1 << 30, repeats: int = 10) -> float:
@@ -38,6 +41,12 @@ def main():
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--context", type=int, default=256, help="tokens already in the cache")
     parser.add_argument("--capacity", type=int, default=512)
+    parser.add_argument(
+        "--compare-kernels",
+        action="store_true",
+        help="r(T) with the verify kernels against XLA's defaults (specdec.kernels), alternated",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of --compare-kernels")
     args = parser.parse_args()
 
     model = specdec.load_model(args.model, dtype=jnp.dtype(args.dtype))
@@ -54,6 +63,9 @@ def main():
     top = ", ".join(f"{op} {n}" for op, n in ops.most_common(6))
     print(f"thunks per T=1 step (loop body and entry): {sum(ops.values())} ({top})")
 
+    if args.compare_kernels:
+        compare_kernels(model, args, steps)
+        return
     _, results = verify_cost(
         model, context=args.context, capacity=args.capacity, repeats=args.repeats, steps=steps
     )
@@ -64,6 +76,26 @@ def main():
     print("|---:|---:|---:|")
     for T, seconds in results.items():
         print(f"| {T} | {seconds * 1e3:.1f} | {seconds / results[1]:.2f} |")
+
+
+def compare_kernels(model, args, steps, widths=(1, 2, 3, 5, 8)):
+    """r(T) with the verify kernels (``specdec.kernels``) and with XLA's defaults, the two
+    alternated per width for ``args.rounds`` rounds; medians over the rounds."""
+    times = {choice: collections.defaultdict(list) for choice in kernels.CHOICES}
+    kw = dict(context=args.context, capacity=args.capacity, repeats=args.repeats, steps=steps)
+    for _ in range(args.rounds):
+        for T in widths:
+            for choice in kernels.CHOICES:
+                os.environ[kernels.ENV] = choice
+                times[choice][T].append(forward_s(model, T, **kw))
+    eigen, default = ({T: float(np.median(v)) for T, v in times[c].items()} for c in kernels.CHOICES)
+    print(f"\n{args.rounds} rounds, kernels alternated per width (T = 1 is the same program both ways)\n")
+    print("| T | verify kernels ms | XLA defaults ms | r(T) verify kernels | r(T) XLA defaults |")
+    print("|---:|---:|---:|---:|---:|")
+    for T in widths:
+        cells = [f"{eigen[T] * 1e3:.1f}", f"{default[T] * 1e3:.1f}"]
+        cells += [f"{eigen[T] / eigen[1]:.2f}", f"{default[T] / default[1]:.2f}"]
+        print(f"| {T} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from specdec import acceptance as acceptance_rules
-from specdec import checks, metrics, sharding
+from specdec import checks, kernels, metrics, sharding
 from specdec.decode import SCHEDULES, LoopConfig, decode_loop, prefill
 from specdec.drafters.base import tree_size
 from specdec.models import Model
@@ -81,7 +81,9 @@ def encode_prompts(model: Model, prompts, chat: bool) -> list[list[int]]:
 
 class ProgramCache:
     """Compiled (prefill, decode loop) program pairs keyed by everything that shapes them, least
-    recently used dropped beyond ``max_entries``. Each ``Model`` owns one."""
+    recently used dropped beyond ``max_entries``. Each ``Model`` owns one. A speculative loop is
+    compiled with ``kernels.verify_options()``; an autoregressive loop and the prefills with XLA's
+    defaults."""
 
     def __init__(self, max_entries: int = 32):
         self.max_entries = checks.integer(max_entries, "max_entries", low=1)
@@ -105,7 +107,8 @@ class ProgramCache:
         start = time.perf_counter()
         params, drafter, tokens, lengths, cache, key = args
         first = prefill.lower(target_def, params, drafter, tokens, lengths, cache, cfg=cfg).compile()
-        loop = decode_loop.lower(target_def, params, drafter, first.out_info, lengths, key, cfg=cfg).compile()
+        lowered = decode_loop.lower(target_def, params, drafter, first.out_info, lengths, key, cfg=cfg)
+        loop = lowered.compile(compiler_options=kernels.verify_options() if cfg.gamma > 0 else {})
         compiled = self._programs[signature] = (first, loop)
         while len(self._programs) > self.max_entries:
             self._programs.popitem(last=False)

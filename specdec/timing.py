@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from specdec import kernels
 from specdec.drafters.base import Context, Verified, tree_size
 from specdec.models import Model, forward
 from specdec.sampling import Sampling, probs
@@ -72,10 +73,18 @@ def thunks(compiled) -> list[tuple[str, str]]:
     return out
 
 
-def step_program(model: Model, T: int, *, context: int = 256, capacity: int = 512, batch: int = 1, steps=8):
-    """The compiled program ``forward_s`` times: ``steps`` forward passes of T positions."""
-    tokens, positions, cache = _step_inputs(model, T, context, capacity, batch)
-    return _score_steps.lower(model.graphdef, model.params, tokens, positions, cache, steps=steps).compile()
+def step_program(
+    model: Model, T: int, *, context: int = 256, capacity: int = 512, batch: int = 1, layers=None, steps=8
+):
+    """The compiled program ``forward_s`` times: ``steps`` forward passes of T positions, built as
+    the decode loops build them (``kernels``: a pass over T >= 2 positions verifies, and a pass over
+    a layer subset drafts, both inside a speculative loop)."""
+    tokens, positions, cache = _step_inputs(model, T, context, capacity, batch, layers)
+    lowered = _score_steps.lower(
+        model.graphdef, model.params, tokens, positions, cache, layers=layers, steps=steps
+    )
+    speculative = T > 1 or layers is not None
+    return lowered.compile(compiler_options=kernels.verify_options() if speculative else {})
 
 
 def _step_inputs(model: Model, T: int, context: int, capacity: int, batch: int, layers=None):
@@ -101,12 +110,13 @@ def forward_s(
     after ``context`` cached tokens, measured as ``steps`` passes inside one compiled loop (no
     per-call dispatch, as in ``decode_loop``); ``layers``: a layer subset (a self-speculative draft)."""
     tokens, positions, cache = _step_inputs(model, T, context, capacity, batch, layers)
+    program = step_program(
+        model, T, context=context, capacity=capacity, batch=batch, layers=layers, steps=steps
+    )
     state = {"cache": cache}
 
     def run():
-        state["cache"], token = _score_steps(
-            model.graphdef, model.params, tokens, positions, state["cache"], layers=layers, steps=steps
-        )
+        state["cache"], token = program(model.params, tokens, positions, state["cache"])
         return token
 
     return median_s(run, repeats) / steps
@@ -189,12 +199,14 @@ def draft_cost_ratio(
         hidden = lambda T: None
     state = jax.jit(drafter.init)(ctx, hidden(context))
     key = jax.random.key(0)
+    options = kernels.verify_options()  # drafting runs inside a speculative loop
     if tree_size(drafter, gamma) is not None:
-        run = lambda: _tree_steps(drafter, state, ctx, key, hidden(gamma + 1), gamma, steps=steps)
-        draft = median_s(run, repeats) / steps / drafter.depth(gamma)
+        args = (drafter, state, ctx, key, hidden(gamma + 1))
+        program = _tree_steps.lower(*args, gamma, steps=steps).compile(compiler_options=options)
+        draft = median_s(lambda: program(*args), repeats) / steps / drafter.depth(gamma)
     else:
-        draft = (
-            median_s(lambda: _draft_steps(drafter, state, ctx, key, hidden(2), steps=steps), repeats) / steps
-        )
+        args = (drafter, state, ctx, key, hidden(2))
+        program = _draft_steps.lower(*args, steps=steps).compile(compiler_options=options)
+        draft = median_s(lambda: program(*args), repeats) / steps
     step = forward_s(target, 1, context=context, capacity=capacity, batch=batch, steps=steps, repeats=repeats)
     return draft / step
