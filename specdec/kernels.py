@@ -4,7 +4,7 @@ On XLA:CPU (jax 0.10) a product of one position against a weight is XLA's own ma
 kernel, and a product of T >= 2 positions goes to YNNPACK. On the 2-core development VM YNNPACK
 reads the weights at a third of the matrix-vector kernel's rate, so a verify pass cost 2.8 decode
 steps; with YNNPACK's kernels off (XLA's Eigen kernels instead) it costs 1.7, while a decode step
-is about 12% slower without them (docs/benchmarks.md, "Kernels per program"). So the programs
+is about 13% slower without them (docs/benchmarks.md, "Kernels per program"). So the programs
 that verify T >= 2 positions, the speculative decode loops and the timing programs that stand
 for them, are compiled with ``verify_options()``; autoregressive loops and prefills keep XLA's
 defaults.
