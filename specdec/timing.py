@@ -79,11 +79,18 @@ def step_program(
     """The compiled program ``forward_s`` times: ``steps`` forward passes of T positions, built as
     the decode loops build them (``kernels``: a pass over T >= 2 positions verifies, and a pass over
     a layer subset drafts, both inside a speculative loop)."""
-    tokens, positions, cache = _step_inputs(model, T, context, capacity, batch, layers)
+    inputs = _step_inputs(model, T, context, capacity, batch, layers)
+    return _compile_steps(model, inputs, layers, steps)
+
+
+def _compile_steps(model: Model, inputs, layers, steps: int):
+    """``_score_steps`` compiled for ``inputs`` (tokens, positions, cache), with the verify kernels
+    when its passes cover T >= 2 positions or a layer subset."""
+    tokens, positions, cache = inputs
     lowered = _score_steps.lower(
         model.graphdef, model.params, tokens, positions, cache, layers=layers, steps=steps
     )
-    speculative = T > 1 or layers is not None
+    speculative = tokens.shape[1] > 1 or layers is not None
     return lowered.compile(compiler_options=kernels.verify_options() if speculative else {})
 
 
@@ -109,10 +116,8 @@ def forward_s(
     """Median seconds of one forward (plus greedy sampling) of T positions in each of ``batch`` rows
     after ``context`` cached tokens, measured as ``steps`` passes inside one compiled loop (no
     per-call dispatch, as in ``decode_loop``); ``layers``: a layer subset (a self-speculative draft)."""
-    tokens, positions, cache = _step_inputs(model, T, context, capacity, batch, layers)
-    program = step_program(
-        model, T, context=context, capacity=capacity, batch=batch, layers=layers, steps=steps
-    )
+    tokens, positions, cache = inputs = _step_inputs(model, T, context, capacity, batch, layers)
+    program = _compile_steps(model, inputs, layers, steps)
     state = {"cache": cache}
 
     def run():
