@@ -81,14 +81,14 @@ def main():
 def compare_kernels(model, args, steps, widths=(1, 2, 3, 5, 8)):
     """r(T) with the verify kernels (``specdec.kernels``) and with XLA's defaults, the two
     alternated per width for ``args.rounds`` rounds; medians over the rounds."""
-    times = {choice: collections.defaultdict(list) for choice in kernels.CHOICES}
+    times = {choice: collections.defaultdict(list) for choice in kernels.BUILDS}
     kw = dict(context=args.context, capacity=args.capacity, repeats=args.repeats, steps=steps)
     for _ in range(args.rounds):
         for T in widths:
-            for choice in kernels.CHOICES:
+            for choice in kernels.BUILDS:
                 os.environ[kernels.ENV] = choice
                 times[choice][T].append(forward_s(model, T, **kw))
-    eigen, default = ({T: float(np.median(v)) for T, v in times[c].items()} for c in kernels.CHOICES)
+    eigen, default = ({T: float(np.median(v)) for T, v in times[c].items()} for c in kernels.BUILDS)
     print(f"\n{args.rounds} rounds, kernels alternated per width (T = 1 is the same program both ways)\n")
     print("| T | verify kernels ms | XLA defaults ms | r(T) verify kernels | r(T) XLA defaults |")
     print("|---:|---:|---:|---:|---:|")

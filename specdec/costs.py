@@ -1,31 +1,28 @@
-"""Measured step costs for the cost model, cached per machine, model, dtype, batch and context.
+"""Measured step costs for the cost model, cached per machine, model, dtype, batch, context and
+verify build (``kernels.verify_build``).
 
 ``specdec.theory`` predicts a speedup from alpha, gamma, c and r(T); the last two are times on a
 machine. ``measure`` times them (``specdec.timing``: medians inside one compiled loop) the first
-time a (machine, target, dtype, batch, context) is asked for, and keeps them in a JSON file, so
+time a (machine, target, dtype, batch, context, build) is asked for, and keeps them in a JSON file, so
 every job of a sweep, and the figures drawn later, predict from one measurement:
 
-    {"<machine> | <target> | <dtype> | B=<batch> | S=<context>":
+    {"<machine> | <target> | <dtype> | B=<batch> | S=<context> | verify=<build>":
         {"latencies": {"1": s, "2": s, ...},   # one target pass over T positions, seconds
+         "narrow": s,                          # T = 1 inside a speculative program (kernels)
          "c": {"<drafter key>": c, ...}}       # one drafting step / one target step
 
-The file is rewritten atomically (temporary file, then rename) under a lock; a file that is not
-such JSON is named in a ValueError, never overwritten.
+The file is a ``jsonfile.JsonFile``: rewritten atomically under a lock; a file that is not such
+JSON is named in a ValueError, never overwritten.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import platform
-from pathlib import Path
 
-import jax
-from filelock import FileLock
-
-from specdec import timing
+from specdec import kernels, timing
 from specdec.generation import capacity_for
+from specdec.jsonfile import JsonFile
 from specdec.theory import VerifyCost
 
 MAX_GAMMA = 8  # the largest gamma ``drafter.gamma=auto`` considers
@@ -33,62 +30,36 @@ MAX_GAMMA = 8  # the largest gamma ``drafter.gamma=auto`` considers
 
 @dataclasses.dataclass(frozen=True)
 class Costs:
-    """latencies {T: seconds} of one target pass over T positions (T = 1: a decode step), and
-    c = one drafting step / one target decode step (None without a drafter)."""
+    """latencies {T: seconds} of one target pass over T positions (T = 1: a decode step), c = one
+    drafting step / one target decode step (None without a drafter), and narrow_s: seconds of a
+    one-position pass inside a speculative program (None: the decode step's, same kernels)."""
 
     latencies: dict[int, float]
     c: float | None = None
+    narrow_s: float | None = None
 
     @property
     def r(self) -> VerifyCost:
-        return VerifyCost.from_latencies(self.latencies)
+        return VerifyCost.from_latencies(self.latencies, self.narrow_s)
 
     @property
     def step_s(self) -> float:
         return self.latencies[1]
 
 
-def machine() -> str:
-    """This machine as a cache key: the JAX device kind and count, the processor and CPU count."""
-    device = jax.devices()[0]
-    return f"{device.device_kind} x{jax.device_count()}, {platform.machine()} {os.cpu_count()} cpus"
-
-
 def key(target, batch: int, context: int) -> str:
     """The cache key of ``target``'s costs at this batch and context on this machine."""
     dtype = str(target.dtype) + (f"/{target.quant}" if target.quant else "")
-    return f"{machine()} | {target.name} | {dtype} | B={batch} | S={context}"
+    build = kernels.verify_build(target)
+    return f"{kernels.machine()} | {target.name} | {dtype} | B={batch} | S={context} | verify={build}"
 
 
-class CostCache:
-    """The JSON file of measured costs at ``path`` (created with its folder on first write)."""
+class CostCache(JsonFile):
+    """The JSON file of measured costs at ``path`` (``jsonfile.JsonFile``)."""
 
     def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-
-    def read(self) -> dict:
-        if not self.path.exists():
-            return {}
-        try:
-            data = json.loads(self.path.read_text())
-            if not isinstance(data, dict) or not all(
-                isinstance(v, dict) and isinstance(v.get("latencies"), dict) for v in data.values()
-            ):
-                raise ValueError("not a {key: {latencies, c}} object")
-        except (ValueError, UnicodeDecodeError) as err:
-            raise ValueError(f"cost cache {self.path} is corrupt ({err}); delete it to re-measure") from None
-        return data
-
-    def update(self, entry_key: str, change) -> dict:
-        """Apply ``change(entry) -> entry`` to one entry under the lock and write the file atomically."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(f"{self.path}.lock"):
-            data = self.read()
-            data[entry_key] = change(data.get(entry_key, {"latencies": {}, "c": {}}))
-            tmp = self.path.with_name(f".{self.path.name}.tmp")
-            tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-            os.replace(tmp, self.path)
-        return data[entry_key]
+        valid = lambda entry: isinstance(entry, dict) and isinstance(entry.get("latencies"), dict)
+        super().__init__(path, valid, "cost cache", "a {key: {latencies, c}} object")
 
 
 def measure(
@@ -102,10 +73,11 @@ def measure(
     cache: CostCache | None = None,
     repeats: int = 10,
 ) -> Costs:
-    """The target's latencies for T = 1 .. gamma + 1 and the drafter's c at this batch and context
-    (cache capacity as ``generate`` sizes it for 64 new tokens), from ``cache`` where it holds
-    them, else timed now (and stored). ``drafter_key`` names the drafter's configuration in the
-    cache (required with a drafter and a cache)."""
+    """The target's latencies for T = 1 .. gamma + 1, its narrow pass (timed only where the verify
+    kernels differ from the decode step's) and the drafter's c at this batch and context (cache
+    capacity as ``generate`` sizes it for 64 new tokens), from ``cache`` where it holds them, else
+    timed now (and stored). ``drafter_key`` names the drafter's configuration in the cache
+    (required with a drafter and a cache)."""
     if drafter is not None and cache is not None and drafter_key is None:
         raise ValueError("costs.measure: a drafter's c is cached under its drafter_key; none given")
     capacity = capacity_for(context, 64, MAX_GAMMA)
@@ -117,16 +89,22 @@ def measure(
     missing = [T for T in range(1, gamma + 2) if T not in latencies]
     if missing:
         latencies.update({T: timing.forward_s(target, T, **kw) for T in missing})
+    narrow_cached = narrow = entry.get("narrow")
+    if narrow is None and kernels.verify_build(target) != "default":
+        narrow = timing.forward_s(target, 1, speculative=True, **kw)
     c = c_cached
     if drafter is not None and c is None:
         c = timing.draft_cost_ratio(target, drafter, gamma=gamma, **kw)
-    if cache is not None and (missing or c != c_cached):
+    if cache is not None and (missing or c != c_cached or narrow != narrow_cached):
 
         def change(old):
+            old = old or {"latencies": {}, "c": {}}
             old["latencies"] = {str(T): s for T, s in latencies.items()} | old["latencies"]
+            if narrow is not None:
+                old["narrow"] = narrow
             if drafter is not None:
                 old["c"][drafter_key] = c
             return old
 
         cache.update(key(target, batch, context), change)
-    return Costs(latencies, c)
+    return Costs(latencies, c, narrow)

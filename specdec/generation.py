@@ -82,7 +82,7 @@ def encode_prompts(model: Model, prompts, chat: bool) -> list[list[int]]:
 class ProgramCache:
     """Compiled (prefill, decode loop) program pairs keyed by everything that shapes them, least
     recently used dropped beyond ``max_entries``. Each ``Model`` owns one. A speculative loop is
-    compiled with ``kernels.verify_options()``; an autoregressive loop and the prefills with XLA's
+    compiled with ``kernels.verify_options``; an autoregressive loop and the prefills with XLA's
     defaults."""
 
     def __init__(self, max_entries: int = 32):
@@ -92,9 +92,11 @@ class ProgramCache:
     def __len__(self) -> int:
         return len(self._programs)
 
-    def get(self, args, cfg: LoopConfig, target_def):
-        """The compiled (prefill, decode loop) for ``args`` (target params, drafter, tokens,
-        prompt lengths, cache, key) and settings, and their compile time (0 if cached)."""
+    def get(self, args, cfg: LoopConfig, target):
+        """The compiled (prefill, decode loop) of ``target`` (a ``Model``) for ``args`` (target params,
+        drafter, tokens, prompt lengths, cache, key) and settings, and their compile time (0 if
+        cached)."""
+        target_def = target.graphdef
         signature = (
             cfg,
             target_def,
@@ -108,7 +110,7 @@ class ProgramCache:
         params, drafter, tokens, lengths, cache, key = args
         first = prefill.lower(target_def, params, drafter, tokens, lengths, cache, cfg=cfg).compile()
         lowered = decode_loop.lower(target_def, params, drafter, first.out_info, lengths, key, cfg=cfg)
-        loop = lowered.compile(compiler_options=kernels.verify_options() if cfg.gamma > 0 else {})
+        loop = lowered.compile(compiler_options=kernels.verify_options(target) if cfg.gamma > 0 else {})
         compiled = self._programs[signature] = (first, loop)
         while len(self._programs) > self.max_entries:
             self._programs.popitem(last=False)
@@ -224,7 +226,7 @@ def generate(
     key = jax.random.key(seed)
     prompt_buffer, prompt_lengths = rows
     args = (target.params, drafter, prompt_buffer, prompt_lengths, cache, key)
-    (first, loop), compile_s = target.programs.get(args, cfg, target.graphdef)
+    (first, loop), compile_s = target.programs.get(args, cfg, target)
     start = time.perf_counter()
     state = jax.block_until_ready(first(target.params, drafter, prompt_buffer, prompt_lengths, cache))
     prefill_s = time.perf_counter() - start

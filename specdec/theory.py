@@ -97,10 +97,15 @@ class VerifyCost:
     extrapolated *linearly* along the last segment, with the slope clipped at 0 so the cost
     never falls (a single point, as in ``free()``, extrapolates flat). Linear growth is the
     compute-bound regime every device reaches for large T.
+
+    narrow: the cost of a one-position pass inside a speculative program, relative to T = 1 (the
+    autoregressive step). It is 1 unless the two are built with different kernels
+    (``specdec.kernels``); a step in which a variable-length drafter drafts nothing pays it.
     """
 
     t: tuple[float, ...]
     r: tuple[float, ...]
+    narrow: float = 1.0
 
     def __post_init__(self):
         t, r = [float(x) for x in self.t], [float(x) for x in self.r]
@@ -114,6 +119,8 @@ class VerifyCost:
             raise ValueError(f"r must be 1 at T = 1 (costs are relative to T = 1), got r(1) = {r[0]}")
         if not all(np.isfinite(x) and x > 0 for x in r):
             raise ValueError(f"r must be finite and > 0, got {self.r}")
+        if not (np.isfinite(self.narrow) and self.narrow > 0):
+            raise ValueError(f"narrow must be finite and > 0, got {self.narrow}")
         object.__setattr__(self, "t", tuple(t))
         object.__setattr__(self, "r", tuple(r))
 
@@ -123,14 +130,17 @@ class VerifyCost:
         return cls((1.0,), (1.0,))
 
     @classmethod
-    def from_latencies(cls, latencies: Mapping[int, float]) -> VerifyCost:
-        """From measured seconds per target pass {T: seconds}; must include T = 1."""
+    def from_latencies(cls, latencies: Mapping[int, float], narrow_s: float | None = None) -> VerifyCost:
+        """From measured seconds per target pass {T: seconds}, which must include T = 1, and of the
+        narrow pass (None: the T = 1 step's)."""
         if 1 not in latencies:
             raise ValueError(f"latencies must include T = 1 (the reference), got T = {sorted(latencies)}")
-        if not all(np.isfinite(s) and s > 0 for s in latencies.values()):
-            raise ValueError(f"latencies must be finite and > 0 seconds, got {dict(latencies)}")
+        seconds = {**latencies, "narrow": latencies[1] if narrow_s is None else narrow_s}
+        if not all(np.isfinite(s) and s > 0 for s in seconds.values()):
+            raise ValueError(f"latencies must be finite and > 0 seconds, got {seconds}")
         ts = sorted(latencies)
-        return cls(tuple(ts), tuple(latencies[T] / latencies[1] for T in ts))
+        r = tuple(latencies[T] / latencies[1] for T in ts)
+        return cls(tuple(ts), r, seconds["narrow"] / latencies[1])
 
     def __call__(self, T):
         """r(T) for T >= 1 (scalar or array of positions)."""
@@ -151,9 +161,10 @@ def predicted_speedup(
 
     drafting_share f: the share of steps in which the drafter drafts (a variable-length drafter,
     prompt lookup, drafts only where it finds a match; f = drafted / (gamma steps) counts its
-    drafts as full blocks). A step without drafts costs one decode step and emits one token, so
-    the speedup is (f E + 1 - f) / (f' (gamma c + r) + 1 - f'), where pass_share f' is the share
-    of steps that paid the wide pass (a short draft pays it too; default f).
+    drafts as full blocks). A step without drafts emits one token and costs one narrow pass
+    (``r.narrow`` decode steps), so the speedup is (f E + 1 - f) / (f' (gamma c + r) + (1 - f') n),
+    where pass_share f' is the share of steps that paid the wide pass (a short draft pays it too;
+    default f).
     tau: the measured tokens per step instead of the model's f E + 1 - f (the loop's cost alone).
     """
     a, g, c = _unit_interval("alpha", alpha), _gamma(gamma), _non_negative("c", c)
@@ -161,7 +172,7 @@ def predicted_speedup(
     fp = f if pass_share is None else _unit_interval("pass_share", pass_share)
     r = VerifyCost.free() if r is None else r
     tokens = f * _expected(a, g) + 1.0 - f if tau is None else _non_negative("tau", tau)
-    return _out(tokens / (fp * (g * c + np.asarray(r(g + 1.0))) + 1.0 - fp))
+    return _out(tokens / (fp * (g * c + np.asarray(r(g + 1.0))) + (1.0 - fp) * r.narrow))
 
 
 def optimal_gamma(

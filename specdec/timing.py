@@ -74,24 +74,39 @@ def thunks(compiled) -> list[tuple[str, str]]:
 
 
 def step_program(
-    model: Model, T: int, *, context: int = 256, capacity: int = 512, batch: int = 1, layers=None, steps=8
+    model: Model,
+    T: int,
+    *,
+    context: int = 256,
+    capacity: int = 512,
+    batch: int = 1,
+    layers=None,
+    steps=8,
+    speculative: bool | None = None,
 ):
     """The compiled program ``forward_s`` times: ``steps`` forward passes of T positions, built as
-    the decode loops build them (``kernels``: a pass over T >= 2 positions verifies, and a pass over
-    a layer subset drafts, both inside a speculative loop)."""
+    the decode loops build them (``kernels``): with the verify kernels when ``speculative``, by
+    default when the pass verifies (T >= 2) or drafts (a layer subset), both inside a speculative
+    loop; ``speculative=True`` at T = 1 is a speculative loop's one-position (narrow) pass."""
     inputs = _step_inputs(model, T, context, capacity, batch, layers)
-    return _compile_steps(model, inputs, layers, steps)
+    return _compile_steps(model, inputs, layers, steps, _options(model, T, layers, speculative))
 
 
-def _compile_steps(model: Model, inputs, layers, steps: int):
-    """``_score_steps`` compiled for ``inputs`` (tokens, positions, cache), with the verify kernels
-    when its passes cover T >= 2 positions or a layer subset."""
+def _options(model: Model, T: int, layers, speculative: bool | None) -> dict:
+    """The compiler options of a pass over T positions (``kernels``): the verify kernels when
+    ``speculative`` (None: when the pass verifies, T >= 2, or drafts, a layer subset)."""
+    if speculative is None:
+        speculative = T > 1 or layers is not None
+    return kernels.verify_options(model) if speculative else {}
+
+
+def _compile_steps(model: Model, inputs, layers, steps: int, options: dict):
+    """``_score_steps`` compiled for ``inputs`` (tokens, positions, cache) with ``options``."""
     tokens, positions, cache = inputs
     lowered = _score_steps.lower(
         model.graphdef, model.params, tokens, positions, cache, layers=layers, steps=steps
     )
-    speculative = tokens.shape[1] > 1 or layers is not None
-    return lowered.compile(compiler_options=kernels.verify_options() if speculative else {})
+    return lowered.compile(compiler_options=options)
 
 
 def _step_inputs(model: Model, T: int, context: int, capacity: int, batch: int, layers=None):
@@ -112,19 +127,41 @@ def forward_s(
     layers=None,
     steps=8,
     repeats=5,
+    speculative: bool | None = None,
 ):
     """Median seconds of one forward (plus greedy sampling) of T positions in each of ``batch`` rows
     after ``context`` cached tokens, measured as ``steps`` passes inside one compiled loop (no
-    per-call dispatch, as in ``decode_loop``); ``layers``: a layer subset (a self-speculative draft)."""
-    tokens, positions, cache = inputs = _step_inputs(model, T, context, capacity, batch, layers)
-    program = _compile_steps(model, inputs, layers, steps)
+    per-call dispatch, as in ``decode_loop``); ``layers``: a layer subset (a self-speculative draft);
+    ``speculative``: built as inside a speculative loop (``step_program``)."""
+    inputs = _step_inputs(model, T, context, capacity, batch, layers)
+    program = _compile_steps(model, inputs, layers, steps, _options(model, T, layers, speculative))
+    return median_s(_stepper(model, program, inputs), repeats) / steps
+
+
+def _stepper(model: Model, program, inputs):
+    """A call of ``program`` (a ``_compile_steps``) that carries its donated cache from call to call."""
+    tokens, positions, cache = inputs
     state = {"cache": cache}
 
     def run():
         state["cache"], token = program(model.params, tokens, positions, state["cache"])
         return token
 
-    return median_s(run, repeats) / steps
+    return run
+
+
+def builds_s(model: Model, T: int, *, context=256, capacity=512, steps=8, repeats=5, rounds=3) -> dict:
+    """{build: median seconds} of one pass over T positions compiled as each of ``kernels.BUILDS``,
+    the builds alternated for ``rounds`` rounds (``kernels.measured_build`` picks the faster)."""
+    runs = {}
+    for b in kernels.BUILDS:  # each with its own cache: a run donates it
+        inputs = _step_inputs(model, T, context, capacity, 1)
+        runs[b] = _stepper(model, _compile_steps(model, inputs, None, steps, kernels.OPTIONS[b]), inputs)
+    times = {b: [] for b in runs}
+    for _ in range(rounds):
+        for b, run in runs.items():
+            times[b].append(median_s(run, repeats) / steps)
+    return {b: float(np.median(t)) for b, t in times.items()}
 
 
 def verify_cost(model: Model, widths=(1, 2, 3, 4, 5, 6, 8, 12, 16), **kw) -> tuple[VerifyCost, dict]:
@@ -204,7 +241,7 @@ def draft_cost_ratio(
         hidden = lambda T: None
     state = jax.jit(drafter.init)(ctx, hidden(context))
     key = jax.random.key(0)
-    options = kernels.verify_options()  # drafting runs inside a speculative loop
+    options = kernels.verify_options(target)  # drafting runs inside a speculative loop
     if tree_size(drafter, gamma) is not None:
         args = (drafter, state, ctx, key, hidden(gamma + 1))
         program = _tree_steps.lower(*args, gamma, steps=steps).compile(compiler_options=options)

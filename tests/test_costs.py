@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from specdec import costs, drafters, timing
+from specdec import costs, drafters, kernels, timing
 from specdec.models import Model, tiny_config
 
 
@@ -39,7 +39,7 @@ def test_costs_are_measured_once_then_read_back(tiny, tmp_path, monkeypatch):
     costs.measure(tiny, None, gamma=1, batch=2, context=32, cache=cache)  # another batch: another entry
     assert timed == [5, 6, 1, 2]
     entries = json.loads(cache.path.read_text())
-    assert sorted(key.rsplit(" | ", 2)[1] for key in entries) == ["B=1", "B=2"]
+    assert sorted(key.split(" | ")[-3] for key in entries) == ["B=1", "B=2"]
     assert all(" | tiny | float32 | " in key for key in entries)
 
 
@@ -57,3 +57,29 @@ def test_a_corrupt_cost_cache_is_named_and_kept(tiny, tmp_path):
 def test_a_cached_drafter_needs_a_key(tiny, tmp_path):
     with pytest.raises(ValueError, match="drafter_key"):
         costs.measure(tiny, drafters.make("ngram", tiny), cache=costs.CostCache(tmp_path / "c.json"))
+
+
+def test_the_narrow_pass_is_timed_where_its_kernels_differ(tiny, tmp_path, monkeypatch):
+    """With verify kernels other than the decode step's, ``measure`` times T = 1 built as inside a
+    speculative loop (the narrow pass), stores it and puts it in r.narrow; with the same kernels
+    it times no narrow pass and r.narrow is 1."""
+    timed = []
+    seconds = {(1, None): 1.0, (2, None): 1.5, (1, True): 1.25}
+
+    def forward_s(model, T, speculative=None, **_):
+        timed.append((T, speculative))
+        return seconds[T, speculative]
+
+    monkeypatch.setattr(timing, "forward_s", forward_s)
+    monkeypatch.setenv(kernels.ENV, "default")
+    plain = costs.measure(tiny, None, gamma=1, cache=costs.CostCache(tmp_path / "default.json"))
+    assert timed == [(1, None), (2, None)] and plain.narrow_s is None and plain.r.narrow == 1.0
+
+    monkeypatch.setenv(kernels.ENV, "eigen")
+    cache = costs.CostCache(tmp_path / "eigen.json")
+    eigen = costs.measure(tiny, None, gamma=1, cache=cache)
+    assert timed[2:] == [(1, None), (2, None), (1, True)]
+    assert eigen.r.narrow == 1.25 and eigen.r(2) == 1.5
+    ((entry_key, entry),) = cache.read().items()
+    assert entry["narrow"] == 1.25 and entry_key.endswith(" | verify=eigen")
+    assert costs.measure(tiny, None, gamma=1, cache=cache) == eigen and len(timed) == 5  # read back

@@ -145,6 +145,26 @@ def test_predicted_speedup_with_a_share_of_drafting_steps():
         theory.predicted_speedup(0.5, 2, 0.1, drafting_share=1.5)
 
 
+def test_a_step_without_drafts_pays_the_narrow_pass():
+    # Narrow passes at 1.25 decode steps (25 ms against 20 ms), a free wide pass (r(3) = 1):
+    # alpha 0.5, gamma 2, c 0.1, drafting in half the steps, the wide pass in 0.8 of them:
+    # 1.375 / (0.8 * (0.2 + 1) + 0.2 * 1.25) = 1.375 / 1.21.
+    r = VerifyCost.from_latencies({1: 0.020, 3: 0.020}, narrow_s=0.025)
+    assert r.narrow == pytest.approx(1.25) and r(3) == 1.0
+    got = theory.predicted_speedup(0.5, 2, 0.1, r, drafting_share=0.5, pass_share=0.8)
+    assert got == pytest.approx(1.375 / 1.21)
+    assert theory.predicted_speedup(0.5, 2, 0.1, r) == theory.predicted_speedup(0.5, 2, 0.1)  # all wide
+    assert VerifyCost.from_latencies({1: 0.020}).narrow == 1.0  # same kernels: a decode step
+    # The narrow pass reaches the choice of gamma: the best of the mixed speedup, found by hand.
+    r = VerifyCost((1, 2, 9), (1.0, 1.3, 2.0), narrow=1.4)
+    by_hand = [theory.predicted_speedup(0.6, g, 0.05, r, 0.3, pass_share=0.6) for g in range(1, 9)]
+    assert theory.optimal_gamma(0.6, 0.05, 8, r, drafting_share=0.3, pass_share=0.6) == np.argmax(by_hand) + 1
+    with pytest.raises(ValueError, match=r"narrow must be finite and > 0, got 0"):
+        VerifyCost((1,), (1,), narrow=0)
+    with pytest.raises(ValueError, match="latencies must be finite and > 0 seconds"):
+        VerifyCost.from_latencies({1: 0.02}, narrow_s=-1.0)
+
+
 def test_optimal_gamma_with_verify_cost():
     # The CPU-like curve r = 1, 2.5, 3, 3.5 at T = 1, 2, 4, 8 (slope 0.125 beyond), alpha = 0.9, c = 0.1:
     # speedup(g) = E / (0.1 g + r(g + 1)) with r(g + 1) = 3.5 + 0.125 (g - 7):
