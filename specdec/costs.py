@@ -2,7 +2,8 @@
 verify build (``kernels.verify_build``).
 
 ``specdec.theory`` predicts a speedup from alpha, gamma, c and r(T); the last two are times on a
-machine. ``measure`` times them (``specdec.timing``: medians inside one compiled loop) the first
+machine. ``measure`` times them (``specdec.timing``: medians inside one compiled loop, the widths
+alternated over rounds) the first
 time a (machine, target, dtype, batch, context, build) is asked for, and keeps them in a JSON file, so
 every job of a sweep, and the figures drawn later, predict from one measurement:
 
@@ -71,7 +72,8 @@ def measure(
     batch: int = 1,
     context: int = 256,
     cache: CostCache | None = None,
-    repeats: int = 10,
+    repeats: int = 5,
+    rounds: int = 3,
 ) -> Costs:
     """The target's latencies for T = 1 .. gamma + 1, its narrow pass (timed only where the verify
     kernels differ from the decode step's) and the drafter's c at this batch and context (cache
@@ -81,17 +83,18 @@ def measure(
     if drafter is not None and cache is not None and drafter_key is None:
         raise ValueError("costs.measure: a drafter's c is cached under its drafter_key; none given")
     capacity = capacity_for(context, 64, MAX_GAMMA)
-    kw = dict(context=context, capacity=capacity, batch=batch, repeats=repeats)
+    kw = dict(context=context, capacity=capacity, batch=batch, repeats=repeats, rounds=rounds)
     entry = {"latencies": {}, "c": {}} if cache is None else cache.read().get(key(target, batch, context), {})
     latencies = {int(T): s for T, s in entry.get("latencies", {}).items()}
     c_cached = entry.get("c", {}).get(drafter_key) if drafter_key else None
 
     missing = [T for T in range(1, gamma + 2) if T not in latencies]
-    if missing:
-        latencies.update({T: timing.forward_s(target, T, **kw) for T in missing})
     narrow_cached = narrow = entry.get("narrow")
-    if narrow is None and kernels.verify_build(target) != "default":
-        narrow = timing.forward_s(target, 1, speculative=True, **kw)
+    time_narrow = narrow is None and kernels.verify_build(target) != "default"
+    if missing or time_narrow:
+        timed = timing.passes_s(target, missing, narrow=time_narrow, **kw)
+        narrow = timed.pop("narrow", narrow)
+        latencies.update(timed)
     c = c_cached
     if drafter is not None and c is None:
         c = timing.draft_cost_ratio(target, drafter, gamma=gamma, **kw)

@@ -1,7 +1,8 @@
 """Wall-clock measurements of the pieces of a decode step: medians after warm-up, compile excluded.
 
 - ``median_s``: the median time of a call, after warm-up, synchronised with ``block_until_ready``.
-- ``forward_s``: one target (or layer-subset) forward over T positions after a given context.
+- ``forward_s``: one target (or layer-subset) forward over T positions after a given context;
+  ``passes_s``: several widths at once, ``interleaved_s`` (runs alternated over rounds).
 - ``verify_cost``: the measured verify-cost curve r(T) = cost(T) / cost(1) as a ``theory.VerifyCost``.
 - ``draft_cost_ratio``: c = cost of one drafter step / cost of one target decode step.
 - ``thunks``: what a compiled program runs, instruction by instruction (its XLA:CPU thunks).
@@ -133,14 +134,17 @@ def forward_s(
     after ``context`` cached tokens, measured as ``steps`` passes inside one compiled loop (no
     per-call dispatch, as in ``decode_loop``); ``layers``: a layer subset (a self-speculative draft);
     ``speculative``: built as inside a speculative loop (``step_program``)."""
-    inputs = _step_inputs(model, T, context, capacity, batch, layers)
-    program = _compile_steps(model, inputs, layers, steps, _options(model, T, layers, speculative))
-    return median_s(_stepper(model, program, inputs), repeats) / steps
+    run = _pass_run(
+        model, T, context, capacity, batch, layers, steps, _options(model, T, layers, speculative)
+    )
+    return median_s(run, repeats) / steps
 
 
-def _stepper(model: Model, program, inputs):
-    """A call of ``program`` (a ``_compile_steps``) that carries its donated cache from call to call."""
-    tokens, positions, cache = inputs
+def _pass_run(model: Model, T: int, context, capacity, batch, layers, steps, options):
+    """A call of the compiled ``steps`` passes over T positions that carries its donated cache from
+    call to call (each run owns its cache)."""
+    tokens, positions, cache = inputs = _step_inputs(model, T, context, capacity, batch, layers)
+    program = _compile_steps(model, inputs, layers, steps, options)
     state = {"cache": cache}
 
     def run():
@@ -150,23 +154,45 @@ def _stepper(model: Model, program, inputs):
     return run
 
 
-def builds_s(model: Model, T: int, *, context=256, capacity=512, steps=8, repeats=5, rounds=3) -> dict:
-    """{build: median seconds} of one pass over T positions compiled as each of ``kernels.BUILDS``,
-    the builds alternated for ``rounds`` rounds (``kernels.measured_build`` picks the faster)."""
-    runs = {}
-    for b in kernels.BUILDS:  # each with its own cache: a run donates it
-        inputs = _step_inputs(model, T, context, capacity, 1)
-        runs[b] = _stepper(model, _compile_steps(model, inputs, None, steps, kernels.OPTIONS[b]), inputs)
-    times = {b: [] for b in runs}
+def interleaved_s(runs: dict, repeats: int = 5, rounds: int = 3) -> dict:
+    """{label: seconds} of each run in ``runs`` ({label: fn}): ``median_s`` per round, the runs
+    alternated within each round, the median over ``rounds`` rounds (a minute's drift on a shared
+    machine moves every run alike instead of one)."""
+    times = {label: [] for label in runs}
     for _ in range(rounds):
-        for b, run in runs.items():
-            times[b].append(median_s(run, repeats) / steps)
-    return {b: float(np.median(t)) for b, t in times.items()}
+        for label, run in runs.items():
+            times[label].append(median_s(run, repeats))
+    return {label: float(np.median(t)) for label, t in times.items()}
+
+
+def passes_s(
+    model: Model, widths, *, narrow=False, context=256, capacity=512, batch=1, steps=8, repeats=5, rounds=3
+) -> dict:
+    """{T: seconds} of one pass over T positions for each of ``widths`` (built as ``forward_s``
+    builds them) and, with ``narrow``, {"narrow": seconds} of the one-position pass of a
+    speculative loop; the passes ``interleaved_s``."""
+    specs = {T: (T, _options(model, T, None, None)) for T in widths}
+    if narrow:
+        specs["narrow"] = (1, _options(model, 1, None, True))
+    runs = {
+        label: _pass_run(model, T, context, capacity, batch, None, steps, options)
+        for label, (T, options) in specs.items()
+    }
+    return {label: s / steps for label, s in interleaved_s(runs, repeats, rounds).items()}
+
+
+def builds_s(model: Model, T: int, *, context=256, capacity=512, steps=8, repeats=5, rounds=3) -> dict:
+    """{build: seconds} of one pass over T positions compiled as each of ``kernels.BUILDS``,
+    ``interleaved_s`` (``kernels.measured_build`` picks the faster)."""
+    runs = {
+        b: _pass_run(model, T, context, capacity, 1, None, steps, kernels.OPTIONS[b]) for b in kernels.BUILDS
+    }
+    return {b: s / steps for b, s in interleaved_s(runs, repeats, rounds).items()}
 
 
 def verify_cost(model: Model, widths=(1, 2, 3, 4, 5, 6, 8, 12, 16), **kw) -> tuple[VerifyCost, dict]:
-    """The measured r(T) and the raw latencies {T: seconds}."""
-    latencies = {T: forward_s(model, T, **kw) for T in widths}
+    """The measured r(T) and the raw latencies {T: seconds} (``passes_s``)."""
+    latencies = passes_s(model, widths, **kw)
     return VerifyCost.from_latencies(latencies), latencies
 
 
@@ -217,11 +243,12 @@ def draft_cost_ratio(
     context: int = 256,
     capacity: int = 512,
     batch: int = 1,
-    repeats=20,
+    repeats=7,
+    rounds=3,
     steps=8,
 ) -> float:
-    """c: median seconds of one drafting step of one token (``propose`` + ``commit``) over one
-    target decode step, both timed as ``steps`` calls inside one compiled loop (no per-call
+    """c: seconds of one drafting step of one token (``propose`` + ``commit``) over one target
+    decode step, both timed as ``steps`` calls inside one compiled loop, ``interleaved_s`` (no per-call
     dispatch, as in ``decode_loop``; timing a lone jitted call would add the dispatch, which on
     a GPU is a large share of a step). A tree drafter: one whole tree of depth <= gamma per
     proposal, divided by its depth (``drafter.depth(gamma)``: its draft forward passes)."""
@@ -245,10 +272,11 @@ def draft_cost_ratio(
     if tree_size(drafter, gamma) is not None:
         args = (drafter, state, ctx, key, hidden(gamma + 1))
         program = _tree_steps.lower(*args, gamma, steps=steps).compile(compiler_options=options)
-        draft = median_s(lambda: program(*args), repeats) / steps / drafter.depth(gamma)
+        passes = steps * drafter.depth(gamma)
     else:
         args = (drafter, state, ctx, key, hidden(2))
         program = _draft_steps.lower(*args, steps=steps).compile(compiler_options=options)
-        draft = median_s(lambda: program(*args), repeats) / steps
-    step = forward_s(target, 1, context=context, capacity=capacity, batch=batch, steps=steps, repeats=repeats)
-    return draft / step
+        passes = steps
+    step = _pass_run(target, 1, context, capacity, batch, None, steps, {})
+    seconds = interleaved_s({"draft": lambda: program(*args), "step": step}, repeats, rounds)
+    return (seconds["draft"] / passes) / (seconds["step"] / steps)

@@ -23,14 +23,14 @@ def test_costs_are_measured_once_then_read_back(tiny, tmp_path, monkeypatch):
 
     timed = []
 
-    def forward_s(model, T, **_):
-        timed.append(T)
-        return 1.0
+    def passes_s(model, widths, narrow=False, **_):
+        timed.extend(widths)
+        return {T: 1.0 for T in widths}
 
     def draft_cost_ratio(*args, **kw):
         raise AssertionError("c was cached")
 
-    monkeypatch.setattr(timing, "forward_s", forward_s)
+    monkeypatch.setattr(timing, "passes_s", passes_s)
     monkeypatch.setattr(timing, "draft_cost_ratio", draft_cost_ratio)
     assert costs.measure(tiny, ngram, gamma=3, **kw) == first  # nothing timed
     assert timed == []
@@ -64,22 +64,43 @@ def test_the_narrow_pass_is_timed_where_its_kernels_differ(tiny, tmp_path, monke
     speculative loop (the narrow pass), stores it and puts it in r.narrow; with the same kernels
     it times no narrow pass and r.narrow is 1."""
     timed = []
-    seconds = {(1, None): 1.0, (2, None): 1.5, (1, True): 1.25}
 
-    def forward_s(model, T, speculative=None, **_):
-        timed.append((T, speculative))
-        return seconds[T, speculative]
+    def passes_s(model, widths, narrow=False, **_):
+        timed.append((list(widths), narrow))
+        return {1: 1.0, 2: 1.5} | ({"narrow": 1.25} if narrow else {})
 
-    monkeypatch.setattr(timing, "forward_s", forward_s)
+    monkeypatch.setattr(timing, "passes_s", passes_s)
     monkeypatch.setenv(kernels.ENV, "default")
     plain = costs.measure(tiny, None, gamma=1, cache=costs.CostCache(tmp_path / "default.json"))
-    assert timed == [(1, None), (2, None)] and plain.narrow_s is None and plain.r.narrow == 1.0
+    assert timed == [([1, 2], False)] and plain.narrow_s is None and plain.r.narrow == 1.0
 
     monkeypatch.setenv(kernels.ENV, "eigen")
     cache = costs.CostCache(tmp_path / "eigen.json")
     eigen = costs.measure(tiny, None, gamma=1, cache=cache)
-    assert timed[2:] == [(1, None), (2, None), (1, True)]
+    assert timed[1:] == [([1, 2], True)]
     assert eigen.r.narrow == 1.25 and eigen.r(2) == 1.5
     ((entry_key, entry),) = cache.read().items()
     assert entry["narrow"] == 1.25 and entry_key.endswith(" | verify=eigen")
-    assert costs.measure(tiny, None, gamma=1, cache=cache) == eigen and len(timed) == 5  # read back
+    assert costs.measure(tiny, None, gamma=1, cache=cache) == eigen and len(timed) == 2  # read back
+
+
+def test_interleaved_runs_alternate_within_each_round(monkeypatch):
+    """``timing.interleaved_s`` times every run once per round, in turn, and keeps the median over
+    the rounds: a slow minute in one round moves no run's result."""
+    calls, seconds = [], iter([1.0, 2.0, 9.0, 9.0, 1.2, 2.2, 1.1, 2.1])  # round 2 is slow for both
+
+    def median_s(run, repeats):
+        calls.append(run())
+        return next(seconds)
+
+    monkeypatch.setattr(timing, "median_s", median_s)
+    got = timing.interleaved_s({"a": lambda: "a", "b": lambda: "b"}, repeats=3, rounds=4)
+    assert calls == ["a", "b"] * 4 and got == {"a": pytest.approx(1.15), "b": pytest.approx(2.15)}
+
+
+def test_passes_are_timed_with_their_builds(tiny, monkeypatch):
+    """``timing.passes_s`` times each width and the narrow pass on the real programs: positive
+    seconds, labelled by width, the narrow pass apart."""
+    monkeypatch.setenv(kernels.ENV, "eigen")
+    got = timing.passes_s(tiny, [1, 3], narrow=True, context=16, capacity=32, steps=2, repeats=2, rounds=1)
+    assert sorted(got, key=str) == [1, 3, "narrow"] and all(0 < s < 1 for s in got.values())
