@@ -4,7 +4,7 @@ On XLA:CPU (jax 0.10) a product of one position against a weight is XLA's own ma
 kernel, and a product of T >= 2 positions goes to YNNPACK. Whether YNNPACK or XLA's Eigen kernels
 read the weights faster at T >= 2 depends on the processor (docs/benchmarks.md, "Kernels per
 program"): on the 2-core AVX2 VM a verify pass over 5 positions cost 2.8 decode steps with
-YNNPACK and 1.7 with Eigen; on a 2-core AVX-512 VM it cost 1.4 with YNNPACK and 1.9 with Eigen.
+YNNPACK and 1.7 with Eigen; on a 2-core AVX-512 VM it cost 1.3 with YNNPACK and 1.6 with Eigen.
 A decode step is 13-23% slower without YNNPACK's fusions on both, so autoregressive loops and
 prefills always keep XLA's defaults; the programs that verify T >= 2 positions (the speculative
 decode loops, and the timing programs that stand for them) are compiled with ``verify_options``.
@@ -48,7 +48,8 @@ def machine() -> str:
 
 
 def _processor() -> str:
-    """ "x86_64 AMD EPYC (family 25 model 17, avx512)" from /proc/cpuinfo where it exists."""
+    """The processor, as in "x86_64 AMD EPYC (family 25 model 17, avx512)", from /proc/cpuinfo
+    where it exists (else the architecture alone)."""
     arch = platform.machine()
     try:
         info = Path("/proc/cpuinfo").read_text()
@@ -93,9 +94,6 @@ def cache_path() -> Path:
     return cache_dir() / CACHE_FILE
 
 
-_MEASURED: dict[str, dict] = {}  # this process's reads of the file, by key
-
-
 def model_key(model) -> str:
     """The file's key for ``model`` on this machine: the machine, jax's version and the model's
     name, dtype and shape."""
@@ -109,18 +107,15 @@ def measured_build(model) -> dict:
     ``PROBE_T`` positions (``timing.builds_s``): from ``cache_path()`` where it holds them, else
     timed now (under the file's lock, so concurrent processes time it once and never time each
     other) and stored."""
-    entry_key = model_key(model)
-    if entry_key not in _MEASURED:
-        from specdec import timing
+    from specdec import timing
 
-        def measure(entry):
-            if entry is not None:
-                return entry
-            seconds = timing.builds_s(model, PROBE_T)
-            return {"build": min(seconds, key=seconds.get)} | {f"{b}_s": s for b, s in seconds.items()}
+    def measure(entry):
+        if entry is not None:  # another process timed it while this one waited for the lock
+            return entry
+        seconds = timing.builds_s(model, PROBE_T)
+        return {"build": min(seconds, key=seconds.get)} | {f"{b}_s": s for b, s in seconds.items()}
 
-        valid = lambda entry: isinstance(entry, dict) and entry.get("build") in BUILDS
-        form = f'a {{key: {{"build": one of {", ".join(BUILDS)}, ...}}}} object'
-        choices = JsonFile(cache_path(), valid, "kernel choices", form)
-        _MEASURED[entry_key] = choices.update(entry_key, measure)
-    return _MEASURED[entry_key]
+    valid = lambda entry: isinstance(entry, dict) and entry.get("build") in BUILDS
+    form = f'a {{key: {{"build": one of {", ".join(BUILDS)}, ...}}}} object'
+    choices, entry_key = JsonFile(cache_path(), valid, "kernel choices", form), model_key(model)
+    return choices.read().get(entry_key) or choices.update(entry_key, measure)
