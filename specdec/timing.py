@@ -174,20 +174,23 @@ def passes_s(
     specs = {T: (T, _options(model, T, None, None)) for T in widths}
     if narrow:
         specs["narrow"] = (1, _options(model, 1, None, True))
-    runs = {
-        label: _pass_run(model, T, context, capacity, batch, None, steps, options)
-        for label, (T, options) in specs.items()
-    }
-    return {label: s / steps for label, s in interleaved_s(runs, repeats, rounds).items()}
+    return _labelled_passes_s(model, specs, context, capacity, batch, steps, repeats, rounds)
 
 
 def builds_s(model: Model, T: int, *, context=256, capacity=512, steps=8, repeats=5, rounds=3) -> dict:
     """{build: seconds} of one pass over T positions compiled as each of ``kernels.BUILDS``,
     ``interleaved_s`` (``kernels.measured_build`` picks the faster)."""
+    specs = {b: (T, kernels.OPTIONS[b]) for b in kernels.BUILDS}
+    return _labelled_passes_s(model, specs, context, capacity, 1, steps, repeats, rounds)
+
+
+def _labelled_passes_s(model: Model, specs: dict, context, capacity, batch, steps, repeats, rounds) -> dict:
+    """{label: seconds of one pass} for ``specs`` {label: (T, compiler options)}, ``interleaved_s``."""
     runs = {
-        b: _pass_run(model, T, context, capacity, 1, None, steps, kernels.OPTIONS[b]) for b in kernels.BUILDS
+        label: _pass_run(model, T, context, capacity, batch, None, steps, options)
+        for label, (T, options) in specs.items()
     }
-    return {b: s / steps for b, s in interleaved_s(runs, repeats, rounds).items()}
+    return {label: s / steps for label, s in interleaved_s(runs, repeats, rounds).items()}
 
 
 def verify_cost(model: Model, widths=(1, 2, 3, 4, 5, 6, 8, 12, 16), **kw) -> tuple[VerifyCost, dict]:
