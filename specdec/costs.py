@@ -84,7 +84,8 @@ def measure(
         raise ValueError("costs.measure: a drafter's c is cached under its drafter_key; none given")
     capacity = capacity_for(context, 64, MAX_GAMMA)
     kw = dict(context=context, capacity=capacity, batch=batch, repeats=repeats, rounds=rounds)
-    entry = {"latencies": {}, "c": {}} if cache is None else cache.read().get(key(target, batch, context), {})
+    entry_key = key(target, batch, context)
+    entry = {"latencies": {}, "c": {}} if cache is None else cache.read().get(entry_key, {})
     latencies = {int(T): s for T, s in entry.get("latencies", {}).items()}
     c_cached = entry.get("c", {}).get(drafter_key) if drafter_key else None
 
@@ -109,5 +110,5 @@ def measure(
                 old["c"][drafter_key] = c
             return old
 
-        cache.update(key(target, batch, context), change)
+        cache.update(entry_key, change)
     return Costs(latencies, c, narrow)
