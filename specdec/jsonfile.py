@@ -4,6 +4,7 @@ such an object is named in a ValueError and never overwritten."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from collections.abc import Callable
@@ -38,7 +39,7 @@ class JsonFile:
         with FileLock(f"{self.path}.lock"):
             data = self.read()
             old = data.get(key)
-            data[key] = change(None if old is None else json.loads(json.dumps(old)))
+            data[key] = change(copy.deepcopy(old))  # ``change`` may edit its argument in place
             if data[key] != old:
                 tmp = self.path.with_name(f".{self.path.name}.tmp")
                 tmp.write_text(json.dumps(data, indent=1, sort_keys=True))

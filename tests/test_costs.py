@@ -36,6 +36,8 @@ def test_costs_are_measured_once_then_read_back(tiny, tmp_path, monkeypatch):
     assert timed == []
     longer = costs.measure(tiny, ngram, gamma=5, **kw)  # only the widths not yet measured
     assert timed == [5, 6] and longer.latencies == {**first.latencies, 5: 1.0, 6: 1.0}
+    (stored,) = cache.read().values()  # the entry changed in place is written
+    assert sorted(stored["latencies"]) == ["1", "2", "3", "4", "5", "6"]
     costs.measure(tiny, None, gamma=1, batch=2, context=32, cache=cache)  # another batch: another entry
     assert timed == [5, 6, 1, 2]
     entries = json.loads(cache.path.read_text())
