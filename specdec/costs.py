@@ -1,13 +1,14 @@
-"""Measured step costs for the cost model, cached per machine, model, dtype, batch, context and
-verify build (``kernels.verify_build``).
+"""Measured step costs for the cost model, cached per machine, software (jax and the forward's
+revision, ``kernels.software``), model, dtype, batch, context and verify build
+(``kernels.verify_build``).
 
 ``specdec.theory`` predicts a speedup from alpha, gamma, c and r(T); the last two are times on a
 machine. ``measure`` times them (``specdec.timing``: medians inside one compiled loop, the widths
-alternated over rounds) the first time a (machine, target, dtype, batch, context, build) is asked
+alternated over rounds) the first time a (machine, software, target, dtype, batch, context, build) is asked
 for, and keeps them in a JSON file, so every job of a sweep, and the figures drawn later, predict
 from one measurement:
 
-    {"<machine> | <target> | <dtype> | B=<batch> | S=<context> | verify=<build>":
+    {"<machine> | <software> | <target> | <dtype> | B=<batch> | S=<context> | verify=<build>":
         {"latencies": {"1": s, "2": s, ...},   # one target pass over T positions, seconds
          "narrow": s,                          # T = 1 inside a speculative program (kernels)
          "c": {"<drafter key>": c, ...}}       # one drafting step / one target step
@@ -52,7 +53,8 @@ def key(target, batch: int, context: int) -> str:
     """The cache key of ``target``'s costs at this batch and context on this machine."""
     dtype = str(target.dtype) + (f"/{target.quant}" if target.quant else "")
     build = kernels.verify_build(target)
-    return f"{kernels.machine()} | {target.name} | {dtype} | B={batch} | S={context} | verify={build}"
+    where = f"{kernels.machine()} | {kernels.software()}"
+    return f"{where} | {target.name} | {dtype} | B={batch} | S={context} | verify={build}"
 
 
 class CostCache(JsonFile):

@@ -12,7 +12,7 @@ decode loops, and the timing programs that stand for them) are compiled with ``v
 ``SPECDEC_VERIFY_KERNELS`` picks their build:
 
 - ``auto`` (the default): the faster of the two for the model's pass over ``PROBE_T`` positions,
-  timed once per machine, jax version and model (a few seconds) and kept in
+  timed once per machine, jax version, forward revision and model (a few seconds) and kept in
   ``<specdec cache>/kernels.json``;
 - ``eigen``: YNNPACK's fusions off (XLA's Eigen kernels for the products);
 - ``default``: XLA's defaults, as every other program.
@@ -30,6 +30,7 @@ from pathlib import Path
 import jax
 
 from specdec.jsonfile import JsonFile
+from specdec.models import transformer
 
 ENV = "SPECDEC_VERIFY_KERNELS"
 BUILDS = ("eigen", "default")
@@ -94,12 +95,18 @@ def cache_path() -> Path:
     return cache_dir() / CACHE_FILE
 
 
+def software() -> str:
+    """The code a timing measures, as a cache key: jax's version and the forward's revision
+    (``models.transformer.REVISION``), so a timing is never read for code it did not run."""
+    return f"jax {jax.__version__} | forward r{transformer.REVISION}"
+
+
 def model_key(model) -> str:
-    """The file's key for ``model`` on this machine: the machine, jax's version and the model's
+    """The file's key for ``model`` on this machine: the machine, the software and the model's
     name, dtype and shape."""
     c, dtype = model.config, str(model.dtype) + (f"/{model.quant}" if model.quant else "")
     shape = f"V={c.vocab_size} D={c.dim} L={c.n_layers} H={c.n_heads}/{c.n_kv_heads} F={c.ffn_dim}"
-    return f"{machine()} | jax {jax.__version__} | {model.name} {dtype} {shape}"
+    return f"{machine()} | {software()} | {model.name} {dtype} {shape}"
 
 
 def measured_build(model) -> dict:

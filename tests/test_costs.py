@@ -5,7 +5,7 @@ import json
 import pytest
 
 from specdec import costs, drafters, kernels, timing
-from specdec.models import Model, tiny_config
+from specdec.models import Model, tiny_config, transformer
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +43,9 @@ def test_costs_are_measured_once_then_read_back(tiny, tmp_path, monkeypatch):
     entries = json.loads(cache.path.read_text())
     assert sorted(key.split(" | ")[-3] for key in entries) == ["B=1", "B=2"]
     assert all(" | tiny | float32 | " in key for key in entries)
+    monkeypatch.setattr(transformer, "REVISION", transformer.REVISION + 1)  # the forward changed
+    costs.measure(tiny, None, gamma=1, batch=2, context=32, cache=cache)  # measured again
+    assert timed == [5, 6, 1, 2, 1, 2] and len(cache.read()) == 3
 
 
 def test_a_corrupt_cost_cache_is_named_and_kept(tiny, tmp_path):

@@ -7,7 +7,7 @@ import jax
 import pytest
 
 from specdec import kernels, timing
-from specdec.models import Model, tiny_config
+from specdec.models import Model, tiny_config, transformer
 
 
 @pytest.fixture
@@ -42,6 +42,10 @@ def test_auto_picks_the_faster_build_per_model_and_keeps_it(kernel_file, monkeyp
     assert stored[kernels.model_key(wider)]["build"] == "eigen"
     assert kernels.verify_options(tiny) == {} and kernels.verify_options(wider) == {kernels.YNN: ""}
     assert len(calls) == 2  # read back, nothing timed again
+    monkeypatch.setattr(transformer, "REVISION", transformer.REVISION + 1)  # another forward
+    assert kernels.verify_options(tiny) == {kernels.YNN: ""} and len(calls) == 3  # timed again
+    monkeypatch.setattr(jax, "__version__", "0.0.1")  # another jax
+    assert kernels.verify_options(tiny) == {kernels.YNN: ""} and len(calls) == 4
 
 
 def test_the_environment_decides_before_any_measurement(kernel_file, monkeypatch):

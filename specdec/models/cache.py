@@ -17,7 +17,7 @@ class KVCache:
 
     k:        tuple of L arrays [B Hkv, S, Dh]   keys, one array per cached layer: row b's KV head
                                                  h is entry b Hkv + h; S = capacity slots per row
-    v:        tuple of L arrays [B Hkv, Dh, S]   values, slots the minor axis
+    v:        tuple of L arrays [B Hkv, S, Dh]   values, the same layout
     lengths:  [B] int32                          valid slots per row; row b's next token goes to
                                                  slot lengths[b]
 
@@ -26,9 +26,11 @@ class KVCache:
     stale slots are overwritten by the next append and are never attended to,
     because a query only sees slots before its own.
 
-    The layouts are what XLA:CPU's attention products read as they are: keys [S, Dh] and values
-    [Dh, S] per head, rows and heads merged into the products' one batch axis (a [B, Hkv, ...]
-    buffer needs a reshape there, which made XLA copy every layer's cache at every step).
+    Per head, keys and values are [S, Dh] matrices, the right operands of the two attention
+    products q k^T and w v as they are; rows and heads are merged into the products' one batch
+    axis (a [B, Hkv, ...] buffer needs a reshape there, which made XLA copy every layer's cache at
+    every step). Values stored [Dh, S] instead (slots minor) made attention 1.1x slower at
+    B = 1 and 1.7x at B = 8, S = 2048 on XLA:CPU (docs/benchmarks.md).
     One array per layer (not one stacked [L, ...] array): XLA:CPU rewrites the whole
     operand of a scatter, so a stacked cache would copy every layer at every layer.
     """
@@ -41,10 +43,8 @@ class KVCache:
     def init(
         cls, n_layers: int, batch: int, n_kv_heads: int, capacity: int, head_dim: int, dtype=jnp.float32
     ):
-        k = tuple(jnp.zeros(key_shape(batch, n_kv_heads, capacity, head_dim), dtype) for _ in range(n_layers))
-        v = tuple(
-            jnp.zeros(value_shape(batch, n_kv_heads, capacity, head_dim), dtype) for _ in range(n_layers)
-        )
+        shape = entries_shape(batch, n_kv_heads, capacity, head_dim)
+        k, v = (tuple(jnp.zeros(shape, dtype) for _ in range(n_layers)) for _ in range(2))
         return cls(k, v, jnp.zeros((batch,), jnp.int32))
 
     @property
@@ -53,7 +53,7 @@ class KVCache:
 
     @property
     def capacity(self) -> int:
-        return self.v[0].shape[2]
+        return self.k[0].shape[_SLOTS]
 
     @property
     def batch(self) -> int:
@@ -71,19 +71,15 @@ class KVCache:
 
     @classmethod
     def block(cls, entries, lengths: jax.Array) -> KVCache:
-        """A cache holding only new entries: ``entries`` one (keys [B Hkv, T, Dh], values
-        [B Hkv, Dh, T]) pair per layer; ``lengths`` [B], the slots they follow (``append``
+        """A cache holding only new entries: ``entries`` one (keys, values) pair of
+        [B Hkv, T, Dh] per layer; ``lengths`` [B], the slots they follow (``append``
         writes them at the receiving cache's own lengths, the same ones in the decode loop)."""
         return cls(tuple(k for k, _ in entries), tuple(v for _, v in entries), lengths)
 
     def padded(self, width: int) -> KVCache:
         """This block with zero entries after its own, to ``width`` slots (a fixed shape)."""
-        pad = width - self.capacity
-        return dataclasses.replace(
-            self,
-            k=tuple(jnp.pad(k, ((0, 0), (0, pad), (0, 0))) for k in self.k),
-            v=tuple(jnp.pad(v, ((0, 0), (0, 0), (0, pad))) for v in self.v),
-        )
+        pad = lambda buffers: tuple(jnp.pad(x, ((0, 0), (0, width - self.capacity), (0, 0))) for x in buffers)
+        return dataclasses.replace(self, k=pad(self.k), v=pad(self.v))
 
     def append(self, block: KVCache) -> KVCache:
         """Write ``block``'s entries (a ``Transformer`` pass with ``write=False``) at slots
@@ -99,19 +95,20 @@ class KVCache:
         source = jnp.repeat(source, self.n_kv_heads, axis=0)  # [B Hkv, T]
         out = self
         for layer in range(self.n_layers):  # gather from the old buffers, write in place
-            keys = jnp.take_along_axis(self.k[layer], source[:, :, None], axis=_K_SLOTS)
-            values = jnp.take_along_axis(self.v[layer], source[:, None, :], axis=_V_SLOTS)
-            out = out.put(layer, keys, values)
+            entries = (
+                jnp.take_along_axis(x[layer], source[:, :, None], axis=_SLOTS) for x in (self.k, self.v)
+            )
+            out = out.put(layer, *entries)
         return out
 
     def put(self, layer: int, keys: jax.Array, values: jax.Array) -> KVCache:
-        """Write keys [B Hkv, T, Dh] and values [B Hkv, Dh, T] (the storage layouts, see
-        ``cache_layout``) of one layer at slots lengths[b] + t. Does not advance lengths (the
+        """Write keys and values [B Hkv, T, Dh] (the storage layout, see ``cache_layout``) of
+        one layer at slots lengths[b] + t. Does not advance lengths (the
         forward does that once, after all layers). Callers keep lengths[b] + T <= capacity
         (``generate`` sizes the capacity for it)."""
         B, H = self.batch, self.n_kv_heads
 
-        def one(buffers, new, axis):
+        def one(buffers, new):
             buffer = buffers[layer]
             new = new.astype(buffer.dtype)
             if B <= _IN_PLACE_MAX_BATCH:
@@ -119,37 +116,26 @@ class KVCache:
                 # rewrites the whole buffer. A block that would run past the capacity is clamped
                 # back by XLA; rows never write there (generate sizes the capacity).
                 for b in range(B):
-                    start = [b * H, 0, 0]
-                    start[axis] = self.lengths[b]
+                    start = (b * H, self.lengths[b], 0)
                     buffer = jax.lax.dynamic_update_slice(buffer, new[b * H : (b + 1) * H], start)
             else:  # large batches: one scatter (a per-row loop would unroll B updates per layer)
-                T = new.shape[axis]
-                slots = jnp.repeat(self.lengths, H)[:, None] + jnp.arange(T)[None, :]  # [B Hkv, T]
-                entries = jnp.arange(B * H)[:, None]
-                index = (entries, slots) if axis == _K_SLOTS else (entries, slice(None), slots)
-                buffer = buffer.at[index].set(jnp.moveaxis(new, axis, 1), mode="drop")
+                slots = jnp.repeat(self.lengths, H)[:, None] + jnp.arange(new.shape[_SLOTS])  # [B Hkv, T]
+                buffer = buffer.at[jnp.arange(B * H)[:, None], slots].set(new, mode="drop")
             return (*buffers[:layer], buffer, *buffers[layer + 1 :])
 
-        return dataclasses.replace(self, k=one(self.k, keys, _K_SLOTS), v=one(self.v, values, _V_SLOTS))
+        return dataclasses.replace(self, k=one(self.k, keys), v=one(self.v, values))
 
 
 def cache_layout(k: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """New keys and values [B, T, Hkv, Dh] in the storage layouts: keys [B Hkv, T, Dh], values
-    [B Hkv, Dh, T]."""
+    """New keys and values [B, T, Hkv, Dh] in the storage layout [B Hkv, T, Dh]."""
     B, T, H, D = k.shape
-    return jnp.transpose(k, (0, 2, 1, 3)).reshape(B * H, T, D), jnp.transpose(v, (0, 2, 3, 1)).reshape(
-        B * H, D, T
-    )
+    return tuple(jnp.transpose(x, (0, 2, 1, 3)).reshape(B * H, T, D) for x in (k, v))
 
 
-def key_shape(batch: int, n_kv_heads: int, capacity: int, head_dim: int) -> tuple[int, ...]:
-    """[B Hkv, S, Dh]: the score product q k^T reads each slot's key contiguously."""
+def entries_shape(batch: int, n_kv_heads: int, capacity: int, head_dim: int) -> tuple[int, ...]:
+    """[B Hkv, S, Dh]: one layer's keys, or its values (the products read each slot's entry
+    contiguously)."""
     return (batch * n_kv_heads, capacity, head_dim)
 
 
-def value_shape(batch: int, n_kv_heads: int, capacity: int, head_dim: int) -> tuple[int, ...]:
-    """[B Hkv, Dh, S]: the weighted sum over slots reads each value channel contiguously."""
-    return (batch * n_kv_heads, head_dim, capacity)
-
-
-_K_SLOTS, _V_SLOTS = 1, 2  # the slot axis of each layout
+_SLOTS = 1  # the slot axis of the layout

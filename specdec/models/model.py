@@ -13,7 +13,7 @@ from jax.sharding import NamedSharding
 
 from specdec import sharding
 from specdec.models import quant as q
-from specdec.models.cache import KVCache, key_shape, value_shape
+from specdec.models.cache import KVCache, entries_shape
 from specdec.models.config import ModelConfig
 from specdec.models.transformer import Embedding, Linear, Transformer
 
@@ -219,8 +219,8 @@ class Model:
             where = NamedSharding(self.mesh, sharding.fit(sharding.cache_spec(), shape, self.mesh))
             return tuple(jnp.zeros(shape, self.dtype, device=where) for _ in range(n))
 
-        shape = (batch, c.n_kv_heads, capacity, c.head_dim)
-        return KVCache(zeros(key_shape(*shape)), zeros(value_shape(*shape)), lengths)
+        shape = entries_shape(batch, c.n_kv_heads, capacity, c.head_dim)
+        return KVCache(zeros(shape), zeros(shape), lengths)
 
     def apply(self, params, tokens, positions, cache, **kwargs):
         """Jitted pure forward (see ``Transformer.__call__``): -> (logits [B,T,V], cache, hidden)."""

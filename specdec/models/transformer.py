@@ -28,6 +28,10 @@ from specdec.models.config import ModelConfig
 from specdec.models.quant import QuantizedWeight
 
 _NEG_INF = -1e30
+# The forward program's revision: measured costs and kernel choices are keyed by it
+# (``kernels.software``). Bump it with a change that moves the forward's speed.
+# 2: values stored [B Hkv, S, Dh] (were [B Hkv, Dh, S]).
+REVISION = 2
 
 
 class RMSNorm(nnx.Module):
@@ -164,7 +168,7 @@ class Attention(nnx.Module):
     def __call__(self, x, cache: KVCache, cache_layer: int, visible, rope, write: bool = True):
         """x [B, T, D]; visible [B, T, S] bool (``write``) or [B, T, S + T]; rope (cos, sin)
         -> (out [B, T, D], cache with this layer's new keys and values written; without ``write``,
-        the cache as it is and the new keys [B Hkv, T, Dh] and values [B Hkv, Dh, T] apart)."""
+        the cache as it is and the new keys and values [B Hkv, T, Dh] apart)."""
         cfg = self.cfg
         B, T, _ = x.shape
         q = self.q_proj(x).reshape(B, T, cfg.n_heads, cfg.head_dim)
@@ -190,8 +194,8 @@ class Attention(nnx.Module):
         weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(B * H, T * G, -1)
         out, start = 0.0, 0
         for _, values in blocks:  # [B Hkv, T G, Dh]: each block's values weighted by its slots
-            width = values.shape[2]
-            out = out + jnp.einsum("nqs,nds->nqd", weights[..., start : start + width], values)
+            width = values.shape[1]
+            out = out + jnp.einsum("nqs,nsd->nqd", weights[..., start : start + width], values)
             start += width
         out = out.reshape(B, H, T, G, cfg.head_dim).transpose(0, 2, 1, 3, 4)
         out = out.reshape(B, T, cfg.n_heads * cfg.head_dim)
