@@ -6,6 +6,7 @@ specdec.theory) and the ratio of the T = 1 step to the memory-bandwidth floor:
 bytes of weights read per step / read bandwidth measured in this same process.
 
     python experiments/bench_forward.py [--model smollm2-135m-instruct] [--repeats 30] [--dtype float32]
+    python experiments/bench_forward.py --batch 8 --context 1984 --capacity 2048 --widths 1 5
     python experiments/bench_forward.py --compare-kernels [--rounds 3]   # Eigen's kernels and XLA's
 """
 
@@ -41,6 +42,10 @@ def main():
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--context", type=int, default=256, help="tokens already in the cache")
     parser.add_argument("--capacity", type=int, default=512)
+    parser.add_argument("--batch", type=int, default=1, help="rows per pass")
+    parser.add_argument(
+        "--widths", type=int, nargs="+", default=[1, 2, 3, 4, 5, 6, 8, 12, 16], help="T values (with 1)"
+    )
     parser.add_argument(
         "--compare-kernels",
         action="store_true",
@@ -48,17 +53,24 @@ def main():
     )
     parser.add_argument("--rounds", type=int, default=3, help="rounds of --compare-kernels")
     args = parser.parse_args()
+    if 1 not in args.widths:
+        parser.error("--widths must include 1 (r(T) is relative to the one-position step)")
+    if args.context + max(args.widths) > args.capacity:
+        parser.error(f"--context {args.context} plus the widest pass must fit --capacity {args.capacity}")
 
     model = specdec.load_model(args.model, dtype=jnp.dtype(args.dtype))
     weight_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(model.params))
     bandwidth = read_bandwidth()
     print(
         f"device: {jax.devices()[0].device_kind}, model {args.model} ({args.dtype}), "
-        f"weights {weight_bytes / 1e6:.0f} MB, read bandwidth {bandwidth / 1e9:.1f} GB/s"
+        f"weights {weight_bytes / 1e6:.0f} MB, read bandwidth {bandwidth / 1e9:.1f} GB/s; "
+        f"batch {args.batch}, {args.context} tokens cached, capacity {args.capacity}"
     )
 
     steps = 8  # passes per compiled loop, as verify_cost times them
-    program = step_program(model, 1, context=args.context, capacity=args.capacity, steps=steps)
+    program = step_program(
+        model, 1, context=args.context, capacity=args.capacity, batch=args.batch, steps=steps
+    )
     ops = collections.Counter(op for op, _ in thunks(program))
     top = ", ".join(f"{op} {n}" for op, n in ops.most_common(6))
     print(f"thunks per T=1 step (loop body and entry): {sum(ops.values())} ({top})")
@@ -67,7 +79,13 @@ def main():
         compare_kernels(model, args, steps)
         return
     _, results = verify_cost(
-        model, context=args.context, capacity=args.capacity, repeats=args.repeats, steps=steps
+        model,
+        sorted(set(args.widths)),
+        context=args.context,
+        capacity=args.capacity,
+        batch=args.batch,
+        repeats=args.repeats,
+        steps=steps,
     )
 
     floor = weight_bytes / bandwidth
@@ -82,7 +100,9 @@ def compare_kernels(model, args, steps, widths=(1, 2, 3, 5, 8)):
     """r(T) with the two verify builds (``specdec.kernels``), Eigen and XLA's defaults, the two
     alternated per width for ``args.rounds`` rounds; medians over the rounds."""
     times = {choice: collections.defaultdict(list) for choice in kernels.BUILDS}
-    kw = dict(context=args.context, capacity=args.capacity, repeats=args.repeats, steps=steps)
+    kw = dict(
+        context=args.context, capacity=args.capacity, batch=args.batch, repeats=args.repeats, steps=steps
+    )
     for _ in range(args.rounds):
         for T in widths:
             for choice in kernels.BUILDS:
