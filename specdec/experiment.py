@@ -29,7 +29,7 @@ import dataclasses
 import jax
 import numpy as np
 
-from specdec import costs, drafters, metrics, results, tasks, theory
+from specdec import costs, drafters, kernels, metrics, results, tasks, theory
 from specdec.config import AUTO, DrafterConfig, RunConfig, check_dtype
 from specdec.drafters.base import tree_size
 from specdec.generation import generate_warm
@@ -202,6 +202,7 @@ def _row(config: dict, run_id: str, question, stats: dict, **measured) -> dict:
         time=results.utc_now(),
         git_commit=results.git_commit(),
         jax_version=jax.__version__,
+        machine=kernels.machine(),
         category=question.category,
         prompt_tokens=stats["prompt_tokens"],
         new_tokens=stats["new_tokens"],
@@ -281,7 +282,15 @@ def run(prepared: Prepared, progress=None) -> list[dict]:
             stats = generate_turns(target, q, **shape, **loop)
             no_costs = dict(cost_ratio_c=0.0, verify_cost_r=None, predicted_speedup=None)
             baseline = _row(
-                base_config, run_id, q, stats, speedup=1.0, decode_speedup=1.0, **no_costs, **shape
+                base_config,
+                run_id,
+                q,
+                stats,
+                speedup=1.0,
+                decode_speedup=1.0,
+                verify_build="default",  # an autoregressive loop keeps XLA's defaults
+                **no_costs,
+                **shape,
             )
             baseline["baseline_tokens_per_s"] = baseline["tokens_per_s"]
             append([baseline])
@@ -303,6 +312,7 @@ def run(prepared: Prepared, progress=None) -> list[dict]:
                 **shape,
                 **_prediction(drafter, gamma, stats, measured),
                 decode_speedup=_decode_speedup(baseline, stats),
+                verify_build=kernels.verify_build(target),
             )
             row["baseline_tokens_per_s"] = baseline["tokens_per_s"]
             row["speedup"] = row["tokens_per_s"] / baseline["tokens_per_s"]

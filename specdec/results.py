@@ -61,12 +61,17 @@ Schema (``COLUMNS``, in this order; every row has exactly these keys). Non-finit
                                   prompts (a program of its own, timed in the same calls); null in V4
     decode_speedup         float  (baseline wall_s - prefill_s) / (wall_s - prefill_s): the speedup
                                   of decoding alone, which predicted_speedup predicts; null if unknown
+    machine                str    the machine as the cost and kernel caches key it (kernels.machine():
+                                  device kind and count, processor, vector extension); null in V5
+    verify_build           str    the XLA build of the row's decode loop (kernels.BUILDS): "default"
+                                  for autoregressive rows, kernels.verify_build for speculative ones;
+                                  null in V5
 
-Stores written before the last eight columns existed stay readable: such a row is upgraded on
+Stores written before dtype ... baseline_hash existed stay readable: such a row is upgraded on
 read (``config`` and ``baseline_hash`` null, ``config_hash`` derived from its old columns with a
 "v1-" prefix, so it never matches, and is never reused for, a configuration measured today).
-Rows written before accept_by_rank, before batch ... predicted_speedup, or before verified ...
-decode_speedup, read with those null (batch 1).
+Rows written before accept_by_rank, before batch ... predicted_speedup, before verified ...
+decode_speedup, or before machine and verify_build, read with those null (batch 1).
 
 Writing: ``append`` validates every row first (nothing is written if one is bad), then, under
 an exclusive ``filelock`` on the sidecar ``<path>.lock``, writes the whole block with one
@@ -145,13 +150,17 @@ COLUMNS = (
     "verified",
     "prefill_s",
     "decode_speedup",
+    "machine",
+    "verify_build",
 )
 V1_COLUMNS = COLUMNS[:28]  # the schema before the configuration identity columns
 V2_COLUMNS = COLUMNS[:36]  # the schema before accept_by_rank
 V3_COLUMNS = COLUMNS[:37]  # the schema before batch, context and the cost model's prediction
 V4_COLUMNS = COLUMNS[:41]  # the schema before verified, prefill_s and decode_speedup
+V5_COLUMNS = COLUMNS[:44]  # the schema before machine and verify_build
 NEW_IN_V4 = dict(batch=1, context=None, verify_cost_r=None, predicted_speedup=None)
 NEW_IN_V5 = dict(verified=None, prefill_s=None, decode_speedup=None)
+NEW_IN_V6 = dict(machine=None, verify_build=None)
 V1_CONFIG_COLUMNS = (
     "device",
     "target",
@@ -210,6 +219,7 @@ def _upgrade_v1(row: dict) -> dict:
         accept_by_rank=None,
         **NEW_IN_V4,
         **NEW_IN_V5,
+        **NEW_IN_V6,
     )
     return {c: upgraded[c] for c in COLUMNS}
 
@@ -288,8 +298,8 @@ def _decode_row(line: bytes) -> tuple[dict | None, str | None]:
             return _upgrade_v1(row), None
         except (TypeError, ValueError, AttributeError) as e:
             return None, f"a row of the first schema that cannot be read ({e})"
-    if set(row) in (set(V2_COLUMNS), set(V3_COLUMNS), set(V4_COLUMNS)):
-        row = dict(dict(accept_by_rank=None, **NEW_IN_V4, **NEW_IN_V5), **row)
+    if set(row) in (set(V2_COLUMNS), set(V3_COLUMNS), set(V4_COLUMNS), set(V5_COLUMNS)):
+        row = dict(dict(accept_by_rank=None, **NEW_IN_V4, **NEW_IN_V5, **NEW_IN_V6), **row)
         return {c: row[c] for c in COLUMNS}, None
     missing = [c for c in COLUMNS if c not in row]
     unknown = [c for c in row if c not in COLUMNS]

@@ -60,6 +60,8 @@ def make_row(**overrides) -> dict:
         verified=160,
         prefill_s=0.05,
         decode_speedup=2.1,
+        machine="cpu x1, x86_64 AMD EPYC (family 25 model 17, avx512) 2 cpus",
+        verify_build="default",
     )
     row.update(overrides)
     config = {k: row[k] for k in IDENTITY}

@@ -15,7 +15,7 @@ from conftest import compose, run_experiment, store_overrides
 from hydra.utils import instantiate
 
 import specdec
-from specdec import acceptance, config, costs, experiment, results, sampling, tasks, theory
+from specdec import acceptance, config, costs, experiment, kernels, results, sampling, tasks, theory
 from specdec.drafters.base import tree_size
 from specdec.models import Model
 from specdec.results import ResultsStore
@@ -212,6 +212,8 @@ def test_sweep_writes_one_row_per_prompt_and_config(tiny_sweep):
         assert r["baseline_tokens_per_s"] == base["tokens_per_s"]
         assert r["speedup"] == pytest.approx(r["tokens_per_s"] / base["tokens_per_s"])
         assert r["new_tokens"] == base["new_tokens"]  # greedy: the same tokens, losslessly
+        assert r["verify_build"] in kernels.BUILDS and base["verify_build"] == "default"
+    assert {r["machine"] for r in rows} == {kernels.machine()}
     summaries = list((out / "runs").rglob("summary.json"))
     assert len(summaries) == 2
     assert json.loads(summaries[0].read_text())["summary"]["all"]["prompts"] == 6
@@ -346,22 +348,25 @@ def test_context_prompt_fills_the_context_with_documents(tiny):
         experiment.context_prompt(tiny, question, 16)
 
 
-def test_a_batch_and_context_run_with_gamma_chosen_by_the_cost_model(tmp_path):
+def test_a_batch_and_context_run_with_gamma_chosen_by_the_cost_model(tmp_path, monkeypatch):
     """batch=2 context=96 drafter.gamma=auto: copies of the prompt decoded together after documents,
     lossless; gamma = theory.optimal_gamma from the costs measured (and cached) at this batch and
-    context and the pilot's alpha; each method row carries r(gamma + 1) and its prediction."""
+    context and the pilot's alpha; each method row carries r(gamma + 1) and its prediction (with the
+    Eigen verify build forced, so the narrow pass enters it) and the build its loop ran."""
     common = ["model=tiny", "task.categories=[qa]", "task.per_category=1", "max_new_tokens=6"]
     overrides = [*common, *store_overrides(tmp_path), "drafter=ngram", "drafter.gamma=auto"]
     prepared = run_script.prepare(compose("run", [*overrides, "batch=2", "context=96"]))
+    monkeypatch.setenv(kernels.ENV, "eigen")
     experiment.run(prepared)
     base, row = ResultsStore(tmp_path / "results.jsonl").rows()
+    assert (base["verify_build"], row["verify_build"]) == ("default", "eigen")
     assert (base["batch"], base["context"], row["batch"], row["context"]) == (2, 96, 2, 96)
     assert 88 <= row["prompt_tokens"] <= 96 and row["new_tokens"] == base["new_tokens"] == 2 * 6
     assert row["config"]["batch"] == 2 and row["config"]["drafter"]["gamma"] == row["gamma"]
     assert 1 <= row["gamma"] <= costs.MAX_GAMMA
     cache = costs.CostCache(prepared.cfg.paths.costs_path).read()
     entry = cache[costs.key(prepared.target, 2, 96)]
-    measured = costs.Costs({int(T): s for T, s in entry["latencies"].items()})
+    measured = costs.Costs({int(T): s for T, s in entry["latencies"].items()}, narrow_s=entry["narrow"])
     assert list(entry["c"].values()) == [row["cost_ratio_c"]]  # c timed once, for gamma=auto and the run
     assert row["verify_cost_r"] == pytest.approx(measured.r(row["gamma"] + 1))
     calls, gamma = row["target_calls"], row["gamma"]

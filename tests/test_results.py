@@ -15,8 +15,8 @@ from specdec.results import COLUMNS, PartialLineWarning, ResultsStore, config_ke
 
 
 def test_columns_are_the_documented_schema():
-    assert len(COLUMNS) == len(set(COLUMNS)) == 44
-    assert COLUMNS[:3] == ("run_id", "time", "git_commit") and COLUMNS[-1] == "decode_speedup"
+    assert len(COLUMNS) == len(set(COLUMNS)) == 46
+    assert COLUMNS[:3] == ("run_id", "time", "git_commit") and COLUMNS[-1] == "verify_build"
     for c in COLUMNS:  # every column is documented in the module docstring
         assert f"\n    {c} " in results.__doc__
 
@@ -271,6 +271,17 @@ def test_stores_of_the_fourth_schema_read_without_the_prefill_columns(tmp_path):
     assert list(row) == list(COLUMNS) and (row["batch"], row["verify_cost_r"]) == (4, 1.4)
     assert row["config_hash"] == make_row(batch=4, verify_cost_r=1.4)["config_hash"]
     assert (row["verified"], row["prefill_s"], row["decode_speedup"]) == (None, None, None)
+
+
+def test_stores_of_the_fifth_schema_read_without_the_machine_columns(tmp_path):
+    """A row written before machine and verify_build keeps its values and identity."""
+    old = {c: v for c, v in make_row(prefill_s=0.2).items() if c in results.V5_COLUMNS}
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps(old) + "\n")
+    (row,) = ResultsStore(path).rows()
+    assert list(row) == list(COLUMNS) and row["prefill_s"] == 0.2
+    assert row["config_hash"] == make_row(prefill_s=0.2)["config_hash"]
+    assert (row["machine"], row["verify_build"]) == (None, None)
 
 
 def test_git_commit_and_run_id(monkeypatch):
