@@ -4,9 +4,9 @@ revision, ``kernels.software``), model, dtype, batch, context and verify build
 
 ``specdec.theory`` predicts a speedup from alpha, gamma, c and r(T); the last two are times on a
 machine. ``measure`` times them (``specdec.timing``: medians inside one compiled loop, the widths
-alternated over rounds) the first time a (machine, software, target, dtype, batch, context, build) is asked
-for, and keeps them in a JSON file, so every job of a sweep, and the figures drawn later, predict
-from one measurement:
+alternated over rounds) the first time a (machine, software, target, dtype, batch, context,
+build) is asked for, and keeps them in a JSON file, so every job of a sweep, and the figures drawn
+later, predict from one measurement:
 
     {"<machine> | <software> | <target> | <dtype> | B=<batch> | S=<context> | verify=<build>":
         {"latencies": {"1": s, "2": s, ...},   # one target pass over T positions, seconds

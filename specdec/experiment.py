@@ -272,6 +272,9 @@ def run(prepared: Prepared, progress=None) -> list[dict]:
             context=cfg.context or 256,
             cache=cost_cache,
         )
+    # The build of the speculative loop's programs, looked up once (an autoregressive run never
+    # needs it, and under ``auto`` a first lookup times the model).
+    build = kernels.verify_build(target) if drafter is not None else None
     append = store.append if jax.process_index() == 0 else _nothing  # one writer per run
 
     rows = []
@@ -312,7 +315,7 @@ def run(prepared: Prepared, progress=None) -> list[dict]:
                 **shape,
                 **_prediction(drafter, gamma, stats, measured),
                 decode_speedup=_decode_speedup(baseline, stats),
-                verify_build=kernels.verify_build(target),
+                verify_build=build,
             )
             row["baseline_tokens_per_s"] = baseline["tokens_per_s"]
             row["speedup"] = row["tokens_per_s"] / baseline["tokens_per_s"]
