@@ -12,8 +12,9 @@
 
 With ``Autoregressive`` (no drafter, K = 0) the same loop is plain autoregressive decoding:
 one target call and one sampled token per step, the baseline of every speedup. No host round
-trip per token, no Python ``if`` on traced values; every shape is fixed by (batch, prompt
-bucket, capacity, gamma). Each phase runs inside ``jax.named_scope`` so a profile reads the same.
+trip per token, no Python ``if`` on traced values; every shape is fixed by (batch, capacity,
+gamma), and the prefill's also by the prompt block. Each phase runs inside ``jax.named_scope``
+so a profile reads the same.
 
 Effective draft length: a row drafts at most its budget (gamma, or the adaptive schedule's
 value) and fewer when its drafter stops (q rows of zeros). The target then scores only as many
@@ -54,7 +55,6 @@ class LoopConfig:
     gamma: int  # K draft tokens per step; 0 = autoregressive
     max_new_tokens: int
     eos_ids: tuple[int, ...]
-    prompt_len: int  # bucketed prompt length (the prefill block)
     rule: Any = dataclasses.field(default_factory=SpeculativeSampling)  # a rule of specdec.acceptance
     schedule: str | None = None  # None: budget gamma; "heuristic": +2 after a full block, else -1
     verify_widths: tuple[int, ...] = ()  # target pass widths to compile; () means (gamma + 1,)
@@ -230,34 +230,41 @@ def _features(drafter) -> tuple[int, ...]:
     return tuple(drafter.feature_layers) if drafter.needs_features else ()
 
 
-def _context(cfg: LoopConfig, state: LoopState) -> Context:
+def _context(cfg: LoopConfig, state: LoopState, prompt_len: int | None = None) -> Context:
     return Context(
         tokens=state.tokens,
         lengths=state.lengths,
         budget=state.budget,
         sampling=cfg.sampling,
-        prompt_len=cfg.prompt_len,
+        prompt_len=prompt_len,
     )
 
 
-@functools.partial(jax.jit, static_argnames=("target_def", "cfg"), donate_argnames=("tokens", "cache"))
-def prefill(target_def, target_params, drafter, tokens, prompt_lengths, cache: KVCache, *, cfg) -> LoopState:
-    """Read the prompts: the target caches the whole prompt bucket [B, T], padding included (the
+@functools.partial(
+    jax.jit, static_argnames=("target_def", "cfg", "prompt_len"), donate_argnames=("tokens", "cache")
+)
+def prefill(
+    target_def, target_params, drafter, tokens, prompt_lengths, cache: KVCache, *, cfg, prompt_len: int
+) -> LoopState:
+    """Read the prompts: the target caches the whole prompt block [B, T], padding included (the
     first verify pass rolls the cache back to lengths - 1, so the last prompt token becomes the
     first pending token), and the drafter reads them (``drafter.init``, handed the hidden states
     of its ``feature_layers`` [B, T, L D] when it ``needs_features``).
 
     target_def: static nnx GraphDef; target_params: its parameter pytree.
     drafter: a Drafter pytree, or None for autoregressive decoding (cfg.gamma must be 0).
-    tokens [B, N] int32 (donated): prompts, right-padded to cfg.prompt_len, zeros after.
+    tokens [B, N] int32 (donated): prompts, right-padded to prompt_len, zeros after.
     prompt_lengths [B] int32: true prompt lengths (>= 1).
     cache (donated): the target's KVCache with capacity N.
 
+    prompt_len: static T, the prompt block (``generation.prompt_block``), at most N.
+
     Returns the ``LoopState`` that ``decode_loop`` starts from. A program of its own, so a run
-    times its prefill and its decoding apart (``generation.generate``).
+    times its prefill and its decoding apart (``generation.generate``), and the loop, which does
+    not depend on T, is compiled once for every prompt block of a capacity.
     """
     drafter = Autoregressive() if drafter is None else drafter
-    B, T, K = tokens.shape[0], cfg.prompt_len, cfg.gamma
+    B, T, K = tokens.shape[0], prompt_len, cfg.gamma
     ranks = drafter.max_siblings if tree_size(drafter, K) is not None else 1
     positions = jnp.broadcast_to(jnp.arange(T), (B, T))
     _, cache, hidden = _target_pass(
@@ -273,7 +280,7 @@ def prefill(target_def, target_params, drafter, tokens, prompt_lengths, cache: K
         drafter_state=None,
         stats=Stats.zeros(B, K, ranks),
     )
-    return dataclasses.replace(state, drafter_state=drafter.init(_context(cfg, state), hidden))
+    return dataclasses.replace(state, drafter_state=drafter.init(_context(cfg, state, T), hidden))
 
 
 @functools.partial(jax.jit, static_argnames=("target_def", "cfg"), donate_argnames=("state",))

@@ -1,7 +1,7 @@
 """``specdec.generate``: prompts in, texts and statistics out, around the compiled loop.
 
-Host-side only: tokenise, validate, pad into a length bucket, run the compiled ``prefill`` and
-``decode_loop`` (compiled once per bucket and kept in the target's ``ProgramCache``), time
+Host-side only: tokenise, validate, pad into a prompt block, run the compiled ``prefill`` and
+``decode_loop`` (compiled per prompt block and per bucket, kept in the target's ``ProgramCache``), time
 each, detokenise.
 """
 
@@ -40,9 +40,22 @@ class GenerationOutput:
     compile_s: float
 
 
+BLOCKS_PER_BUCKET = 16  # prompt blocks per power of two: a prefill pads a prompt by < 1/16 of its bucket
+
+
 def bucket(n: int, min_bucket: int = 16) -> int:
-    """Padded prompt length: the next power of two, at least ``min_bucket``."""
+    """A prompt length's shape class: the next power of two, at least ``min_bucket``. The cache
+    capacity, hence the decode loop's program, follows from it."""
     return max(min_bucket, 1 << (max(n, 1) - 1).bit_length())
+
+
+def prompt_block(n: int, min_bucket: int = 16) -> int:
+    """The prefill's padded prompt length: n rounded up to a multiple of ``min_bucket`` or of
+    1/16 of ``bucket(n)``, whichever is larger (270 -> 288, not 512). The prefill's compute grows
+    with it; each block is a prefill program of its own, while every block of one bucket shares
+    the decode loop's."""
+    step = max(min_bucket, bucket(n, min_bucket) // BLOCKS_PER_BUCKET)
+    return -(-max(n, 1) // step) * step
 
 
 def capacity_for(prompt_bucket: int, max_new_tokens: int, gamma: int) -> int:
@@ -80,41 +93,57 @@ def encode_prompts(model: Model, prompts, chat: bool) -> list[list[int]]:
 
 
 class ProgramCache:
-    """Compiled (prefill, decode loop) program pairs keyed by everything that shapes them, least
-    recently used dropped beyond ``max_entries``. Each ``Model`` owns one. A speculative loop is
-    compiled with ``kernels.verify_options``; an autoregressive loop and the prefills with XLA's
-    defaults."""
+    """Compiled prefill and decode-loop programs keyed by everything that shapes them, least
+    recently used dropped beyond ``max_entries`` of each kind. Each ``Model`` owns one. A
+    prefill is compiled per prompt block and a loop per setting and shapes, so every block of a
+    bucket shares one loop. A speculative loop is compiled with ``kernels.verify_options``; an
+    autoregressive loop and the prefills with XLA's defaults."""
 
     def __init__(self, max_entries: int = 32):
         self.max_entries = checks.integer(max_entries, "max_entries", low=1)
-        self._programs: collections.OrderedDict = collections.OrderedDict()
+        self._prefills: collections.OrderedDict = collections.OrderedDict()
+        self._loops: collections.OrderedDict = collections.OrderedDict()
 
     def __len__(self) -> int:
-        return len(self._programs)
+        """Compiled programs held: prefills and loops."""
+        return len(self._prefills) + len(self._loops)
 
-    def get(self, args, cfg: LoopConfig, target):
+    def get(self, args, cfg: LoopConfig, prompt_len: int, target):
         """The compiled (prefill, decode loop) of ``target`` (a ``Model``) for ``args`` (target params,
-        drafter, tokens, prompt lengths, cache, key) and settings, and their compile time (0 if
-        cached)."""
+        drafter, tokens, prompt lengths, cache, key), settings and prompt block, and the time spent
+        compiling them now (0 if both were held)."""
         target_def = target.graphdef
+        params, drafter, tokens, lengths, cache, key = args
         signature = (
             cfg,
             target_def,
             jax.tree.structure(args),
             tuple((a.shape, a.dtype) for a in jax.tree.leaves(args)),
         )
-        if signature in self._programs:
-            self._programs.move_to_end(signature)
-            return self._programs[signature], 0.0
         start = time.perf_counter()
-        params, drafter, tokens, lengths, cache, key = args
-        first = prefill.lower(target_def, params, drafter, tokens, lengths, cache, cfg=cfg).compile()
-        lowered = decode_loop.lower(target_def, params, drafter, first.out_info, lengths, key, cfg=cfg)
-        loop = lowered.compile(compiler_options=kernels.verify_options(target) if cfg.gamma > 0 else {})
-        compiled = self._programs[signature] = (first, loop)
-        while len(self._programs) > self.max_entries:
-            self._programs.popitem(last=False)
-        return compiled, time.perf_counter() - start
+
+        def compile_prefill():
+            return prefill.lower(
+                target_def, params, drafter, tokens, lengths, cache, cfg=cfg, prompt_len=prompt_len
+            ).compile()
+
+        def compile_loop():
+            lowered = decode_loop.lower(target_def, params, drafter, first.out_info, lengths, key, cfg=cfg)
+            return lowered.compile(compiler_options=kernels.verify_options(target) if cfg.gamma > 0 else {})
+
+        first, new_prefill = self._held(self._prefills, (signature, prompt_len), compile_prefill)
+        loop, new_loop = self._held(self._loops, signature, compile_loop)
+        return (first, loop), time.perf_counter() - start if new_prefill or new_loop else 0.0
+
+    def _held(self, programs: collections.OrderedDict, signature, compile_program):
+        """(programs[signature], whether it was compiled now because it was not held)."""
+        if signature in programs:
+            programs.move_to_end(signature)
+            return programs[signature], False
+        program = programs[signature] = compile_program()
+        while len(programs) > self.max_entries:
+            programs.popitem(last=False)
+        return program, True
 
 
 def generate(
@@ -149,7 +178,8 @@ def generate(
         that may draft nothing (``drafter.variable_length``, e.g. prompt lookup without a
         match) and with a schedule, so such a step costs one decode step; otherwise none
         (each extra width is a ``lax.switch`` branch, whose cache operands XLA copies).
-    min_bucket: the shortest padded prompt length (prompts are padded to powers of two).
+    min_bucket: the shortest padded prompt length, and the step of the prompt blocks below 16
+        min_bucket (``prompt_block``; the cache capacity follows the power-of-two ``bucket``).
     Every setting is validated before anything is compiled.
     """
     sampling = Sampling(temperature, top_k, top_p)
@@ -180,12 +210,12 @@ def generate(
     lookahead = max(tree_size(drafter, gamma) or 0, gamma)
     ids = encode_prompts(target, prompts, chat)
     longest = max(len(x) for x in ids)
-    prompt_len = bucket(longest, min_bucket)
-    needed = capacity_for(prompt_len, max_new_tokens, lookahead)
+    prompt_len = prompt_block(longest, min_bucket)
+    needed = capacity_for(bucket(longest, min_bucket), max_new_tokens, lookahead)
     capacity = needed if capacity is None else checks.integer(capacity, "capacity", low=1)
     if prompt_len + max_new_tokens + lookahead + 1 > capacity:
         raise ValueError(
-            f"prompt of {longest} tokens (bucket {prompt_len}) + max_new_tokens {max_new_tokens} + "
+            f"prompt of {longest} tokens (block {prompt_len}) + max_new_tokens {max_new_tokens} + "
             f"{lookahead + 1} verified positions does not fit the cache capacity {capacity}"
         )
     window = target.config.sliding_window
@@ -206,7 +236,6 @@ def generate(
         gamma=gamma,
         max_new_tokens=max_new_tokens,
         eos_ids=checks.integers(eos_ids, "eos_ids", low=0, high=target.config.vocab_size - 1),
-        prompt_len=prompt_len,
         rule=rule,
         schedule=schedule if drafter is not None else None,
         verify_widths=widths,
@@ -226,7 +255,7 @@ def generate(
     key = jax.random.key(seed)
     prompt_buffer, prompt_lengths = rows
     args = (target.params, drafter, prompt_buffer, prompt_lengths, cache, key)
-    (first, loop), compile_s = target.programs.get(args, cfg, target)
+    (first, loop), compile_s = target.programs.get(args, cfg, prompt_len, target)
     start = time.perf_counter()
     state = jax.block_until_ready(first(target.params, drafter, prompt_buffer, prompt_lengths, cache))
     prefill_s = time.perf_counter() - start

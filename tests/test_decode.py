@@ -154,6 +154,37 @@ def test_one_compile_per_bucket(target, drafts):
     assert compiles["n"] >= 1
 
 
+def test_prompt_blocks_pad_less_than_buckets():
+    assert [generation.prompt_block(n) for n in (1, 16, 17, 43, 130, 256, 257, 270, 1000)] == [
+        16,
+        16,
+        32,
+        48,
+        144,
+        256,
+        288,
+        288,
+        1024,
+    ]
+    assert [generation.bucket(n) for n in (43, 270)] == [64, 512]
+    assert [generation.prompt_block(n, min_bucket=512) for n in (1, 270, 512, 600)] == [512, 512, 512, 1024]
+
+
+def test_each_prompt_block_compiles_a_prefill_and_shares_the_loop(target, drafts):
+    """Prompts of 40 and 60 tokens share a bucket (64): the second compiles its prefill only, and
+    the blocks (48 and 64 tokens) give the tokens a whole-bucket prefill gives."""
+    kw = dict(drafter=drafts["truncated"], gamma=2, max_new_tokens=8)
+    prompts = [[(7 * i) % 60 + 1 for i in range(n)] for n in (40, 60)]
+    programs = generation.ProgramCache()
+    model = Model.random(tiny_config(), seed=0)
+    object.__setattr__(model, "programs", programs)
+    blocks = [run(model, [p], **kw) for p in prompts]
+    assert (len(programs._prefills), len(programs._loops)) == (2, 1)
+    assert blocks[1].compile_s > 0
+    whole = [run(model, [p], min_bucket=64, **kw) for p in prompts]
+    assert [b.tokens for b in blocks] == [w.tokens for w in whole]
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -244,7 +275,7 @@ def test_compiled_programs_belong_to_the_model(target, drafts):
     object.__setattr__(small, "programs", cache)
     for new in (2, 3, 4):
         run(small, [[1, 2, 3]], max_new_tokens=new)
-    assert len(cache) == 2  # the least recently used program was dropped
+    assert len(cache) == 2 + 2  # the least recently used prefill and loop were dropped
     assert run(small, [[1, 2, 3]], max_new_tokens=4).compile_s == 0.0
     assert run(small, [[1, 2, 3]], max_new_tokens=2).compile_s > 0
 
@@ -259,7 +290,7 @@ def test_speculative_loops_are_built_with_the_verify_kernels(monkeypatch):
         model = Model.random(tiny_config(), seed=0)  # its own ProgramCache
         drafter = None if drafter_name is None else drafters.make(drafter_name, model)
         run(model, [[1, 2, 3, 4, 1, 2, 3]], drafter=drafter, gamma=3, max_new_tokens=4)
-        ((_, loop),) = model.programs._programs.values()
+        (loop,) = model.programs._loops.values()
         return loop.as_text()
 
     monkeypatch.setenv(kernels.ENV, "eigen")

@@ -93,11 +93,9 @@ def test_decode_loop_updates_the_cache_in_place(batch, drafter):
     tokens, lengths = jnp.zeros((batch, 64), jnp.int32), jnp.full((batch,), 4)
     args = (model.params, draft, tokens, lengths, cache, jax.random.key(0))
     gamma, widths = (0, ()) if draft is None else (3, (1,))
-    cfg = LoopConfig(
-        sampling=Sampling(), gamma=gamma, max_new_tokens=8, eos_ids=(), prompt_len=16, verify_widths=widths
-    )
+    cfg = LoopConfig(sampling=Sampling(), gamma=gamma, max_new_tokens=8, eos_ids=(), verify_widths=widths)
     assert len(cfg.widths) == (1 if draft is None else 2)
-    state = prefill(model.graphdef, *args[:-1], cfg=cfg)
+    state = prefill(model.graphdef, *args[:-1], cfg=cfg, prompt_len=16)
     compiled = decode_loop.lower(
         model.graphdef, model.params, draft, state, lengths, args[-1], cfg=cfg
     ).compile()
@@ -105,20 +103,20 @@ def test_decode_loop_updates_the_cache_in_place(batch, drafter):
 
 
 def test_the_prefill_caches_the_prompts_without_the_head():
-    """The prefill, a program of its own so that a run times it apart, caches the prompt bucket as
+    """The prefill, a program of its own so that a run times it apart, caches the prompt block as
     ``model.apply`` does and computes no [B, T, V] logits (XLA drops the unused head): the
     prefill_s taken out of a wall is the prefill alone."""
     model = Model.random(tiny_config(vocab_size=97), seed=0)
     tokens = jax.random.randint(jax.random.key(1), (2, 64), 0, 97)
     lengths = jnp.array([24, 20])
-    cfg = LoopConfig(sampling=Sampling(), gamma=0, max_new_tokens=8, eos_ids=(), prompt_len=24)
+    cfg = LoopConfig(sampling=Sampling(), gamma=0, max_new_tokens=8, eos_ids=())
     args = (model.params, None, tokens, lengths, model.init_cache(2, 64))
-    compiled = prefill.lower(model.graphdef, *args, cfg=cfg).compile()
+    compiled = prefill.lower(model.graphdef, *args, cfg=cfg, prompt_len=24).compile()
     shapes = [shape for _, shape in timing.thunks(compiled)]
     assert shapes and not any(",97]" in shape for shape in shapes)  # no [B, T, V] result
     positions = jnp.broadcast_to(jnp.arange(24), (2, 24))
     _, want, _ = model.apply(model.params, tokens[:, :24], positions, model.init_cache(2, 64))
-    state = prefill(model.graphdef, *args, cfg=cfg)  # tokens and cache donated
+    state = prefill(model.graphdef, *args, cfg=cfg, prompt_len=24)  # tokens and cache donated
     np.testing.assert_allclose(np.asarray(state.cache.k[0]), np.asarray(want.k[0]), atol=1e-6)
     assert np.asarray(state.lengths).tolist() == [24, 20] and int(state.step) == 0
 

@@ -66,7 +66,6 @@ def loop(target, drafter, prompts, *, gamma, max_new_tokens, temperature=0.0, se
         gamma=gamma,
         max_new_tokens=max_new_tokens,
         eos_ids=(),
-        prompt_len=T,
         rule=SpeculativeSampling() if rule is None else rule,
     )
     lengths = jnp.asarray([len(p) for p in prompts], jnp.int32)
@@ -78,6 +77,7 @@ def loop(target, drafter, prompts, *, gamma, max_new_tokens, temperature=0.0, se
         lengths,
         target.init_cache(B, capacity),
         cfg=cfg,
+        prompt_len=T,
     )
     state = decode_loop(
         target.graphdef, target.params, drafter, state, lengths, jax.random.key(seed), cfg=cfg

@@ -23,14 +23,15 @@ class Context:
                             effective gamma). Positions past it are discarded by the loop, so a
                             drafter may stop there; it never has to.
     sampling: static        the transform that turns logits into q (the same as the target's p)
-    prompt_len: static      the bucketed prompt length: tokens[:, :prompt_len] hold every prompt
+    prompt_len: static      the prefill's prompt block T: tokens[:, :T] hold every prompt (given
+                            to ``init`` only; None inside the loop, which does not depend on T)
     """
 
     tokens: jax.Array
     lengths: jax.Array
     budget: jax.Array
     sampling: Sampling = dataclasses.field(metadata=dict(static=True))
-    prompt_len: int = dataclasses.field(metadata=dict(static=True))
+    prompt_len: int | None = dataclasses.field(default=None, metadata=dict(static=True))
 
     @property
     def pending(self) -> jax.Array:  # [B]
