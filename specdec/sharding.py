@@ -4,10 +4,12 @@ JAX's own sharding does the work (``NamedSharding`` on every array; ``jit`` prop
 the compiled loop, GSPMD inserting the collectives). The rules, Megatron-style, for our [in, out]
 weight storage:
 
-- attention and MLP, tensor-parallel: q/k/v and gate/up split by output columns
-  ``P(None, "model")`` (their biases ``P("model")``), o and down by input rows ``P("model", None)``:
-  each device computes its heads and its slice of the MLP, and one all-reduce per block sums o's
-  and down's partial products;
+- attention and MLP, tensor-parallel: the fused qkv and gate/up weights split by output columns
+  ``P(None, "model")`` (the qkv bias ``P("model")``; their columns are ordered by kv head and by
+  hidden unit, ``models.fused``, so a device's columns are whole kv heads with their queries and
+  whole gate/up pairs), o and down by input rows ``P("model", None)``: each device computes its
+  heads and its slice of the MLP, and one all-reduce per block sums o's and down's partial
+  products;
 - vocabulary-parallel embedding and LM head: [D, V] split by vocabulary columns;
 - norms replicated;
 - the KV cache [B Hkv, S, Dh] (rows and heads merged, ``models.cache``) split by
@@ -33,7 +35,7 @@ from jax.sharding import PartitionSpec as P
 from specdec import checks
 
 AXES = ("data", "model")
-COLUMNS = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "embed_tokens", "lm_head")
+COLUMNS = ("qkv_proj", "gate_up_proj", "embed_tokens", "lm_head")  # output columns split (``models.fused``)
 ROWS = ("o_proj", "down_proj")
 
 

@@ -74,9 +74,9 @@ def shard_shapes(model) -> dict:
     p = model.params
     layer = p["layers"][0]
     arrays = {
-        "q_proj": layer["self_attn"]["q_proj"]["weight"][...],
+        "qkv_proj": layer["self_attn"]["qkv_proj"]["weight"][...],
         "o_proj": layer["self_attn"]["o_proj"]["weight"][...],
-        "up_proj": layer["mlp"]["up_proj"]["weight"][...],
+        "gate_up_proj": layer["mlp"]["gate_up_proj"]["weight"][...],
         "down_proj": layer["mlp"]["down_proj"]["weight"][...],
         "embed_tokens": p["embed_tokens"]["weight"][...],
         "norm": p["norm"]["weight"][...],
@@ -111,8 +111,8 @@ def main(folder: str):
             bytes=weight_bytes(model),
         )
     quantized = base.shard(sharding.make_mesh(1, 4)).quantize("int4")  # its new arrays sharded too
-    q_proj = quantized.params["layers"][0]["self_attn"]["q_proj"]["weight"]["q"][...]
-    report["quantized_q_proj"] = [list(q_proj.shape), list(q_proj.addressable_shards[0].data.shape)]
+    qkv = quantized.params["layers"][0]["self_attn"]["qkv_proj"]["weight"]["q"][...]
+    report["quantized_qkv_proj"] = [list(qkv.shape), list(qkv.addressable_shards[0].data.shape)]
     save_hf_dir(base, folder)
     mesh = sharding.make_mesh(1, 4)
     loaded = load_hf_dir(folder, mesh=mesh)

@@ -106,8 +106,8 @@ def test_quantized_model_memory_and_output(tiny, quant, bits):
     # the blocks' linear weights take about bits/32 of their f32 bytes (plus float16 scales, offsets)
     ratio = _nbytes(qm.params["layers"]) / _nbytes(tiny.params["layers"])
     assert bits / 32 <= ratio < bits / 32 + (0.02 if bits == 8 else 0.04), ratio
-    up = qm.params["layers"][0]["mlp"]["up_proj"]["weight"]
-    assert up["q"][...].dtype == (jnp.int8 if bits == 8 else jnp.uint8)
+    gate_up = qm.params["layers"][0]["mlp"]["gate_up_proj"]["weight"]
+    assert gate_up["q"][...].dtype == (jnp.int8 if bits == 8 else jnp.uint8)
     # the readout (tied embedding) is int8 in both modes; norms stay float and are shared
     assert qm.params["embed_tokens"]["weight"]["q"][...].dtype == jnp.int8
     assert qm.params["norm"]["weight"][...] is tiny.params["norm"]["weight"][...]
@@ -141,7 +141,7 @@ def test_gguf_q4_1_and_q8_0_blocks_load_as_they_are(tmp_path):
     qtypes = {name: Q.Q4_1 for name in hf if "layers" in name and name.endswith("proj.weight")}
     qtypes["model.embed_tokens.weight"] = Q.Q8_0
     qtypes["lm_head.weight"] = Q.Q8_0
-    qtypes["model.layers.1.mlp.up_proj.weight"] = Q.Q8_0  # an int8 block in an int4 model
+    qtypes["model.layers.1.mlp.up_proj.weight"] = Q.Q8_0  # an int8 block in an int4 model (fused with Q4_1)
     write_llama_gguf(tmp_path / "q.gguf", cfg, hf, qtypes)
     dense = Model.from_tensors(*read_gguf(tmp_path / "q.gguf"))
     _, blocks = read_gguf(tmp_path / "q.gguf", keep_quantized=True)
@@ -149,11 +149,13 @@ def test_gguf_q4_1_and_q8_0_blocks_load_as_they_are(tmp_path):
     tokens = RNG.integers(0, cfg.vocab_size, (2, 6))
     for quant in ("int4", "int8"):
         qm = Model.from_tensors(cfg, blocks, quant=quant)
-        q_proj = qm.params["layers"][0]["self_attn"]["q_proj"]["weight"]
-        assert q_proj["q"][...].dtype == (jnp.uint8 if quant == "int4" else jnp.int8)
-        assert q_proj["scale"][...].shape == (cfg.dim // 32, cfg.n_heads * cfg.head_dim)  # blocks of 32
-        up = qm.params["layers"][1]["mlp"]["up_proj"]["weight"]["q"][...]
-        assert up.dtype == jnp.int8  # a Q8_0 block is never re-quantized to fewer bits
+        qkv = qm.params["layers"][0]["self_attn"]["qkv_proj"]["weight"]
+        assert qkv["q"][...].dtype == (jnp.uint8 if quant == "int4" else jnp.int8)
+        outputs = (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim
+        assert qkv["scale"][...].shape == (cfg.dim // 32, outputs)  # q, k and v: blocks of 32
+        gate_up = qm.params["layers"][1]["mlp"]["gate_up_proj"]["weight"]["q"][...]
+        assert gate_up.dtype == jnp.int8  # a Q8_0 block is never re-quantized to fewer bits: its
+        # Q4_1 partner is widened to int8 exactly
         head = qm.params["lm_head"]["weight"]
         assert head["q"][...].dtype == jnp.int8 and "offset" not in head  # Q8_0 is symmetric
         # the blocks represent the file's values exactly: the same logits as the dequantized load

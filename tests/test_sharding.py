@@ -51,8 +51,8 @@ def test_every_drafter_is_identical_across_meshes(report):
 @pytest.mark.slow
 def test_each_device_holds_its_share_of_the_weights(report):
     shapes = report["meshes"]["1x4"]["shapes"]
-    assert shapes["q_proj"] == [[64, 64], [64, 16]]  # output columns split
-    assert shapes["up_proj"] == [[64, 128], [64, 32]]
+    assert shapes["qkv_proj"] == [[64, 128], [64, 32]]  # output columns split: one kv head each
+    assert shapes["gate_up_proj"] == [[64, 256], [64, 64]]
     assert shapes["o_proj"] == [[64, 64], [16, 64]]  # input rows split
     assert shapes["down_proj"] == [[128, 64], [32, 64]]
     assert shapes["embed_tokens"] == [[64, 64], [64, 16]]  # vocabulary split
@@ -62,7 +62,7 @@ def test_each_device_holds_its_share_of_the_weights(report):
     b = report["meshes"]["1x4"]["bytes"]
     assert b["per_device"] == (b["total"] - b["replicated"]) // 4 + b["replicated"]
     assert report["meshes"]["4x1"]["bytes"]["per_device"] == b["total"]  # data parallel: replicas
-    assert report["quantized_q_proj"] == [[32, 64], [32, 16]]  # quantizing a sharded model keeps the rule
+    assert report["quantized_qkv_proj"] == [[32, 128], [32, 32]]  # quantizing a sharded model keeps the rule
 
 
 @pytest.mark.slow
@@ -81,8 +81,9 @@ def test_mesh_errors_and_rules():
     with pytest.raises(ValueError, match=r"^mesh 2 x 4 needs 8 devices; 1 available$"):
         sharding.make_mesh(2, 4)
     P = sharding.P
-    assert sharding.param_spec("model.layers.0.self_attn.k_proj.weight", 2) == P(None, "model")
-    assert sharding.param_spec("model.layers.0.self_attn.k_proj.bias", 1) == P("model")
+    assert sharding.param_spec("model.layers.0.self_attn.qkv_proj.weight", 2) == P(None, "model")
+    assert sharding.param_spec("model.layers.0.self_attn.qkv_proj.bias", 1) == P("model")
+    assert sharding.param_spec("model.layers.0.mlp.gate_up_proj.weight", 2) == P(None, "model")
     assert sharding.param_spec("model.layers.3.mlp.down_proj.weight.scale", 2) == P("model", None)
     assert sharding.param_spec("model.norm.weight", 1) == P()
     with pytest.raises(ValueError, match="give coordinator, num_processes and process_id together"):

@@ -548,8 +548,12 @@ def test_prompt_lookup_tree_sampling_reproduces_the_target_distribution(small):
     first = int(np.bincount(new[:, 0], minlength=VOCAB).argmax())
     assert _pvalue(new[:, 0], p[0]) > PASS
     assert _pvalue(new[new[:, 0] == first, 1], p[1 + first]) > PASS
-    hits = stats.hits.sum(0)  # [K, R]: the second branch is really tried and accepted
-    assert hits[0, 1] > 0.02 * N_ROWS
+    # In the first step the second branch (first token 1) is tried when the first (token 2) is
+    # rejected, and taken with the residual's p(1) / (1 - p(2)): in a binomial count of mean
+    # N p(1). A row's second step (after one emitted token) may add hits of its own.
+    hits = stats.hits.sum(0)  # [K, R]
+    expected = N_ROWS * p[0][1]
+    assert hits[0, 1] > max(0, expected - 5 * np.sqrt(expected * (1 - p[0][1])))
 
 
 def test_distilled_trees_run_through_the_draft_model_hooks(target):

@@ -12,6 +12,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 
 from specdec import sharding
+from specdec.models import fused
 from specdec.models import quant as q
 from specdec.models.cache import KVCache, entries_shape
 from specdec.models.config import ModelConfig
@@ -116,8 +117,9 @@ class Model:
         mesh=None,
     ):
         """Build from Hugging Face-named tensors (``model.layers.0.mlp.up_proj.weight`` ...) in HF
-        layout; 2-D weights are transposed to our [in, out] storage (see ``transformer``). A value
-        may also be a ``QuantizedTensor`` (already in our storage: a GGUF file's quantized blocks).
+        layout; 2-D weights are transposed to our [in, out] storage (see ``transformer``), and each
+        layer's q/k/v and gate/up are fused (``fused.fuse``). A value may also be a
+        ``QuantizedTensor`` (already in our storage: a GGUF file's quantized blocks).
 
         quant: None, "int8" or "int4" (``specdec.models.quant``): the blocks' linear weights at that
         width, the embedding and LM head int8. Quantized tensors are never re-quantized to fewer bits:
@@ -133,6 +135,7 @@ class Model:
         bits = q.check_quant(quant)
         if mesh is not None:
             sharding.check_divisible(config, mesh)
+        tensors = fused.fuse(tensors, config, source)
         module = nnx.eval_shape(lambda: Transformer(config, dtype=dtype, rngs=nnx.Rngs(0)))
         for name_, owner, attr, kind in _weights(module):
             put = _placer(name_, mesh)
@@ -194,8 +197,8 @@ class Model:
         return dataclasses.replace(self, graphdef=graphdef, params=params, quant=quant, programs=None)
 
     def tensors(self) -> dict[str, np.ndarray]:
-        """Parameters as Hugging Face-named numpy arrays in HF layout (for saving; quantized
-        weights dequantized to float32)."""
+        """Parameters as Hugging Face-named numpy arrays in HF layout, fused weights split into
+        their parts (for saving; quantized weights dequantized to float32)."""
         out = {}
         for name_, owner, attr, _ in _weights(nnx.merge(self.graphdef, self.params)):
             weight = getattr(owner, attr)
@@ -204,7 +207,7 @@ class Model:
             else:
                 array = np.asarray(weight[...])
             out[name_] = array.T if array.ndim == 2 else array
-        return out
+        return fused.split(out, self.config)
 
     def init_cache(self, batch: int, capacity: int, n_layers: int | None = None) -> KVCache:
         """An empty cache for ``n_layers`` layers (default all), ``capacity`` slots per row."""

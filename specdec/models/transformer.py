@@ -31,7 +31,8 @@ _NEG_INF = -1e30
 # The forward program's revision: measured costs and kernel choices are keyed by it
 # (``kernels.software``). Bump it with a change that moves the forward's speed.
 # 2: values stored [B Hkv, S, Dh] (were [B Hkv, Dh, S]).
-REVISION = 2
+# 3: q/k/v and gate/up each one product over weights stored fused (``models.fused``).
+REVISION = 3
 
 
 class RMSNorm(nnx.Module):
@@ -157,11 +158,13 @@ def attention_inputs(cfg: ModelConfig, cache: KVCache, positions, mask=None, cac
 
 
 class Attention(nnx.Module):
+    """Grouped-query attention. ``qkv_proj`` is q, k and v in one product: its output columns are
+    [Hkv, G + 2, Dh], kv head j's G query heads, then its key, then its value (``models.fused``),
+    so a split of the columns over devices keeps each kv head's queries with it."""
+
     def __init__(self, cfg: ModelConfig, *, dtype, rngs: nnx.Rngs):
         q_dim, kv_dim = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
-        self.q_proj = Linear(cfg.dim, q_dim, bias=cfg.qkv_bias, dtype=dtype, rngs=rngs)
-        self.k_proj = Linear(cfg.dim, kv_dim, bias=cfg.qkv_bias, dtype=dtype, rngs=rngs)
-        self.v_proj = Linear(cfg.dim, kv_dim, bias=cfg.qkv_bias, dtype=dtype, rngs=rngs)
+        self.qkv_proj = Linear(cfg.dim, q_dim + 2 * kv_dim, bias=cfg.qkv_bias, dtype=dtype, rngs=rngs)
         self.o_proj = Linear(q_dim, cfg.dim, bias=False, dtype=dtype, rngs=rngs)
         self.cfg = cfg
 
@@ -171,9 +174,10 @@ class Attention(nnx.Module):
         the cache as it is and the new keys and values [B Hkv, T, Dh] apart)."""
         cfg = self.cfg
         B, T, _ = x.shape
-        q = self.q_proj(x).reshape(B, T, cfg.n_heads, cfg.head_dim)
-        k = self.k_proj(x).reshape(B, T, cfg.n_kv_heads, cfg.head_dim)
-        v = self.v_proj(x).reshape(B, T, cfg.n_kv_heads, cfg.head_dim)
+        H, G = cfg.n_kv_heads, cfg.group_size
+        qkv = self.qkv_proj(x).reshape(B, T, H, G + 2, cfg.head_dim)
+        q = qkv[..., :G, :].reshape(B, T, cfg.n_heads, cfg.head_dim)  # query head j G + g
+        k, v = qkv[..., G, :], qkv[..., G + 1, :]  # [B, T, Hkv, Dh]
         q, k = apply_rope(q, rope), apply_rope(k, rope)
         new = cache_layout(k, v)
         if write:
@@ -185,7 +189,6 @@ class Attention(nnx.Module):
             blocks = [(cache.k[cache_layer], cache.v[cache_layer]), new]
         # Grouped-query attention: G = n_heads / n_kv_heads query heads share one kv head; the
         # T G queries of each (row, kv head) form one [T G, Dh] block against its [S, Dh] keys.
-        H, G = cfg.n_kv_heads, cfg.group_size
         q = q.reshape(B, T, H, G, cfg.head_dim).transpose(0, 2, 1, 3, 4).reshape(B * H, T * G, cfg.head_dim)
         q = q / math.sqrt(cfg.head_dim)
         scores = jnp.concatenate([jnp.einsum("nqd,nsd->nqs", q, keys) for keys, _ in blocks], axis=-1)
@@ -203,13 +206,16 @@ class Attention(nnx.Module):
 
 
 class MLP(nnx.Module):
+    """SwiGLU. ``gate_up_proj`` is gate and up in one product: output columns [F, 2], each hidden
+    unit's gate then its up (``models.fused``), so a split of the columns keeps the pairs."""
+
     def __init__(self, cfg: ModelConfig, *, dtype, rngs: nnx.Rngs):
-        self.gate_proj = Linear(cfg.dim, cfg.ffn_dim, bias=False, dtype=dtype, rngs=rngs)
-        self.up_proj = Linear(cfg.dim, cfg.ffn_dim, bias=False, dtype=dtype, rngs=rngs)
+        self.gate_up_proj = Linear(cfg.dim, 2 * cfg.ffn_dim, bias=False, dtype=dtype, rngs=rngs)
         self.down_proj = Linear(cfg.ffn_dim, cfg.dim, bias=False, dtype=dtype, rngs=rngs)
 
-    def __call__(self, x):  # SwiGLU
-        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+    def __call__(self, x):
+        gate_up = self.gate_up_proj(x).reshape(*x.shape[:-1], -1, 2)  # [..., F, 2]
+        return self.down_proj(jax.nn.silu(gate_up[..., 0]) * gate_up[..., 1])
 
 
 class Block(nnx.Module):
@@ -226,7 +232,8 @@ class Block(nnx.Module):
 
 
 class Transformer(nnx.Module):
-    """Decoder-only LLaMA-family transformer. Parameter names follow HF (``model.layers.3.mlp.up_proj``)."""
+    """Decoder-only LLaMA-family transformer. Parameter names follow HF (``model.layers.3.mlp.down_proj``),
+    except the fused ``self_attn.qkv_proj`` and ``mlp.gate_up_proj`` (``models.fused``)."""
 
     def __init__(self, cfg: ModelConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
         self.cfg = cfg

@@ -1,0 +1,121 @@
+"""Fused weights at the checkpoint boundary.
+
+Checkpoints (Hugging Face folders, GGUF files, ``Model.tensors``) hold q_proj, k_proj, v_proj and
+gate_proj, up_proj; the model holds ``qkv_proj`` and ``gate_up_proj``, one product each
+(``transformer.Attention``, ``transformer.MLP``). A fused weight's outputs are a permutation of
+its parts' outputs concatenated ([q | k | v], [gate | up]):
+
+    qkv_proj      [Hkv, G + 2, Dh]   kv head j: its G query heads (j G .. j G + G - 1), its key, its value
+    gate_up_proj  [F, 2]             hidden unit f: its gate, then its up
+
+so a split of the outputs over a mesh's model axis keeps each kv head's queries with its key and
+value, and each unit's gate with its up. ``fuse`` builds them from Hugging Face-named tensors,
+``split`` takes them apart again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from specdec.models import quant as q
+
+PARTS = {
+    "self_attn.qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+    "mlp.gate_up_proj": ("mlp.gate_proj", "mlp.up_proj"),
+}
+
+
+def part_sizes(fused: str, cfg) -> tuple[int, ...]:
+    """The output sizes of ``fused``'s parts, in ``PARTS`` order."""
+    if fused == "mlp.gate_up_proj":
+        return (cfg.ffn_dim, cfg.ffn_dim)
+    kv = cfg.n_kv_heads * cfg.head_dim
+    return (cfg.n_heads * cfg.head_dim, kv, kv)
+
+
+def order(fused: str, cfg) -> np.ndarray:
+    """[out] int: output j of the fused weight is output ``order[j]`` of its parts concatenated."""
+    if fused == "mlp.gate_up_proj":
+        F = cfg.ffn_dim
+        return np.stack([np.arange(F), F + np.arange(F)], axis=1).reshape(-1)
+    H, G, Dh = cfg.n_kv_heads, cfg.group_size, cfg.head_dim
+    queries = np.arange(H * G * Dh).reshape(H, G, Dh)
+    keys = H * G * Dh + np.arange(H * Dh).reshape(H, 1, Dh)
+    return np.concatenate([queries, keys, keys + H * Dh], axis=1).reshape(-1)
+
+
+def _names(layer: int, fused: str, attr: str) -> tuple[str, list[str]]:
+    prefix = f"model.layers.{layer}."
+    return prefix + f"{fused}.{attr}", [prefix + f"{part}.{attr}" for part in PARTS[fused]]
+
+
+def _attrs(fused: str, cfg) -> tuple[str, ...]:
+    return ("weight", "bias") if fused == "self_attn.qkv_proj" and cfg.qkv_bias else ("weight",)
+
+
+def fuse(tensors: Mapping, cfg, source: str) -> dict:
+    """Hugging Face-named tensors -> the same with every layer's parts replaced by its fused tensor
+    (``model.layers.{i}.self_attn.qkv_proj.weight``, ...). A float part is in Hugging Face layout
+    ([out, in]; a bias [out]); a ``QuantizedTensor`` in our [in, out] storage. Quantized parts are
+    fused as they are when they share a group size (int4 ones widened exactly to int8 beside int8
+    ones), else all are dequantized. Raises ValueError naming ``source`` and the tensor when a part
+    is missing or misshapen."""
+    out = dict(tensors)
+    for layer in range(cfg.n_layers):
+        for fused in PARTS:
+            for attr in _attrs(fused, cfg):
+                name, parts = _names(layer, fused, attr)
+                sizes = part_sizes(fused, cfg)
+                shapes = [(size, cfg.dim) if attr == "weight" else (size,) for size in sizes]
+                values = [_pop(out, part, shape, source) for part, shape in zip(parts, shapes, strict=True)]
+                out[name] = _fused(values, order(fused, cfg))
+    return out
+
+
+def _pop(tensors: dict, name: str, hf_shape: tuple, source: str):
+    """tensors.pop(name), checked to have ``hf_shape`` in Hugging Face layout."""
+    if name not in tensors:
+        raise ValueError(f"{source}: missing weight tensor {name!r}")
+    value = tensors.pop(name)
+    shape = value.shape[::-1] if isinstance(value, q.QuantizedTensor) else np.shape(value)
+    if tuple(shape) != hf_shape:
+        raise ValueError(f"{source}: tensor {name!r} has shape {tuple(shape)}, expected {hf_shape}")
+    return value
+
+
+def _fused(values: list, columns: np.ndarray):
+    """Parts -> one tensor whose outputs are ``columns`` of the parts' outputs concatenated."""
+    quantized = [v for v in values if isinstance(v, q.QuantizedTensor)]
+    if quantized and len(quantized) == len(values) and len({v.group for v in quantized}) == 1:
+        if len({v.bits for v in quantized}) > 1:
+            quantized = [v.to_int8() for v in quantized]
+        offset = None
+        if any(v.offset is not None for v in quantized):  # a symmetric part gets offset 0
+            offsets = [np.zeros_like(v.scale) if v.offset is None else v.offset for v in quantized]
+            offset = np.concatenate(offsets, axis=-1)[:, columns]
+        return q.QuantizedTensor(
+            np.concatenate([v.q for v in quantized], axis=-1)[:, columns],
+            np.concatenate([v.scale for v in quantized], axis=-1)[:, columns],
+            offset,
+            quantized[0].bits,
+        )
+    floats = [v.dequantize().T if isinstance(v, q.QuantizedTensor) else np.asarray(v) for v in values]
+    return np.concatenate(floats, axis=0)[columns]  # Hugging Face layout: outputs are rows
+
+
+def split(tensors: Mapping[str, np.ndarray], cfg) -> dict[str, np.ndarray]:
+    """The inverse of ``fuse`` for float tensors in Hugging Face layout: every fused tensor
+    replaced by its parts."""
+    out = dict(tensors)
+    for layer in range(cfg.n_layers):
+        for fused in PARTS:
+            for attr in _attrs(fused, cfg):
+                name, parts = _names(layer, fused, attr)
+                value = out.pop(name)
+                concatenated = np.empty_like(value)
+                concatenated[order(fused, cfg)] = value
+                bounds = np.cumsum(part_sizes(fused, cfg))[:-1]
+                out.update(zip(parts, np.split(concatenated, bounds, axis=0), strict=True))
+    return out
