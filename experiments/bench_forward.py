@@ -2,8 +2,10 @@
 
 For T = 1 (a decode step) and T = 2..16 (verify passes over gamma+1 positions),
 prints the median latency, its ratio to T = 1 (the verify-cost curve r(T) of
-specdec.theory) and the ratio of the T = 1 step to the memory-bandwidth floor:
-bytes of weights read per step / read bandwidth measured in this same process.
+specdec.theory) and the ratio of the T = 1 step to its memory floor: the bytes an ideal step
+reads (the weights, and the keys and values of the cached tokens) over the read bandwidth. The
+bandwidth probe (a 1 GiB reduction) and the step are timed alternated, ``--floor-rounds`` rounds,
+so that the VM's speed of the minute moves both alike; the ratio is of their medians.
 
     python experiments/bench_forward.py [--model smollm2-135m-instruct] [--repeats 30] [--dtype float32]
     python experiments/bench_forward.py --batch 8 --context 1984 --capacity 2048 --widths 1 5
@@ -21,18 +23,28 @@ import jax.numpy as jnp
 import numpy as np
 
 import specdec
-from specdec import kernels
-from specdec.timing import forward_s, median_s, step_program, thunks, verify_cost
+from specdec import kernels, timing
+from specdec.timing import forward_s, step_program, thunks, verify_cost
+
+PROBE_BYTES = 1 << 30
 
 
-def read_bandwidth(n_bytes: int = 1 << 30, repeats: int = 10) -> float:
-    """Bytes/s of the fastest of: an XLA reduction and a numpy reduction over n_bytes of float32."""
-    x = jnp.ones((n_bytes // 4,), jnp.float32)
+def floor_ratio(model, args, steps: int) -> tuple[float, float, float]:
+    """(T = 1 step / its memory floor, the step's seconds, the probe's bytes/s): the step and an
+    XLA reduction over ``PROBE_BYTES`` of float32 timed alternated (``timing.interleaved_s``)."""
+    x = jnp.ones((PROBE_BYTES // 4,), jnp.float32)
     total = jax.jit(jnp.sum)
-    xla = n_bytes / median_s(lambda: total(x), repeats)
-    host = np.ones(n_bytes // 4, np.float32)
-    npy = n_bytes / median_s(lambda: host.sum(), repeats)
-    return max(xla, npy)
+    step = timing.pass_run(model, 1, args.context, args.capacity, args.batch, None, steps, {})
+    seconds = timing.interleaved_s(
+        {"probe": lambda: total(x), "step": step}, repeats=args.repeats // 3 or 1, rounds=args.floor_rounds
+    )
+    c = model.config
+    entry = c.n_kv_heads * c.head_dim * jnp.dtype(model.dtype).itemsize  # one token's key in one layer
+    cached = 2 * c.n_layers * args.batch * args.context * entry
+    read = sum(leaf.nbytes for leaf in jax.tree.leaves(model.params)) + cached
+    bandwidth = PROBE_BYTES / seconds["probe"]
+    step_s = seconds["step"] / steps
+    return step_s / (read / bandwidth), step_s, bandwidth
 
 
 def main():
@@ -52,6 +64,7 @@ def main():
         help="r(T) with the two verify builds, Eigen and XLA's defaults (specdec.kernels), alternated",
     )
     parser.add_argument("--rounds", type=int, default=3, help="rounds of --compare-kernels")
+    parser.add_argument("--floor-rounds", type=int, default=5, help="alternated rounds of probe and step")
     args = parser.parse_args()
     if 1 not in args.widths:
         parser.error("--widths must include 1 (r(T) is relative to the one-position step)")
@@ -60,11 +73,10 @@ def main():
 
     model = specdec.load_model(args.model, dtype=jnp.dtype(args.dtype))
     weight_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(model.params))
-    bandwidth = read_bandwidth()
     print(
         f"device: {jax.devices()[0].device_kind}, model {args.model} ({args.dtype}), "
-        f"weights {weight_bytes / 1e6:.0f} MB, read bandwidth {bandwidth / 1e9:.1f} GB/s; "
-        f"batch {args.batch}, {args.context} tokens cached, capacity {args.capacity}"
+        f"weights {weight_bytes / 1e6:.0f} MB; batch {args.batch}, {args.context} tokens cached, "
+        f"capacity {args.capacity}; load average {os.getloadavg()[0]:.2f}"
     )
 
     steps = 8  # passes per compiled loop, as verify_cost times them
@@ -88,8 +100,12 @@ def main():
         steps=steps,
     )
 
-    floor = weight_bytes / bandwidth
-    print(f"\nmemory floor of one step: {floor * 1e3:.1f} ms; T=1 step / floor = {results[1] / floor:.2f}x\n")
+    ratio, step_s, bandwidth = floor_ratio(model, args, steps)
+    floor_s = step_s / ratio
+    print(
+        f"\nT=1 step / memory floor = {ratio:.2f}x ({args.floor_rounds} rounds alternated: step "
+        f"{step_s * 1e3:.1f} ms, read bandwidth {bandwidth / 1e9:.1f} GB/s, floor {floor_s * 1e3:.1f} ms)\n"
+    )
     print("| T (positions scored) | median ms | r(T) = cost / cost(T=1) |")
     print("|---:|---:|---:|")
     for T, seconds in results.items():

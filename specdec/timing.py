@@ -134,15 +134,14 @@ def forward_s(
     after ``context`` cached tokens, measured as ``steps`` passes inside one compiled loop (no
     per-call dispatch, as in ``decode_loop``); ``layers``: a layer subset (a self-speculative draft);
     ``speculative``: built as inside a speculative loop (``step_program``)."""
-    run = _pass_run(
-        model, T, context, capacity, batch, layers, steps, _options(model, T, layers, speculative)
-    )
+    run = pass_run(model, T, context, capacity, batch, layers, steps, _options(model, T, layers, speculative))
     return median_s(run, repeats) / steps
 
 
-def _pass_run(model: Model, T: int, context, capacity, batch, layers, steps, options):
+def pass_run(model: Model, T: int, context, capacity, batch, layers, steps, options):
     """A call of the compiled ``steps`` passes over T positions that carries its donated cache from
-    call to call (each run owns its cache)."""
+    call to call (each run owns its cache): what ``forward_s`` times, for a benchmark that times it
+    beside other runs (``interleaved_s``)."""
     tokens, positions, cache = inputs = _step_inputs(model, T, context, capacity, batch, layers)
     program = _compile_steps(model, inputs, layers, steps, options)
     state = {"cache": cache}
@@ -187,7 +186,7 @@ def builds_s(model: Model, T: int, *, context=256, capacity=512, steps=8, repeat
 def _labelled_passes_s(model: Model, specs: dict, context, capacity, batch, steps, repeats, rounds) -> dict:
     """{label: seconds of one pass} for ``specs`` {label: (T, compiler options)}, ``interleaved_s``."""
     runs = {
-        label: _pass_run(model, T, context, capacity, batch, None, steps, options)
+        label: pass_run(model, T, context, capacity, batch, None, steps, options)
         for label, (T, options) in specs.items()
     }
     return {label: s / steps for label, s in interleaved_s(runs, repeats, rounds).items()}
@@ -280,6 +279,6 @@ def draft_cost_ratio(
         args = (drafter, state, ctx, key, hidden(2))
         program = _draft_steps.lower(*args, steps=steps).compile(compiler_options=options)
         passes = steps
-    step = _pass_run(target, 1, context, capacity, batch, None, steps, {})
+    step = pass_run(target, 1, context, capacity, batch, None, steps, {})
     seconds = interleaved_s({"draft": lambda: program(*args), "step": step}, repeats, rounds)
     return (seconds["draft"] / passes) / (seconds["step"] / steps)
