@@ -40,7 +40,7 @@ class GenerationOutput:
     compile_s: float
 
 
-BLOCKS_PER_BUCKET = 16  # prompt blocks per power of two: a prefill pads a prompt by < 1/16 of its bucket
+BLOCKS_PER_BUCKET = 16  # prompt blocks per power of two (min_bucket may make them coarser)
 
 
 def bucket(n: int, min_bucket: int = 16) -> int:
@@ -51,11 +51,12 @@ def bucket(n: int, min_bucket: int = 16) -> int:
 
 def prompt_block(n: int, min_bucket: int = 16) -> int:
     """The prefill's padded prompt length: n rounded up to a multiple of ``min_bucket`` or of
-    1/16 of ``bucket(n)``, whichever is larger (270 -> 288, not 512). The prefill's compute grows
-    with it; each block is a prefill program of its own, while every block of one bucket shares
-    the decode loop's."""
-    step = max(min_bucket, bucket(n, min_bucket) // BLOCKS_PER_BUCKET)
-    return -(-max(n, 1) // step) * step
+    1/16 of ``bucket(n)``, whichever is larger, and at most ``bucket(n)`` (270 -> 288, not 512).
+    The prefill's compute grows with it; each block is a prefill program of its own, while every
+    block of one bucket shares the decode loop's."""
+    whole = bucket(n, min_bucket)
+    step = max(min_bucket, whole // BLOCKS_PER_BUCKET)
+    return min(whole, -(-max(n, 1) // step) * step)
 
 
 def capacity_for(prompt_bucket: int, max_new_tokens: int, gamma: int) -> int:

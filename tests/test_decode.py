@@ -168,6 +168,8 @@ def test_prompt_blocks_pad_less_than_buckets():
     ]
     assert [generation.bucket(n) for n in (43, 270)] == [64, 512]
     assert [generation.prompt_block(n, min_bucket=512) for n in (1, 270, 512, 600)] == [512, 512, 512, 1024]
+    assert generation.prompt_block(30, min_bucket=24) == 32  # never past the bucket the cache is sized by
+    assert generation.prompt_block(101, min_bucket=100) == 128
 
 
 def test_each_prompt_block_compiles_a_prefill_and_shares_the_loop(target, drafts):

@@ -10,10 +10,10 @@ CFG = tiny_config(n_layers=2, dim=32, n_heads=4, n_kv_heads=2, head_dim=8, ffn_d
 RNG = np.random.default_rng(0)
 
 
-def hf_parts(layers=(0, 1)):
+def hf_parts():
     """Random Hugging Face-named parts of every layer's fused weights, in HF layout."""
     out = {}
-    for layer in layers:
+    for layer in range(CFG.n_layers):
         for name, parts in fused.PARTS.items():
             for part, size in zip(parts, fused.part_sizes(name, CFG), strict=True):
                 prefix = f"model.layers.{layer}.{part}."
@@ -44,22 +44,49 @@ def test_fused_outputs_are_ordered_by_kv_head_and_by_hidden_unit():
     assert all(np.array_equal(back[name], parts[name]) for name in parts)
 
 
-def test_quantized_parts_fuse_as_they_are_or_dequantized():
+def test_quantized_parts_keep_their_values_exactly():
     parts = hf_parts()
-    want = fused.fuse(parts, CFG, "test")
     name = "model.layers.0.mlp.gate_up_proj.weight"
     gate, up = "model.layers.0.mlp.gate_proj.weight", "model.layers.0.mlp.up_proj.weight"
-    blocks = dict(parts)
-    blocks[gate], blocks[up] = q.quantize(parts[gate].T, 4, 16), q.quantize(parts[up].T, 8, 16)
-    got = fused.fuse(blocks, CFG, "test")[name]
-    assert isinstance(got, q.QuantizedTensor) and got.bits == 8 and got.group == 16  # int4 widened exactly
-    exact = fused.fuse({**parts, gate: blocks[gate].dequantize().T, up: blocks[up].dequantize().T}, CFG, "t")
-    np.testing.assert_array_equal(got.dequantize().T, exact[name])
-    assert np.abs(got.dequantize().T - want[name]).max() < 0.5  # quantized, close to the float weights
-    blocks[up] = q.quantize(parts[up].T, 8)  # another group size: both dequantized, fused as floats
-    mixed = fused.fuse(blocks, CFG, "test")[name]
-    assert isinstance(mixed, np.ndarray)
-    np.testing.assert_array_equal(mixed.reshape(-1, 2, CFG.dim)[:, 1], blocks[up].dequantize().T)
+    blocks = {**parts, gate: q.quantize(parts[gate].T, 4, 16), up: q.quantize(parts[up].T, 8, 32)}
+    exact = {**parts, gate: blocks[gate].dequantize().T, up: blocks[up].dequantize().T}
+    want = fused.fuse(exact, CFG, "test")[name]
+    np.testing.assert_array_equal(fused.fuse(blocks, CFG, "test")[name], want)  # float model: dequantized
+    got = fused.fuse(blocks, CFG, "test", bits=4)[name]
+    # int4 gate widened and up's groups of 32 split to the gate's 16, both exactly
+    assert isinstance(got, q.QuantizedTensor) and (got.bits, got.group) == (8, 16)
+    np.testing.assert_array_equal(got.dequantize().T, want)
+    blocks[up] = parts[up]  # a float part beside a quantized one is quantized to its format
+    got = fused.fuse(blocks, CFG, "test", bits=8)[name]
+    assert (got.bits, got.group) == (8, 16)
+    gate_rows, up_rows = got.dequantize().T.reshape(-1, 2, CFG.dim).transpose(1, 0, 2)
+    np.testing.assert_array_equal(gate_rows, blocks[gate].dequantize().T)
+    assert 0 < np.abs(up_rows - parts[up]).max() < 0.02 * np.abs(parts[up]).max()
+    w = RNG.normal(size=(48, 4)).astype(np.float32)  # groups 16 and 24: no common exact format
+    halves = [q.quantize(w, 8, 16), q.quantize(w, 8, 24)]
+    with pytest.raises(ValueError, match=r"^here: parts quantized in groups \[16, 24\] cannot be fused$"):
+        fused._fused(halves, np.arange(8), 8, "here")
+
+
+def test_regrouping_is_exact():
+    w = RNG.normal(size=(64, 5)).astype(np.float32)
+    for bits in (4, 8):
+        t = q.quantize(w, bits, 32)
+        np.testing.assert_array_equal(t.regrouped(16).dequantize(), t.dequantize())
+        assert t.regrouped(16).group == 16
+
+
+def test_checkpoints_written_before_the_fusion_are_fused():
+    parts = hf_parts()
+    layer0 = {k: v for k, v in parts.items() if k.startswith("model.layers.0.") and k.endswith("weight")}
+    stored = {k.replace("model.layers.0.", "layer."): v.T for k, v in layer0.items()}
+    stored["fc.weight"] = RNG.normal(size=(3, 4))
+    got = fused.fuse_stored(stored, CFG)
+    want = fused.fuse(parts, CFG, "test")
+    assert sorted(got) == ["fc.weight", "layer.mlp.gate_up_proj.weight", "layer.self_attn.qkv_proj.weight"]
+    np.testing.assert_array_equal(
+        got["layer.self_attn.qkv_proj.weight"], want["model.layers.0.self_attn.qkv_proj.weight"].T
+    )
 
 
 @pytest.mark.parametrize(

@@ -55,13 +55,14 @@ def _attrs(fused: str, cfg) -> tuple[str, ...]:
     return ("weight", "bias") if fused == "self_attn.qkv_proj" and cfg.qkv_bias else ("weight",)
 
 
-def fuse(tensors: Mapping, cfg, source: str) -> dict:
+def fuse(tensors: Mapping, cfg, source: str, bits: int | None = None) -> dict:
     """Hugging Face-named tensors -> the same with every layer's parts replaced by its fused tensor
     (``model.layers.{i}.self_attn.qkv_proj.weight``, ...). A float part is in Hugging Face layout
-    ([out, in]; a bias [out]); a ``QuantizedTensor`` in our [in, out] storage. Quantized parts are
-    fused as they are when they share a group size (int4 ones widened exactly to int8 beside int8
-    ones), else all are dequantized. Raises ValueError naming ``source`` and the tensor when a part
-    is missing or misshapen."""
+    ([out, in]; a bias [out]); a ``QuantizedTensor`` in our [in, out] storage.
+
+    bits: the width the model's linear weights are quantized to (None: float). With it, parts that
+    are quantized already keep their values exactly (``_fused``); without, they are dequantized.
+    Raises ValueError naming ``source`` and the tensor when a part is missing or misshapen."""
     out = dict(tensors)
     for layer in range(cfg.n_layers):
         for fused in PARTS:
@@ -70,7 +71,21 @@ def fuse(tensors: Mapping, cfg, source: str) -> dict:
                 sizes = part_sizes(fused, cfg)
                 shapes = [(size, cfg.dim) if attr == "weight" else (size,) for size in sizes]
                 values = [_pop(out, part, shape, source) for part, shape in zip(parts, shapes, strict=True)]
-                out[name] = _fused(values, order(fused, cfg))
+                out[name] = _fused(values, order(fused, cfg), bits, f"{source}: {name}")
+    return out
+
+
+def fuse_stored(tensors: Mapping[str, np.ndarray], cfg) -> dict[str, np.ndarray]:
+    """Float tensors in our [in, out] storage named by parameter path under any prefix (a training
+    checkpoint written before the weights were fused: ``layer.self_attn.q_proj.weight``) -> the
+    same with each set of parts replaced by its fused tensor (``layer.self_attn.qkv_proj.weight``)."""
+    out = dict(tensors)
+    for fused, parts in PARTS.items():
+        for attr in _attrs(fused, cfg):
+            for name in [n for n in out if n.endswith(f"{parts[0]}.{attr}")]:
+                prefix = name[: -len(f"{parts[0]}.{attr}")]
+                values = [out.pop(prefix + f"{part}.{attr}").T for part in parts]  # Hugging Face layout
+                out[prefix + f"{fused}.{attr}"] = _fused(values, order(fused, cfg), None, name).T
     return out
 
 
@@ -85,24 +100,36 @@ def _pop(tensors: dict, name: str, hf_shape: tuple, source: str):
     return value
 
 
-def _fused(values: list, columns: np.ndarray):
-    """Parts -> one tensor whose outputs are ``columns`` of the parts' outputs concatenated."""
+def _fused(values: list, columns: np.ndarray, bits: int | None, where: str):
+    """Parts -> one tensor whose outputs are ``columns`` of the parts' outputs concatenated.
+
+    Floats (Hugging Face layout) unless ``bits`` is set and a part is quantized. Then the fused
+    tensor holds every quantized part's values exactly, as ``Model.from_tensors`` keeps a lone
+    quantized tensor: its width is the widest of ``bits`` and the parts' (a narrower part widened
+    exactly), its group the parts' smallest (coarser groups split exactly), and float parts are
+    quantized to that format. ValueError naming ``where`` when the groups do not divide."""
     quantized = [v for v in values if isinstance(v, q.QuantizedTensor)]
-    if quantized and len(quantized) == len(values) and len({v.group for v in quantized}) == 1:
-        if len({v.bits for v in quantized}) > 1:
-            quantized = [v.to_int8() for v in quantized]
-        offset = None
-        if any(v.offset is not None for v in quantized):  # a symmetric part gets offset 0
-            offsets = [np.zeros_like(v.scale) if v.offset is None else v.offset for v in quantized]
-            offset = np.concatenate(offsets, axis=-1)[:, columns]
-        return q.QuantizedTensor(
-            np.concatenate([v.q for v in quantized], axis=-1)[:, columns],
-            np.concatenate([v.scale for v in quantized], axis=-1)[:, columns],
-            offset,
-            quantized[0].bits,
-        )
-    floats = [v.dequantize().T if isinstance(v, q.QuantizedTensor) else np.asarray(v) for v in values]
-    return np.concatenate(floats, axis=0)[columns]  # Hugging Face layout: outputs are rows
+    if bits is None or not quantized:
+        floats = [v.dequantize().T if isinstance(v, q.QuantizedTensor) else np.asarray(v) for v in values]
+        return np.concatenate(floats, axis=0)[columns]  # Hugging Face layout: outputs are rows
+    width, group = max([bits] + [v.bits for v in quantized]), min(v.group for v in quantized)
+    if any(v.group % group for v in quantized):
+        groups = sorted({v.group for v in quantized})
+        raise ValueError(f"{where}: parts quantized in groups {groups} cannot be fused")
+    parts = []
+    for v in values:
+        v = v.regrouped(group) if isinstance(v, q.QuantizedTensor) else q.quantize(v.T, width, group, where)
+        parts.append(v.to_int8() if v.bits < width else v)
+    stack = lambda arrays: np.concatenate(arrays, axis=-1)[:, columns]
+    symmetric = all(v.offset is None for v in parts)  # else a symmetric part gets offset 0
+    return q.QuantizedTensor(
+        stack([v.q for v in parts]),
+        stack([v.scale for v in parts]),
+        None
+        if symmetric
+        else stack([np.zeros_like(v.scale) if v.offset is None else v.offset for v in parts]),
+        width,
+    )
 
 
 def split(tensors: Mapping[str, np.ndarray], cfg) -> dict[str, np.ndarray]:

@@ -135,7 +135,7 @@ class Model:
         bits = q.check_quant(quant)
         if mesh is not None:
             sharding.check_divisible(config, mesh)
-        tensors = fused.fuse(tensors, config, source)
+        tensors = fused.fuse(tensors, config, source, bits)
         module = nnx.eval_shape(lambda: Transformer(config, dtype=dtype, rngs=nnx.Rngs(0)))
         for name_, owner, attr, kind in _weights(module):
             put = _placer(name_, mesh)

@@ -87,6 +87,15 @@ class QuantizedTensor:
             return self
         return QuantizedTensor(unpack_int4(self.q, self.group).astype(np.int8), self.scale, self.offset, 8)
 
+    def regrouped(self, group: int) -> QuantizedTensor:
+        """The same values in groups of ``group`` rows, a divisor of this tensor's group (exact:
+        each group's scale and offset repeated, int4 nibbles repacked)."""
+        if self.group % group:
+            raise ValueError(f"group {group} does not divide the tensor's group {self.group}")
+        repeat = lambda x: None if x is None else np.repeat(x, self.group // group, axis=0)
+        values = pack_int4(unpack_int4(self.q, self.group), group) if self.bits == 4 else self.q
+        return QuantizedTensor(values, repeat(self.scale), repeat(self.offset), self.bits)
+
     def dequantize(self) -> np.ndarray:
         """float32 [in, ...]."""
         return np.asarray(dequantize(self.q, self.scale, self.offset, self.bits, np.float32))

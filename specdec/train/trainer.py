@@ -28,7 +28,7 @@ from flax import nnx
 from safetensors.numpy import save_file
 from tqdm import tqdm
 
-from specdec.models import Model
+from specdec.models import Model, fused
 from specdec.train.data import Corpus, hidden_features, pad_rows
 from specdec.train.losses import DIVERGENCES
 from specdec.train.recipes import RECIPES, agreement
@@ -280,7 +280,7 @@ def read_checkpoint(path, target: Model):
             f"{weights}: checksum mismatch (sha256 {_sha256(weights)[:12]}..., {folder / 'drafter.json'} "
             f"records {str(meta['sha256'])[:12]}...): the file is corrupt or was replaced"
         )
-    tensors = read_safetensors(weights)
+    tensors = fused.fuse_stored(read_safetensors(weights), target.config)  # also from before the fusion
     graphdef, trainable, frozen, teacher = recipe.init(target, tensors.get(COUNTS))
     trainable = _unflat(trainable, tensors, str(folder / "weights.safetensors"))
     return meta, cfg, recipe, graphdef, trainable, frozen, teacher
