@@ -121,15 +121,10 @@ def _fused(values: list, columns: np.ndarray, bits: int | None, where: str):
         v = v.regrouped(group) if isinstance(v, q.QuantizedTensor) else q.quantize(v.T, width, group, where)
         parts.append(v.to_int8() if v.bits < width else v)
     stack = lambda arrays: np.concatenate(arrays, axis=-1)[:, columns]
-    symmetric = all(v.offset is None for v in parts)  # else a symmetric part gets offset 0
-    return q.QuantizedTensor(
-        stack([v.q for v in parts]),
-        stack([v.scale for v in parts]),
-        None
-        if symmetric
-        else stack([np.zeros_like(v.scale) if v.offset is None else v.offset for v in parts]),
-        width,
-    )
+    offset = None
+    if any(v.offset is not None for v in parts):  # a symmetric part's offset is 0
+        offset = stack([np.zeros_like(v.scale) if v.offset is None else v.offset for v in parts])
+    return q.QuantizedTensor(stack([v.q for v in parts]), stack([v.scale for v in parts]), offset, width)
 
 
 def split(tensors: Mapping[str, np.ndarray], cfg) -> dict[str, np.ndarray]:
