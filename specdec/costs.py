@@ -80,7 +80,9 @@ def measure(
     """The target's latencies for T = 1 .. gamma + 1, its narrow pass (timed only where the verify
     kernels differ from the decode step's) and the drafter's c at this batch and context (cache
     capacity as ``generate`` sizes it for 64 new tokens), from ``cache`` where it holds them, else
-    timed now (and stored). ``drafter_key`` names the drafter's configuration in the cache
+    timed now (and stored): a width the cache lacks has every width, and the narrow pass, timed
+    again in one alternated measurement, so r(T) never divides latencies of different minutes.
+    ``drafter_key`` names the drafter's configuration in the cache
     (required with a drafter and a cache)."""
     if drafter is not None and cache is not None and drafter_key is None:
         raise ValueError("costs.measure: a drafter's c is cached under its drafter_key; none given")
@@ -91,11 +93,14 @@ def measure(
     latencies = {int(T): s for T, s in entry.get("latencies", {}).items()}
     c_cached = entry.get("c", {}).get(drafter_key) if drafter_key else None
 
+    # A width not yet cached times every width again, all alternated in one measurement: r(T) is
+    # a ratio of latencies, which must come from the same minutes of this machine's speed.
     missing = [T for T in range(1, gamma + 2) if T not in latencies]
+    widths = sorted(set(latencies) | set(range(1, gamma + 2))) if missing else []
     narrow_cached = narrow = entry.get("narrow")
-    time_narrow = narrow is None and kernels.verify_build(target) != "default"
-    if missing or time_narrow:
-        timed = timing.passes_s(target, missing, narrow=time_narrow, **kw)
+    time_narrow = (narrow is None or bool(widths)) and kernels.verify_build(target) != "default"
+    if widths or time_narrow:
+        timed = timing.passes_s(target, widths, narrow=time_narrow, **kw)
         narrow = timed.pop("narrow", narrow)
         latencies.update(timed)
     c = c_cached
@@ -105,7 +110,8 @@ def measure(
 
         def change(old):
             old = old or {"latencies": {}, "c": {}}
-            old["latencies"] = {str(T): s for T, s in latencies.items()} | old["latencies"]
+            if widths:  # one measurement replaces the widths' latencies together
+                old["latencies"] = {str(T): s for T, s in latencies.items()}
             if narrow is not None:
                 old["narrow"] = narrow
             if drafter is not None:

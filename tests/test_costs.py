@@ -34,18 +34,19 @@ def test_costs_are_measured_once_then_read_back(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(timing, "draft_cost_ratio", draft_cost_ratio)
     assert costs.measure(tiny, ngram, gamma=3, **kw) == first  # nothing timed
     assert timed == []
-    longer = costs.measure(tiny, ngram, gamma=5, **kw)  # only the widths not yet measured
-    assert timed == [5, 6] and longer.latencies == {**first.latencies, 5: 1.0, 6: 1.0}
+    longer = costs.measure(tiny, ngram, gamma=5, **kw)  # new widths: every width timed again, together
+    assert timed == [1, 2, 3, 4, 5, 6] and longer.latencies == {T: 1.0 for T in range(1, 7)}
     (stored,) = cache.read().values()  # the entry changed in place is written
-    assert sorted(stored["latencies"]) == ["1", "2", "3", "4", "5", "6"]
+    assert stored["latencies"] == {str(T): 1.0 for T in range(1, 7)}
+    assert costs.measure(tiny, ngram, gamma=2, **kw) == longer  # fewer widths: read back
     costs.measure(tiny, None, gamma=1, batch=2, context=32, cache=cache)  # another batch: another entry
-    assert timed == [5, 6, 1, 2]
+    assert timed == [1, 2, 3, 4, 5, 6, 1, 2]
     entries = json.loads(cache.path.read_text())
     assert sorted(key.split(" | ")[-3] for key in entries) == ["B=1", "B=2"]
     assert all(" | tiny | float32 | " in key for key in entries)
     monkeypatch.setattr(transformer, "REVISION", transformer.REVISION + 1)  # the forward changed
     costs.measure(tiny, None, gamma=1, batch=2, context=32, cache=cache)  # measured again
-    assert timed == [5, 6, 1, 2, 1, 2] and len(cache.read()) == 3
+    assert timed == [1, 2, 3, 4, 5, 6, 1, 2, 1, 2] and len(cache.read()) == 3
 
 
 def test_a_corrupt_cost_cache_is_named_and_kept(tiny, tmp_path):
