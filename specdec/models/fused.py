@@ -64,14 +64,16 @@ def fuse(tensors: Mapping, cfg, source: str, bits: int | None = None) -> dict:
     are quantized already keep their values exactly (``_fused``); without, they are dequantized.
     Raises ValueError naming ``source`` and the tensor when a part is missing or misshapen."""
     out = dict(tensors)
-    for layer in range(cfg.n_layers):
-        for fused in PARTS:
-            for attr in _attrs(fused, cfg):
+    for fused in PARTS:
+        columns, sizes = order(fused, cfg), part_sizes(fused, cfg)
+        for attr in _attrs(fused, cfg):
+            shapes = [(size, cfg.dim) if attr == "weight" else (size,) for size in sizes]
+            for layer in range(cfg.n_layers):
                 name, parts = _names(layer, fused, attr)
-                sizes = part_sizes(fused, cfg)
-                shapes = [(size, cfg.dim) if attr == "weight" else (size,) for size in sizes]
-                values = [_pop(out, part, shape, source) for part, shape in zip(parts, shapes, strict=True)]
-                out[name] = _fused(values, order(fused, cfg), bits, f"{source}: {name}")
+                for part, shape in zip(parts, shapes, strict=True):
+                    checked(out, part, shape, source)
+                values = [out.pop(part) for part in parts]
+                out[name] = _fused(values, columns, bits, f"{source}: {name}")
     return out
 
 
@@ -89,14 +91,15 @@ def fuse_stored(tensors: Mapping[str, np.ndarray], cfg) -> dict[str, np.ndarray]
     return out
 
 
-def _pop(tensors: dict, name: str, hf_shape: tuple, source: str):
-    """tensors.pop(name), checked to have ``hf_shape`` in Hugging Face layout."""
+def checked(tensors: Mapping, name: str, hf_shape: tuple, source: str):
+    """tensors[name], checked to have ``hf_shape`` in Hugging Face layout (a ``QuantizedTensor``'s
+    shape is in our [in, out] storage); ValueError naming ``source`` and the tensor otherwise."""
     if name not in tensors:
         raise ValueError(f"{source}: missing weight tensor {name!r}")
-    value = tensors.pop(name)
+    value = tensors[name]
     shape = value.shape[::-1] if isinstance(value, q.QuantizedTensor) else np.shape(value)
-    if tuple(shape) != hf_shape:
-        raise ValueError(f"{source}: tensor {name!r} has shape {tuple(shape)}, expected {hf_shape}")
+    if tuple(shape) != tuple(hf_shape):
+        raise ValueError(f"{source}: tensor {name!r} has shape {tuple(shape)}, expected {tuple(hf_shape)}")
     return value
 
 
@@ -131,13 +134,13 @@ def split(tensors: Mapping[str, np.ndarray], cfg) -> dict[str, np.ndarray]:
     """The inverse of ``fuse`` for float tensors in Hugging Face layout: every fused tensor
     replaced by its parts."""
     out = dict(tensors)
-    for layer in range(cfg.n_layers):
-        for fused in PARTS:
-            for attr in _attrs(fused, cfg):
+    for fused in PARTS:
+        columns, bounds = order(fused, cfg), np.cumsum(part_sizes(fused, cfg))[:-1]
+        for attr in _attrs(fused, cfg):
+            for layer in range(cfg.n_layers):
                 name, parts = _names(layer, fused, attr)
                 value = out.pop(name)
                 concatenated = np.empty_like(value)
-                concatenated[order(fused, cfg)] = value
-                bounds = np.cumsum(part_sizes(fused, cfg))[:-1]
+                concatenated[columns] = value
                 out.update(zip(parts, np.split(concatenated, bounds, axis=0), strict=True))
     return out

@@ -140,18 +140,10 @@ class Model:
         for name_, owner, attr, kind in _weights(module):
             put = _placer(name_, mesh)
             variable = getattr(owner, attr)
-            if name_ not in tensors:
-                raise ValueError(f"{source}: missing weight tensor {name_!r}")
-            value = tensors[name_]
             want = variable.shape  # our storage
-            if isinstance(value, q.QuantizedTensor):
-                shape = value.shape
-            else:
+            value = fused.checked(tensors, name_, want[::-1] if len(want) == 2 else want, source)
+            if not isinstance(value, q.QuantizedTensor):
                 value = np.asarray(value)
-                shape = value.shape[::-1] if value.ndim == 2 else value.shape
-            if tuple(shape) != tuple(want):
-                hf = want[::-1] if len(want) == 2 else want
-                raise ValueError(f"{source}: tensor {name_!r} has shape {shape[::-1]}, expected {tuple(hf)}")
             width = _bits(kind, bits)
             if width is not None:
                 ours = value if isinstance(value, q.QuantizedTensor) else value.T
