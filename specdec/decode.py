@@ -40,7 +40,7 @@ import jax.numpy as jnp
 from specdec import trees
 from specdec.acceptance import SpeculativeSampling
 from specdec.drafters.base import Autoregressive, Context, Verified, tree_size
-from specdec.models import KVCache, forward
+from specdec.models import KVCache, forward, in_chunks
 from specdec.sampling import Sampling, probs
 from specdec.trees import Tree
 
@@ -220,9 +220,14 @@ def _target_pass(
         write=write,
     )
     pad = ((0, 0), (0, W - width), (0, 0))
-    if read:  # [L, B, W, D] -> [B, W, L D]
-        hidden = jnp.pad(jnp.concatenate(list(hidden), axis=-1), pad)
+    if read:
+        hidden = jnp.pad(_side_by_side(hidden), pad)
     return jnp.pad(probs(logits, cfg.sampling), pad), (cache if write else cache.padded(W)), hidden
+
+
+def _side_by_side(hidden):
+    """The hidden states of the layers read, [L, B, W, D] -> [B, W, L D] (None: none read)."""
+    return None if hidden is None else jnp.concatenate(list(hidden), axis=-1)
 
 
 def _features(drafter) -> tuple[int, ...]:
@@ -230,21 +235,31 @@ def _features(drafter) -> tuple[int, ...]:
     return tuple(drafter.feature_layers) if drafter.needs_features else ()
 
 
-def _context(cfg: LoopConfig, state: LoopState, prompt_len: int | None = None) -> Context:
+def _context(cfg: LoopConfig, state: LoopState, prompt_len: int | None = None, chunk: int | None = None):
     return Context(
         tokens=state.tokens,
         lengths=state.lengths,
         budget=state.budget,
         sampling=cfg.sampling,
         prompt_len=prompt_len,
+        prompt_chunk=chunk,
     )
 
 
 @functools.partial(
-    jax.jit, static_argnames=("target_def", "cfg", "prompt_len"), donate_argnames=("tokens", "cache")
+    jax.jit, static_argnames=("target_def", "cfg", "prompt_len", "chunk"), donate_argnames=("tokens", "cache")
 )
 def prefill(
-    target_def, target_params, drafter, tokens, prompt_lengths, cache: KVCache, *, cfg, prompt_len: int
+    target_def,
+    target_params,
+    drafter,
+    tokens,
+    prompt_lengths,
+    cache: KVCache,
+    *,
+    cfg,
+    prompt_len: int,
+    chunk: int | None = None,
 ) -> LoopState:
     """Read the prompts: the target caches the whole prompt block [B, T], padding included (the
     first verify pass rolls the cache back to lengths - 1, so the last prompt token becomes the
@@ -258,6 +273,9 @@ def prefill(
     cache (donated): the target's KVCache with capacity N.
 
     prompt_len: static T, the prompt block (``generation.prompt_block``), at most N.
+    chunk: static, prompt positions per row per pass, dividing T (``generation.prefill_width``);
+        None: the whole block in one pass. Smaller chunks bound the attention scores, [B H, c, N]
+        a pass, which at batch 32 and T = 1024 in one pass are gigabytes a layer (``in_chunks``).
 
     Returns the ``LoopState`` that ``decode_loop`` starts from. A program of its own, so a run
     times its prefill and its decoding apart (``generation.generate``), and the loop, which does
@@ -266,10 +284,13 @@ def prefill(
     drafter = Autoregressive() if drafter is None else drafter
     B, T, K = tokens.shape[0], prompt_len, cfg.gamma
     ranks = drafter.max_siblings if tree_size(drafter, K) is not None else 1
-    positions = jnp.broadcast_to(jnp.arange(T), (B, T))
-    _, cache, hidden = _target_pass(
-        target_def, target_params, cfg, _features(drafter), tokens[:, :T], positions, cache.with_lengths(0)
-    )
+    layers = _features(drafter)
+
+    def read(cache, tokens, positions):  # one pass: the logits are unused, so never computed
+        _, cache, hidden = forward(target_def, target_params, tokens, positions, cache, hidden_layers=layers)
+        return _side_by_side(hidden), cache
+
+    hidden, cache = in_chunks(read, cache.with_lengths(0), tokens[:, :T], chunk)
     state = LoopState(
         step=jnp.zeros((), jnp.int32),
         tokens=tokens,
@@ -280,7 +301,7 @@ def prefill(
         drafter_state=None,
         stats=Stats.zeros(B, K, ranks),
     )
-    return dataclasses.replace(state, drafter_state=drafter.init(_context(cfg, state, T), hidden))
+    return dataclasses.replace(state, drafter_state=drafter.init(_context(cfg, state, T, chunk), hidden))
 
 
 @functools.partial(jax.jit, static_argnames=("target_def", "cfg"), donate_argnames=("state",))

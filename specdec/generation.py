@@ -59,6 +59,15 @@ def prompt_block(n: int, min_bucket: int = 16) -> int:
     return min(whole, -(-max(n, 1) // step) * step)
 
 
+def prefill_width(prompt_len: int, batch: int, prefill_chunk: int) -> int:
+    """Prompt positions per row in one prefill pass: the largest divisor of ``prompt_len`` whose
+    ``batch`` rows hold at most ``prefill_chunk`` positions (at least 1), so a batch's prefill
+    reads ``prefill_chunk`` positions a pass, like a serving engine's chunked prefill, and its
+    attention scores stay [B H, c, S] (``models.in_chunks``)."""
+    most = max(1, prefill_chunk // batch)
+    return max(c for c in range(1, min(most, prompt_len) + 1) if prompt_len % c == 0)
+
+
 def capacity_for(prompt_bucket: int, max_new_tokens: int, gamma: int) -> int:
     """Cache slots a generation can touch, rounded up to a multiple of 64."""
     need = prompt_bucket + max_new_tokens + gamma + 1
@@ -96,7 +105,7 @@ def encode_prompts(model: Model, prompts, chat: bool) -> list[list[int]]:
 class ProgramCache:
     """Compiled prefill and decode-loop programs keyed by everything that shapes them, least
     recently used dropped beyond ``max_entries`` of each kind. Each ``Model`` owns one. A
-    prefill is compiled per prompt block and a loop per setting and shapes, so every block of a
+    prefill is compiled per prompt block and chunk and a loop per setting and shapes, so every block of a
     bucket shares one loop. A speculative loop is compiled with ``kernels.verify_options``; an
     autoregressive loop and the prefills with XLA's defaults."""
 
@@ -109,10 +118,11 @@ class ProgramCache:
         """Compiled programs held: prefills and loops."""
         return len(self._prefills) + len(self._loops)
 
-    def get(self, args, cfg: LoopConfig, prompt_len: int, target):
+    def get(self, args, cfg: LoopConfig, prompt: tuple[int, int], target):
         """The compiled (prefill, decode loop) of ``target`` (a ``Model``) for ``args`` (target params,
-        drafter, tokens, prompt lengths, cache, key), settings and prompt block, and the time spent
-        compiling them now (0 if both were held)."""
+        drafter, tokens, prompt lengths, cache, key), settings and ``prompt`` = (prompt block,
+        positions per row per prefill pass), and the time spent compiling them now (0 if both
+        were held)."""
         target_def = target.graphdef
         params, drafter, tokens, lengths, cache, key = args
         signature = (
@@ -124,15 +134,24 @@ class ProgramCache:
         start = time.perf_counter()
 
         def compile_prefill():
+            prompt_len, chunk = prompt
             return prefill.lower(
-                target_def, params, drafter, tokens, lengths, cache, cfg=cfg, prompt_len=prompt_len
+                target_def,
+                params,
+                drafter,
+                tokens,
+                lengths,
+                cache,
+                cfg=cfg,
+                prompt_len=prompt_len,
+                chunk=chunk,
             ).compile()
 
         def compile_loop():
             lowered = decode_loop.lower(target_def, params, drafter, first.out_info, lengths, key, cfg=cfg)
             return lowered.compile(compiler_options=kernels.verify_options(target) if cfg.gamma > 0 else {})
 
-        first, new_prefill = self._held(self._prefills, (signature, prompt_len), compile_prefill)
+        first, new_prefill = self._held(self._prefills, (signature, prompt), compile_prefill)
         loop, new_loop = self._held(self._loops, signature, compile_loop)
         return (first, loop), time.perf_counter() - start if new_prefill or new_loop else 0.0
 
@@ -164,6 +183,7 @@ def generate(
     schedule: str | None = None,
     verify_widths: Sequence[int] | None = None,
     min_bucket: int = 16,
+    prefill_chunk: int = 2048,
 ) -> GenerationOutput:
     """Generate a continuation of every prompt in one compiled call.
 
@@ -181,6 +201,8 @@ def generate(
         (each extra width is a ``lax.switch`` branch, whose cache operands XLA copies).
     min_bucket: the shortest padded prompt length, and the step of the prompt blocks below 16
         min_bucket (``prompt_block``; the cache capacity follows the power-of-two ``bucket``).
+    prefill_chunk: prompt positions, summed over rows, read by one prefill pass: a longer batch
+        of prompts is read in chunks (``prefill_width``), which bounds the prefill's memory.
     Every setting is validated before anything is compiled.
     """
     sampling = Sampling(temperature, top_k, top_p)
@@ -193,6 +215,7 @@ def generate(
     max_new_tokens = checks.integer(max_new_tokens, "max_new_tokens", low=1)
     seed = checks.integer(seed, "seed")
     min_bucket = checks.integer(min_bucket, "min_bucket", low=1)
+    prefill_chunk = checks.integer(prefill_chunk, "prefill_chunk", low=1)
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}; got {schedule!r}")
     # Autoregressive decoding drafts nothing: one position per step.
@@ -256,7 +279,8 @@ def generate(
     key = jax.random.key(seed)
     prompt_buffer, prompt_lengths = rows
     args = (target.params, drafter, prompt_buffer, prompt_lengths, cache, key)
-    (first, loop), compile_s = target.programs.get(args, cfg, prompt_len, target)
+    chunk = prefill_width(prompt_len, B, prefill_chunk)
+    (first, loop), compile_s = target.programs.get(args, cfg, (prompt_len, chunk), target)
     start = time.perf_counter()
     state = jax.block_until_ready(first(target.params, drafter, prompt_buffer, prompt_lengths, cache))
     prefill_s = time.perf_counter() - start

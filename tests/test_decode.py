@@ -187,10 +187,35 @@ def test_each_prompt_block_compiles_a_prefill_and_shares_the_loop(target, drafts
     assert [b.tokens for b in blocks] == [w.tokens for w in whole]
 
 
+def test_prefill_width_divides_the_block_within_the_chunk():
+    width = generation.prefill_width
+    assert [width(288, 1, 2048), width(1024, 32, 2048), width(3328, 32, 2048), width(3328, 3, 2048)] == [
+        288,
+        64,
+        64,
+        416,
+    ]
+    assert [width(48, 2, 16), width(13, 1, 4), width(64, 4096, 2048)] == [8, 1, 1]
+
+
+def test_a_chunked_prefill_generates_the_same_tokens(target, drafts):
+    """Two 40-token prompts (block 48) read 16 positions a pass (6 chunks of 8 a row) give the
+    tokens one pass gives; the chunked prefill is a program of its own, the loop is shared."""
+    prompts = [[(7 * i) % 60 + 1 for i in range(40)], [(5 * i) % 50 + 3 for i in range(33)]]
+    programs = generation.ProgramCache()
+    model = Model.random(tiny_config(), seed=0)
+    object.__setattr__(model, "programs", programs)
+    kw = dict(drafter=drafters.make("draft_model", model, layers=1), gamma=3, max_new_tokens=12)
+    one, chunked = (run(model, prompts, prefill_chunk=n, **kw) for n in (2048, 16))
+    assert chunked.tokens == one.tokens
+    assert (len(programs._prefills), len(programs._loops)) == (2, 1)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
         (dict(gamma=0), "gamma must be >= 1"),
+        (dict(prefill_chunk=0), "prefill_chunk must be >= 1"),
         (dict(temperature=-0.5), "temperature must be >= 0"),
         (dict(temperature=1.0, top_p=0.0), r"top_p must be in \(0, 1\]"),
         (dict(temperature=1.0, top_p=1.5), r"top_p must be in \(0, 1\]"),

@@ -121,6 +121,51 @@ def test_the_prefill_caches_the_prompts_without_the_head():
     assert np.asarray(state.lengths).tolist() == [24, 20] and int(state.step) == 0
 
 
+@pytest.mark.parametrize("drafter", ["none", "draft_model", "eagle"])
+def test_a_chunked_prefill_reads_what_one_pass_reads(drafter):
+    """The prefill in chunks of 8 positions (a scan of 3 passes over a 24-token block) caches the
+    same keys and values in every layer as one pass, and hands the drafter the same prompt: a draft
+    model's own cache and EAGLE's cache and feature h (which reads the target's hidden states)."""
+    model = Model.random(tiny_config(vocab_size=97), seed=0)
+    draft = {
+        "none": None,
+        "draft_model": lambda: drafters.make("draft_model", model, layers=1),
+        "eagle": lambda: drafters.make("eagle", model, checkpoint="untrained"),
+    }[drafter]
+    draft = draft() if draft else None
+    cfg = LoopConfig(sampling=Sampling(), gamma=0 if draft is None else 2, max_new_tokens=8, eos_ids=())
+    tokens = jax.random.randint(jax.random.key(1), (2, 64), 0, 97)
+    lengths = jnp.array([24, 19])
+
+    def read(chunk):
+        args = (model.params, draft, jnp.array(tokens), lengths, model.init_cache(2, 64))
+        return prefill(model.graphdef, *args, cfg=cfg, prompt_len=24, chunk=chunk)
+
+    one, chunked = read(None), read(8)
+    assert np.asarray(chunked.cache.lengths).tolist() == [24, 24]
+    for want, got in zip(jax.tree.leaves(one), jax.tree.leaves(chunked), strict=True):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=2e-5)
+    with pytest.raises(ValueError, match="chunk 7 does not divide the prompt block 24"):
+        read(7)
+
+
+def test_a_chunked_prefill_holds_a_chunk_of_attention_scores():
+    """XLA's own memory analysis of the prefill: at 4 rows x 256 positions over 512 slots, one pass
+    holds [B H, 256, 512] scores (8 MiB here); chunks of 32 positions hold an eighth of them."""
+    model = Model.random(tiny_config(), seed=0)
+    tokens, lengths = jnp.zeros((4, 512), jnp.int32), jnp.full((4,), 256)
+    cfg = LoopConfig(sampling=Sampling(), gamma=0, max_new_tokens=8, eos_ids=())
+
+    def temp_bytes(chunk):
+        args = (model.params, None, tokens, lengths, model.init_cache(4, 512))
+        compiled = prefill.lower(model.graphdef, *args, cfg=cfg, prompt_len=256, chunk=chunk).compile()
+        return compiled.memory_analysis().temp_size_in_bytes
+
+    scores = 4 * model.config.n_heads * 256 * 512 * 4
+    whole, chunked = temp_bytes(None), temp_bytes(32)
+    assert whole >= scores and chunked <= whole / 4
+
+
 def test_tree_mask_equals_separate_chains():
     """Two sibling branches scored in one pass with a tree mask = each chain scored alone."""
     model = Model.random(tiny_config(), seed=2)

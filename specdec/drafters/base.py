@@ -25,6 +25,9 @@ class Context:
     sampling: static        the transform that turns logits into q (the same as the target's p)
     prompt_len: static      the prefill's prompt block T: tokens[:, :T] hold every prompt (given
                             to ``init`` only; None inside the loop, which does not depend on T)
+    prompt_chunk: static    positions per row per prefill pass, dividing T (``init`` only; None:
+                            one pass): a drafter that reads the prompt with attention reads it
+                            in chunks of this size (``models.in_chunks``)
     """
 
     tokens: jax.Array
@@ -32,6 +35,7 @@ class Context:
     budget: jax.Array
     sampling: Sampling = dataclasses.field(metadata=dict(static=True))
     prompt_len: int | None = dataclasses.field(default=None, metadata=dict(static=True))
+    prompt_chunk: int | None = dataclasses.field(default=None, metadata=dict(static=True))
 
     @property
     def pending(self) -> jax.Array:  # [B]

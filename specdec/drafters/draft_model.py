@@ -23,7 +23,7 @@ from flax import nnx
 from specdec import checks
 from specdec.drafters.base import Context, Verified
 from specdec.drafters.chain import check_stop_below, draft_chain
-from specdec.models import KVCache, Model, forward
+from specdec.models import KVCache, Model, forward, in_chunks
 
 
 @jax.tree_util.register_dataclass
@@ -92,9 +92,10 @@ class DraftModel:
         B, N = context.tokens.shape
         dtype = self.params["norm"]["weight"][...].dtype
         cache = KVCache.init(len(self.layers), B, self.n_kv_heads, N, self.head_dim, dtype)
-        # Prefill the padded prompt block once; only the first lengths-1 slots count.
-        T = context.prompt_len
-        _, cache = self._step(cache, context.tokens[:, :T], jnp.broadcast_to(jnp.arange(T), (B, T)))
+        # Prefill the padded prompt block once, in the prefill's chunks; only the first
+        # lengths-1 slots count. The logits are unused, so never computed.
+        read = lambda cache, tokens, positions: (None, self._step(cache, tokens, positions)[1])
+        _, cache = in_chunks(read, cache, context.tokens[:, : context.prompt_len], context.prompt_chunk)
         base = context.lengths - 1
         return DraftState(cache.with_lengths(base), base, jnp.zeros((B,), jnp.int32))
 

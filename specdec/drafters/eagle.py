@@ -36,7 +36,7 @@ from flax import nnx
 
 from specdec.drafters.base import Context, Verified
 from specdec.drafters.chain import check_stop_below, draft_chain
-from specdec.models import KVCache, Model, ModelConfig
+from specdec.models import KVCache, Model, ModelConfig, in_chunks
 from specdec.models.transformer import Block, Linear, attention_inputs, embed_lookup, rms_norm
 
 
@@ -196,8 +196,8 @@ class Eagle:
         T = context.prompt_len
         c = self.config
         cache = KVCache.init(1, B, c.n_kv_heads, N, c.head_dim, self.norm.dtype)
-        positions = jnp.broadcast_to(jnp.arange(T), (B, T))
-        h, cache = self.run_head(cache, hidden, context.tokens[:, 1 : T + 1], positions, fuse=True)
+        read = lambda cache, inputs, positions: self.run_head(cache, *inputs, positions, fuse=True)
+        h, cache = in_chunks(read, cache, (hidden, context.tokens[:, 1 : T + 1]), context.prompt_chunk)
         return EagleState(cache=cache, h=_at(h, jnp.maximum(context.lengths - 2, 0)))
 
     def propose(self, state: EagleState, context: Context, gamma: int, key):

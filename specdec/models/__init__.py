@@ -2,7 +2,7 @@
 
 from specdec.models.cache import KVCache
 from specdec.models.config import SUPPORTED_ARCHITECTURES, ModelConfig, RopeScaling, tiny_config
-from specdec.models.model import Model, forward
+from specdec.models.model import Model, forward, in_chunks
 from specdec.models.transformer import Transformer
 
 __all__ = [
@@ -13,5 +13,6 @@ __all__ = [
     "RopeScaling",
     "Transformer",
     "forward",
+    "in_chunks",
     "tiny_config",
 ]

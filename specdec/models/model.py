@@ -228,3 +228,32 @@ def forward(graphdef, params, tokens, positions, cache, **kwargs):
 
 
 _forward_jit = jax.jit(forward, static_argnums=0, static_argnames=("layers", "hidden_layers"))
+
+
+def in_chunks(read, cache: KVCache, inputs, chunk: int | None):
+    """Read a prompt into an empty ``cache`` ``chunk`` positions per pass.
+
+    read(cache, inputs [B, c, ...], positions [B, c]) -> (out [B, c, ...], cache): one pass that
+    appends c positions (a pytree of outputs, or None).
+    inputs: a pytree of [B, T, ...] arrays; chunk: positions per row per pass, dividing T (None
+    or >= T: one pass).
+
+    Returns (out [B, T, ...], cache). Several chunks run as a ``lax.scan``, each pass attending to
+    the slots the earlier ones wrote: the same attention as one pass (a position sees the slots
+    before it), with a pass's scores [B H, c, S] instead of [B H, T, S].
+    """
+    B, T = jax.tree.leaves(inputs)[0].shape[:2]
+    if chunk is None or chunk >= T:
+        return read(cache, inputs, jnp.broadcast_to(jnp.arange(T), (B, T)))
+    if T % chunk:
+        raise ValueError(f"chunk {chunk} does not divide the prompt block {T}")
+    n = T // chunk
+
+    def pass_(cache, xs):
+        i, piece = xs
+        out, cache = read(cache, piece, jnp.broadcast_to(i * chunk + jnp.arange(chunk), (B, chunk)))
+        return cache, out
+
+    pieces = jax.tree.map(lambda x: jnp.moveaxis(x.reshape(B, n, chunk, *x.shape[2:]), 1, 0), inputs)
+    cache, outs = jax.lax.scan(pass_, cache, (jnp.arange(n), pieces))  # outs [n, B, c, ...]
+    return jax.tree.map(lambda y: jnp.moveaxis(y, 0, 1).reshape(B, T, *y.shape[3:]), outs), cache
