@@ -67,6 +67,12 @@ class LoopConfig:
     def accept(self):
         return self.rule.for_sampling(self.sampling)
 
+    @property
+    def prefill(self) -> LoopConfig:
+        """What ``prefill`` reads (gamma and sampling), every other setting at its default: one
+        prefill program serves every token budget, stop set, rule, schedule and width."""
+        return LoopConfig(sampling=self.sampling, gamma=self.gamma, max_new_tokens=1, eos_ids=())
+
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True, kw_only=True)

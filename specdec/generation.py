@@ -105,8 +105,9 @@ def encode_prompts(model: Model, prompts, chat: bool) -> list[list[int]]:
 class ProgramCache:
     """Compiled prefill and decode-loop programs keyed by everything that shapes them, least
     recently used dropped beyond ``max_entries`` of each kind. Each ``Model`` owns one. A
-    prefill is compiled per prompt block and chunk and a loop per setting and shapes, so every block of a
-    bucket shares one loop. A speculative loop is compiled with ``kernels.verify_options``; an
+    prefill is compiled per prompt block, chunk and the settings it reads (``cfg.prefill``), a
+    loop per setting and shapes: every block of a bucket shares one loop, and every token budget
+    one prefill. A speculative loop is compiled with ``kernels.verify_options``; an
     autoregressive loop and the prefills with XLA's defaults."""
 
     def __init__(self, max_entries: int = 32):
@@ -125,8 +126,7 @@ class ProgramCache:
         were held)."""
         target_def = target.graphdef
         params, drafter, tokens, lengths, cache, key = args
-        signature = (
-            cfg,
+        shapes = (
             target_def,
             jax.tree.structure(args),
             tuple((a.shape, a.dtype) for a in jax.tree.leaves(args)),
@@ -142,7 +142,7 @@ class ProgramCache:
                 tokens,
                 lengths,
                 cache,
-                cfg=cfg,
+                cfg=cfg.prefill,
                 prompt_len=prompt_len,
                 chunk=chunk,
             ).compile()
@@ -151,8 +151,8 @@ class ProgramCache:
             lowered = decode_loop.lower(target_def, params, drafter, first.out_info, lengths, key, cfg=cfg)
             return lowered.compile(compiler_options=kernels.verify_options(target) if cfg.gamma > 0 else {})
 
-        first, new_prefill = self._held(self._prefills, (signature, prompt), compile_prefill)
-        loop, new_loop = self._held(self._loops, signature, compile_loop)
+        first, new_prefill = self._held(self._prefills, (cfg.prefill, shapes, prompt), compile_prefill)
+        loop, new_loop = self._held(self._loops, (cfg, shapes), compile_loop)
         return (first, loop), time.perf_counter() - start if new_prefill or new_loop else 0.0
 
     def _held(self, programs: collections.OrderedDict, signature, compile_program):

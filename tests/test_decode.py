@@ -185,6 +185,9 @@ def test_each_prompt_block_compiles_a_prefill_and_shares_the_loop(target, drafts
     assert blocks[1].compile_s > 0
     whole = [run(model, [p], min_bucket=64, **kw) for p in prompts]
     assert [b.tokens for b in blocks] == [w.tokens for w in whole]
+    longer = run(model, prompts[:1], **dict(kw, max_new_tokens=12))  # a new loop, the same prefill
+    assert (len(programs._prefills), len(programs._loops)) == (2, 2)
+    assert longer.tokens[0][:8] == blocks[0].tokens[0]
 
 
 def test_prefill_width_divides_the_block_within_the_chunk():
