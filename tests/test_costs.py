@@ -2,6 +2,7 @@
 
 import json
 
+import jax
 import pytest
 
 from specdec import costs, drafters, kernels, timing
@@ -110,3 +111,20 @@ def test_passes_are_timed_with_their_builds(tiny, monkeypatch):
     monkeypatch.setenv(kernels.ENV, "eigen")
     got = timing.passes_s(tiny, [1, 3], narrow=True, context=16, capacity=32, steps=2, repeats=2, rounds=1)
     assert sorted(got, key=str) == [1, 3, "narrow"] and all(0 < s < 1 for s in got.values())
+
+
+def test_passes_of_every_width_share_one_cache(tiny):
+    """Runs timed one after another pass one donated cache along: one cache in memory however many
+    widths are timed (a run's own cache each made the cost measurement at batch 32 hold ten
+    1.6 GB caches), and each call hands it back at the context it was given."""
+    held = {}
+    runs = [timing.pass_run(tiny, T, 16, 32, 3, None, 2, {}, held) for T in (1, 3, 5)]
+    shape = held["cache"].k[0].shape
+
+    def caches_alive():
+        return sum(a.shape == shape for a in jax.live_arrays()) // (2 * tiny.config.n_layers)
+
+    for run in runs * 2:
+        run()
+        assert caches_alive() == 1
+        assert held["cache"].lengths.tolist() == [16, 16, 16]
