@@ -303,11 +303,16 @@ def test_compiled_programs_belong_to_the_model(target, drafts):
     cache = generation.ProgramCache(max_entries=2)
     small = Model.random(tiny_config(), seed=0, name="small")
     object.__setattr__(small, "programs", cache)
-    for new in (2, 3, 4):
-        run(small, [[1, 2, 3]], max_new_tokens=new)
+    prompts = [list(range(1, n + 1)) for n in (3, 19, 40)]  # buckets 16, 32, 64: a prefill and a loop each
+    for prompt in prompts:
+        run(small, [prompt], max_new_tokens=4)
     assert len(cache) == 2 + 2  # the least recently used prefill and loop were dropped
-    assert run(small, [[1, 2, 3]], max_new_tokens=4).compile_s == 0.0
-    assert run(small, [[1, 2, 3]], max_new_tokens=2).compile_s > 0
+    assert run(small, [prompts[2]], max_new_tokens=4).compile_s == 0.0
+    assert run(small, [prompts[0]], max_new_tokens=4).compile_s > 0
+    held = set(cache._prefills)
+    for new in (2, 3):  # a new budget: a loop of its own, the prefill held
+        run(small, [prompts[0]], max_new_tokens=new)
+    assert set(cache._prefills) == held and len(cache._loops) == 2
 
 
 def test_speculative_loops_are_built_with_the_verify_kernels(monkeypatch):
