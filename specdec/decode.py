@@ -241,7 +241,9 @@ def _features(drafter) -> tuple[int, ...]:
     return tuple(drafter.feature_layers) if drafter.needs_features else ()
 
 
-def _context(cfg: LoopConfig, state: LoopState, prompt_len: int | None = None, chunk: int | None = None):
+def _context(
+    cfg: LoopConfig, state: LoopState, prompt_len: int | None = None, chunk: int | None = None
+) -> Context:
     return Context(
         tokens=state.tokens,
         lengths=state.lengths,

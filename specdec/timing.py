@@ -148,7 +148,7 @@ def pass_run(model: Model, T: int, context, capacity, batch, layers, steps, opti
     batch 32 and 1,024 slots a SmolLM2 cache is 1.6 GB)."""
     tokens, positions, cache = inputs = _step_inputs(model, T, context, capacity, batch, layers)
     program = _compile_steps(model, inputs, layers, steps, options)
-    state = {"cache": cache} if held is None else held
+    state = {} if held is None else held
     state.setdefault("cache", cache)
 
     def run():

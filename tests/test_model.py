@@ -127,12 +127,8 @@ def test_a_chunked_prefill_reads_what_one_pass_reads(drafter):
     same keys and values in every layer as one pass, and hands the drafter the same prompt: a draft
     model's own cache and EAGLE's cache and feature h (which reads the target's hidden states)."""
     model = Model.random(tiny_config(vocab_size=97), seed=0)
-    draft = {
-        "none": None,
-        "draft_model": lambda: drafters.make("draft_model", model, layers=1),
-        "eagle": lambda: drafters.make("eagle", model, checkpoint="untrained"),
-    }[drafter]
-    draft = draft() if draft else None
+    options = {"draft_model": dict(layers=1), "eagle": dict(checkpoint="untrained")}
+    draft = None if drafter == "none" else drafters.make(drafter, model, **options[drafter])
     cfg = LoopConfig(sampling=Sampling(), gamma=0 if draft is None else 2, max_new_tokens=8, eos_ids=())
     tokens = jax.random.randint(jax.random.key(1), (2, 64), 0, 97)
     lengths = jnp.array([24, 19])
@@ -151,7 +147,8 @@ def test_a_chunked_prefill_reads_what_one_pass_reads(drafter):
 
 def test_a_chunked_prefill_holds_a_chunk_of_attention_scores():
     """XLA's own memory analysis of the prefill: at 4 rows x 256 positions over 512 slots, one pass
-    holds [B H, 256, 512] scores (8 MiB here); chunks of 32 positions hold an eighth of them."""
+    holds [B H, 256, 512] scores (8 MiB here); chunks of 32 positions hold at most a quarter of
+    its temporaries (an eighth of the scores, beside what both hold)."""
     model = Model.random(tiny_config(), seed=0)
     tokens, lengths = jnp.zeros((4, 512), jnp.int32), jnp.full((4,), 256)
     cfg = LoopConfig(sampling=Sampling(), gamma=0, max_new_tokens=8, eos_ids=())
