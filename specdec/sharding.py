@@ -12,7 +12,7 @@ weight storage:
   products;
 - vocabulary-parallel embedding and LM head: [D, V] split by vocabulary columns;
 - norms replicated;
-- the KV cache [B Hkv, S, Dh] (rows and heads merged, ``models.cache``) split by
+- the KV cache [B Hkv, ...] (rows and heads merged, ``models.cache``) split by
   rows over ``data`` and replicated over ``model``: each device computes its heads' attention from
   its copy, with no communication (the merged axis cannot be tiled by heads as well); token
   buffers and lengths by rows over ``data``.

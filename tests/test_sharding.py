@@ -57,8 +57,8 @@ def test_each_device_holds_its_share_of_the_weights(report):
     assert shapes["down_proj"] == [[128, 64], [32, 64]]
     assert shapes["embed_tokens"] == [[64, 64], [64, 16]]  # vocabulary split
     assert shapes["norm"] == [[64], [64]]  # replicated
-    assert shapes["cache_k"] == [[16, 32, 8], [16, 32, 8]]  # replicated over model
-    assert report["meshes"]["2x2"]["shapes"]["cache_k"] == [[16, 32, 8], [8, 32, 8]]  # rows over data
+    assert shapes["cache_k"] == [[16, 8, 32], [16, 8, 32]]  # keys [B Hkv, Dh, S], replicated over model
+    assert report["meshes"]["2x2"]["shapes"]["cache_k"] == [[16, 8, 32], [8, 8, 32]]  # rows over data
     b = report["meshes"]["1x4"]["bytes"]
     assert b["per_device"] == (b["total"] - b["replicated"]) // 4 + b["replicated"]
     assert report["meshes"]["4x1"]["bytes"]["per_device"] == b["total"]  # data parallel: replicas

@@ -15,9 +15,9 @@ _IN_PLACE_MAX_BATCH = 16  # rows written by per-row in-place updates; larger bat
 class KVCache:
     """Keys and values of every cached layer, written in place.
 
-    k:        tuple of L arrays [B Hkv, S, Dh]   keys, one array per cached layer: row b's KV head
+    k:        tuple of L arrays [B Hkv, Dh, S]   keys, one array per cached layer: row b's KV head
                                                  h is entry b Hkv + h; S = capacity slots per row
-    v:        tuple of L arrays [B Hkv, S, Dh]   values, the same layout
+    v:        tuple of L arrays [B Hkv, S, Dh]   values (slots major, unlike the keys)
     lengths:  [B] int32                          valid slots per row; row b's next token goes to
                                                  slot lengths[b]
 
@@ -26,11 +26,13 @@ class KVCache:
     stale slots are overwritten by the next append and are never attended to,
     because a query only sees slots before its own.
 
-    Per head, keys and values are [S, Dh] matrices, the right operands of the two attention
-    products q k^T and w v as they are; rows and heads are merged into the products' one batch
-    axis (a [B, Hkv, ...] buffer needs a reshape there, which made XLA copy every layer's cache at
-    every step). Values stored [Dh, S] instead (slots minor) made attention 1.1x slower at
-    B = 1 and 1.7x at B = 8, S = 2048 on XLA:CPU (docs/benchmarks.md).
+    Per head, keys are a [Dh, S] matrix and values an [S, Dh] one: the right operands of the two
+    attention products q k [T G, S] and w v [T G, Dh] as they are, each read with its output's
+    minor axis contiguous. Rows and heads are merged into the products' one batch axis (a
+    [B, Hkv, ...] buffer needs a reshape there, which made XLA copy every layer's cache at every
+    step). On XLA:CPU, keys stored [S, Dh] made q k 1.5x slower at B = 1 and 4-10x at B = 8-32
+    (a batch of [T G, Dh] x [Dh, S] products with Dh minor in both operands); values stored
+    [Dh, S] made w v 1.1x slower at B = 1 and 1.7x at B = 8, S = 2048 (docs/benchmarks.md).
     One array per layer (not one stacked [L, ...] array): XLA:CPU rewrites the whole
     operand of a scatter, so a stacked cache would copy every layer at every layer.
     """
@@ -43,8 +45,10 @@ class KVCache:
     def init(
         cls, n_layers: int, batch: int, n_kv_heads: int, capacity: int, head_dim: int, dtype=jnp.float32
     ):
-        shape = entries_shape(batch, n_kv_heads, capacity, head_dim)
-        k, v = (tuple(jnp.zeros(shape, dtype) for _ in range(n_layers)) for _ in range(2))
+        k, v = (
+            tuple(jnp.zeros(shape, dtype) for _ in range(n_layers))
+            for shape in entries_shapes(batch, n_kv_heads, capacity, head_dim)
+        )
         return cls(k, v, jnp.zeros((batch,), jnp.int32))
 
     @property
@@ -53,7 +57,7 @@ class KVCache:
 
     @property
     def capacity(self) -> int:
-        return self.k[0].shape[_SLOTS]
+        return self.v[0].shape[_V_SLOTS]
 
     @property
     def batch(self) -> int:
@@ -71,15 +75,20 @@ class KVCache:
 
     @classmethod
     def block(cls, entries, lengths: jax.Array) -> KVCache:
-        """A cache holding only new entries: ``entries`` one (keys, values) pair of
-        [B Hkv, T, Dh] per layer; ``lengths`` [B], the slots they follow (``append``
+        """A cache holding only new entries: ``entries`` one (keys [B Hkv, Dh, T], values
+        [B Hkv, T, Dh]) pair per layer; ``lengths`` [B], the slots they follow (``append``
         writes them at the receiving cache's own lengths, the same ones in the decode loop)."""
         return cls(tuple(k for k, _ in entries), tuple(v for _, v in entries), lengths)
 
     def padded(self, width: int) -> KVCache:
         """This block with zero entries after its own, to ``width`` slots (a fixed shape)."""
-        pad = lambda buffers: tuple(jnp.pad(x, ((0, 0), (0, width - self.capacity), (0, 0))) for x in buffers)
-        return dataclasses.replace(self, k=pad(self.k), v=pad(self.v))
+
+        def pad(buffers, slots):
+            widths = [(0, 0)] * 3
+            widths[slots] = (0, width - self.capacity)
+            return tuple(jnp.pad(x, widths) for x in buffers)
+
+        return dataclasses.replace(self, k=pad(self.k, _K_SLOTS), v=pad(self.v, _V_SLOTS))
 
     def append(self, block: KVCache) -> KVCache:
         """Write ``block``'s entries (a ``Transformer`` pass with ``write=False``) at slots
@@ -95,20 +104,19 @@ class KVCache:
         source = jnp.repeat(source, self.n_kv_heads, axis=0)  # [B Hkv, T]
         out = self
         for layer in range(self.n_layers):  # gather from the old buffers, write in place
-            entries = (
-                jnp.take_along_axis(x[layer], source[:, :, None], axis=_SLOTS) for x in (self.k, self.v)
-            )
-            out = out.put(layer, *entries)
+            keys = jnp.take_along_axis(self.k[layer], source[:, None, :], axis=_K_SLOTS)
+            values = jnp.take_along_axis(self.v[layer], source[:, :, None], axis=_V_SLOTS)
+            out = out.put(layer, keys, values)
         return out
 
     def put(self, layer: int, keys: jax.Array, values: jax.Array) -> KVCache:
-        """Write keys and values [B Hkv, T, Dh] (the storage layout, see ``cache_layout``) of
-        one layer at slots lengths[b] + t. Does not advance lengths (the
+        """Write keys [B Hkv, Dh, T] and values [B Hkv, T, Dh] (the storage layout, see
+        ``cache_layout``) of one layer at slots lengths[b] + t. Does not advance lengths (the
         forward does that once, after all layers). Callers keep lengths[b] + T <= capacity
         (``generate`` sizes the capacity for it)."""
         B, H = self.batch, self.n_kv_heads
 
-        def one(buffers, new):
+        def one(buffers, new, axis):
             buffer = buffers[layer]
             new = new.astype(buffer.dtype)
             if B <= _IN_PLACE_MAX_BATCH:
@@ -116,26 +124,34 @@ class KVCache:
                 # rewrites the whole buffer. A block that would run past the capacity is clamped
                 # back by XLA; rows never write there (generate sizes the capacity).
                 for b in range(B):
-                    start = (b * H, self.lengths[b], 0)
+                    start = [b * H, 0, 0]
+                    start[axis] = self.lengths[b]
                     buffer = jax.lax.dynamic_update_slice(buffer, new[b * H : (b + 1) * H], start)
             else:  # large batches: one scatter (a per-row loop would unroll B updates per layer)
-                slots = jnp.repeat(self.lengths, H)[:, None] + jnp.arange(new.shape[_SLOTS])  # [B Hkv, T]
-                buffer = buffer.at[jnp.arange(B * H)[:, None], slots].set(new, mode="drop")
+                index = [  # [B Hkv, 1, 1], [1, n1, 1], [1, 1, n2]: every entry of ``new``
+                    jnp.arange(n).reshape([n if j == i else 1 for j in range(3)])
+                    for i, n in enumerate(new.shape)
+                ]
+                index[axis] = jnp.repeat(self.lengths, H)[:, None, None] + index[axis]  # slots
+                buffer = buffer.at[tuple(index)].set(new, mode="drop")
             return (*buffers[:layer], buffer, *buffers[layer + 1 :])
 
-        return dataclasses.replace(self, k=one(self.k, keys), v=one(self.v, values))
+        return dataclasses.replace(self, k=one(self.k, keys, _K_SLOTS), v=one(self.v, values, _V_SLOTS))
 
 
 def cache_layout(k: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """New keys and values [B, T, Hkv, Dh] in the storage layout [B Hkv, T, Dh]."""
+    """New keys and values [B, T, Hkv, Dh] in the storage layout: keys [B Hkv, Dh, T], values
+    [B Hkv, T, Dh]."""
     B, T, H, D = k.shape
-    return tuple(jnp.transpose(x, (0, 2, 1, 3)).reshape(B * H, T, D) for x in (k, v))
+    return (
+        jnp.transpose(k, (0, 2, 3, 1)).reshape(B * H, D, T),
+        jnp.transpose(v, (0, 2, 1, 3)).reshape(B * H, T, D),
+    )
 
 
-def entries_shape(batch: int, n_kv_heads: int, capacity: int, head_dim: int) -> tuple[int, ...]:
-    """[B Hkv, S, Dh]: one layer's keys, or its values (the products read each slot's entry
-    contiguously)."""
-    return (batch * n_kv_heads, capacity, head_dim)
+def entries_shapes(batch: int, n_kv_heads: int, capacity: int, head_dim: int):
+    """One layer's keys [B Hkv, Dh, S] and values [B Hkv, S, Dh]: the shapes of the two."""
+    return (batch * n_kv_heads, head_dim, capacity), (batch * n_kv_heads, capacity, head_dim)
 
 
-_SLOTS = 1  # the slot axis of the layout
+_K_SLOTS, _V_SLOTS = 2, 1  # the slot axis of the keys' layout and of the values'

@@ -14,7 +14,7 @@ from jax.sharding import NamedSharding
 from specdec import sharding
 from specdec.models import fused
 from specdec.models import quant as q
-from specdec.models.cache import KVCache, entries_shape
+from specdec.models.cache import KVCache, entries_shapes
 from specdec.models.config import ModelConfig
 from specdec.models.transformer import Embedding, Linear, Transformer
 
@@ -214,8 +214,8 @@ class Model:
             where = NamedSharding(self.mesh, sharding.fit(sharding.cache_spec(), shape, self.mesh))
             return tuple(jnp.zeros(shape, self.dtype, device=where) for _ in range(n))
 
-        shape = entries_shape(batch, c.n_kv_heads, capacity, c.head_dim)
-        return KVCache(zeros(shape), zeros(shape), lengths)
+        k, v = entries_shapes(batch, c.n_kv_heads, capacity, c.head_dim)
+        return KVCache(zeros(k), zeros(v), lengths)
 
     def apply(self, params, tokens, positions, cache, **kwargs):
         """Jitted pure forward (see ``Transformer.__call__``): -> (logits [B,T,V], cache, hidden)."""

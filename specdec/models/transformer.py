@@ -32,7 +32,8 @@ _NEG_INF = -1e30
 # (``kernels.software``). Bump it with a change that moves the forward's speed.
 # 2: values stored [B Hkv, S, Dh] (were [B Hkv, Dh, S]).
 # 3: q/k/v and gate/up each one product over weights stored fused (``models.fused``).
-REVISION = 3
+# 4: keys stored [B Hkv, Dh, S] (were [B Hkv, S, Dh]).
+REVISION = 4
 
 
 class RMSNorm(nnx.Module):
@@ -171,7 +172,7 @@ class Attention(nnx.Module):
     def __call__(self, x, cache: KVCache, cache_layer: int, visible, rope, write: bool = True):
         """x [B, T, D]; visible [B, T, S] bool (``write``) or [B, T, S + T]; rope (cos, sin)
         -> (out [B, T, D], cache with this layer's new keys and values written; without ``write``,
-        the cache as it is and the new keys and values [B Hkv, T, Dh] apart)."""
+        the cache as it is and the new keys [B Hkv, Dh, T] and values [B Hkv, T, Dh] apart)."""
         cfg = self.cfg
         B, T, _ = x.shape
         H, G = cfg.n_kv_heads, cfg.group_size
@@ -188,10 +189,10 @@ class Attention(nnx.Module):
         else:  # the cache read only; the caller appends the new entries (KVCache.append)
             blocks = [(cache.k[cache_layer], cache.v[cache_layer]), new]
         # Grouped-query attention: G = n_heads / n_kv_heads query heads share one kv head; the
-        # T G queries of each (row, kv head) form one [T G, Dh] block against its [S, Dh] keys.
+        # T G queries of each (row, kv head) form one [T G, Dh] block against its [Dh, S] keys.
         q = q.reshape(B, T, H, G, cfg.head_dim).transpose(0, 2, 1, 3, 4).reshape(B * H, T * G, cfg.head_dim)
         q = q / math.sqrt(cfg.head_dim)
-        scores = jnp.concatenate([jnp.einsum("nqd,nsd->nqs", q, keys) for keys, _ in blocks], axis=-1)
+        scores = jnp.concatenate([jnp.einsum("nqd,nds->nqs", q, keys) for keys, _ in blocks], axis=-1)
         scores = scores.astype(jnp.float32).reshape(B, H, T, G, -1)
         scores = jnp.where(visible[:, None, :, None], scores, _NEG_INF)  # [B, Hkv, T, G, slots]
         weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(B * H, T * G, -1)
