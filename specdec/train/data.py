@@ -13,10 +13,12 @@ atomically, so a long build can be stopped and resumed.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from safetensors.numpy import save_file
@@ -24,7 +26,7 @@ from tqdm import tqdm
 
 import specdec
 from specdec import checks
-from specdec.models import Model
+from specdec.models import Model, forward
 from specdec.train.prompts import GENERATORS
 from specdec.weights.files import read_safetensors
 
@@ -150,6 +152,14 @@ def feature_layers(target: Model, layers=None) -> tuple[int, ...]:
     return tuple(sorted({i % n for i in layers} | {n - 1}))
 
 
+@functools.partial(jax.jit, static_argnums=(0, 4), donate_argnums=3)
+def _features(graphdef, params, tokens, cache, layers):
+    """The outputs of ``layers`` [L, B, T, D] for tokens [B, T] read into an empty cache (donated).
+    The logits are not returned, so XLA computes no LM head (a fifth of a SmolLM2 pass)."""
+    positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+    return forward(graphdef, params, tokens, positions, cache, hidden_layers=layers)[2]
+
+
 def hidden_features(target: Model, tokens: np.ndarray, layers=None, batch: int = 4, dtype=np.float32):
     """The outputs of target ``layers`` (default: the top one) [N, T, L, D] of padded sequences
     tokens [N, T], in ``dtype`` (float16 halves a corpus; its range is checked)."""
@@ -160,10 +170,7 @@ def hidden_features(target: Model, tokens: np.ndarray, layers=None, batch: int =
     out = []
     for i in range(0, N, batch):
         ids = jnp.asarray(tokens[i : i + batch])
-        positions = jnp.broadcast_to(jnp.arange(padded), ids.shape)
-        _, _, hidden = target.apply(
-            target.params, ids, positions, target.init_cache(batch, padded), hidden_layers=layers
-        )
+        hidden = _features(target.graphdef, target.params, ids, target.init_cache(batch, padded), layers)
         hidden = np.asarray(jnp.moveaxis(hidden, 0, 2))[: N - i, :T]  # [b, T, L, D]
         if np.dtype(dtype) == np.float16 and np.abs(hidden).max() >= np.finfo(np.float16).max:
             raise ValueError(
