@@ -30,7 +30,7 @@ class KVCache:
     attention products q k [T G, S] and w v [T G, Dh] as they are, each read with its output's
     minor axis contiguous. Rows and heads are merged into the products' one batch axis (a
     [B, Hkv, ...] buffer needs a reshape there, which made XLA copy every layer's cache at every
-    step). On XLA:CPU, keys stored [S, Dh] made q k 1.5x slower at B = 1 and 4-10x at B = 8-32
+    step). On XLA:CPU, keys stored [S, Dh] made q k 1.5x slower at B = 1 and 2-10x at B = 8-32
     (a batch of [T G, Dh] x [Dh, S] products with Dh minor in both operands); values stored
     [Dh, S] made w v 1.1x slower at B = 1 and 1.7x at B = 8, S = 2048 (docs/benchmarks.md).
     One array per layer (not one stacked [L, ...] array): XLA:CPU rewrites the whole
