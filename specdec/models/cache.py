@@ -128,10 +128,7 @@ class KVCache:
                     start[axis] = self.lengths[b]
                     buffer = jax.lax.dynamic_update_slice(buffer, new[b * H : (b + 1) * H], start)
             else:  # large batches: one scatter (a per-row loop would unroll B updates per layer)
-                index = [  # [B Hkv, 1, 1], [1, n1, 1], [1, 1, n2]: every entry of ``new``
-                    jnp.arange(n).reshape([n if j == i else 1 for j in range(3)])
-                    for i, n in enumerate(new.shape)
-                ]
+                index = list(jnp.indices(new.shape, sparse=True))  # [B Hkv, 1, 1], [1, n1, 1], [1, 1, n2]
                 index[axis] = jnp.repeat(self.lengths, H)[:, None, None] + index[axis]  # slots
                 buffer = buffer.at[tuple(index)].set(new, mode="drop")
             return (*buffers[:layer], buffer, *buffers[layer + 1 :])
