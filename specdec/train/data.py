@@ -152,10 +152,10 @@ def feature_layers(target: Model, layers=None) -> tuple[int, ...]:
     return tuple(sorted({i % n for i in layers} | {n - 1}))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 4), donate_argnums=3)
+@functools.partial(jax.jit, static_argnums=(0, 4))
 def _features(graphdef, params, tokens, cache, layers):
-    """The outputs of ``layers`` [L, B, T, D] for tokens [B, T] read into an empty cache (donated).
-    The logits are not returned, so XLA computes no LM head (a fifth of a SmolLM2 pass)."""
+    """The outputs of ``layers`` [L, B, T, D] for tokens [B, T] read into an empty cache. The
+    logits are not returned, so XLA computes no LM head (a fifth of a SmolLM2 pass)."""
     positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
     return forward(graphdef, params, tokens, positions, cache, hidden_layers=layers)[2]
 
