@@ -97,13 +97,18 @@ def test_corpus_holds_the_targets_own_continuations_and_top_features(target, cor
     again = drafters.eagle.readout_logits(
         jnp.asarray(greedy.layer(3)), readout["norm"], readout["head"], 1e-5
     )
-    np.testing.assert_allclose(np.asarray(again), np.asarray(logits), atol=1e-4)
+    real = greedy.mask  # features past a row's end are zero
+    np.testing.assert_allclose(np.asarray(again)[real], np.asarray(logits)[real], atol=1e-4)
     # Several layers side by side, in the order asked; float16 storage keeps them to 1e-3.
     assert corpus.features.shape[2:] == (3, target.config.dim) and corpus.layers == (0, 2, 3)
-    np.testing.assert_allclose(
-        corpus.layer(0), hidden_features(target, corpus.tokens, (0,))[:, :, 0], atol=1e-5
-    )
-    half = hidden_features(target, corpus.tokens, (3, 0), dtype=np.float16)
+    # Rows are read in order of length, each batch padded to its own longest row: the features of
+    # every real token are those of the whole padded block read in order, and zero past a row's end.
+    lengths = corpus.mask.sum(1)
+    assert len(set(lengths)) > 4, "rows of several lengths, so that reading by length reorders them"
+    whole = hidden_features(target, corpus.tokens, (0,))[:, :, 0]
+    np.testing.assert_allclose(corpus.layer(0)[corpus.mask], whole[corpus.mask], atol=1e-5)
+    assert not corpus.layer(0)[~corpus.mask].any()
+    half = hidden_features(target, corpus.tokens, (3, 0), dtype=np.float16, mask=corpus.mask)
     np.testing.assert_allclose(half[:, :, 0], corpus.layer(3), rtol=1e-3, atol=1e-3)
     with pytest.raises(ValueError, match="holds the features of layers \\[0, 2, 3\\], not of layer 1"):
         corpus.layer(1)

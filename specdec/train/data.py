@@ -160,24 +160,35 @@ def _features(graphdef, params, tokens, cache, layers):
     return forward(graphdef, params, tokens, positions, cache, hidden_layers=layers)[2]
 
 
-def hidden_features(target: Model, tokens: np.ndarray, layers=None, batch: int = 4, dtype=np.float32):
-    """The outputs of target ``layers`` (default: the top one) [N, T, L, D] of padded sequences
-    tokens [N, T], in ``dtype`` (float16 halves a corpus; its range is checked)."""
+def hidden_features(
+    target: Model, tokens: np.ndarray, layers=None, batch: int = 4, dtype=np.float32, mask=None
+) -> np.ndarray:
+    """The outputs of target ``layers`` (default: the top one) [N, T, L, D] of sequences tokens
+    [N, T], in ``dtype`` (float16 halves a corpus; its range is checked).
+
+    mask [N, T]: the real tokens of right-padded rows (default: all). Rows are read ``batch`` at a
+    time in order of length, each batch padded to its own longest row (to a multiple of 64, so a
+    few compiled shapes serve every length), and the features past a row's end are zero."""
     N, T = tokens.shape
     layers = (target.config.n_layers - 1,) if layers is None else tuple(layers)
-    padded = -(-T // 64) * 64  # a few compiled shapes serve every length (padding reads nothing earlier)
-    tokens = np.pad(tokens, [(0, -N % batch), (0, padded - T)])
-    out = []
+    lengths = np.full(N, T) if mask is None else np.asarray(mask).sum(1)
+    order = np.argsort(lengths, kind="stable")
+    out = np.zeros((N, T, len(layers), target.config.dim), dtype)
     for i in range(0, N, batch):
-        ids = jnp.asarray(tokens[i : i + batch])
-        hidden = _features(target.graphdef, target.params, ids, target.init_cache(batch, padded), layers)
-        hidden = np.asarray(jnp.moveaxis(hidden, 0, 2))[: N - i, :T]  # [b, T, L, D]
-        if np.dtype(dtype) == np.float16 and np.abs(hidden).max() >= np.finfo(np.float16).max:
-            raise ValueError(
-                f"hidden_features: a feature exceeds float16's range ({np.abs(hidden).max():.3g})"
-            )
-        out.append(hidden.astype(dtype))
-    return np.concatenate(out)
+        rows = order[i : i + batch]
+        width = max(64, -(-int(lengths[rows].max()) // 64) * 64)  # padding is never read by earlier positions
+        ids = np.zeros((batch, width), np.int32)
+        ids[: len(rows), : min(width, T)] = tokens[rows, :width]
+        cache = target.init_cache(batch, width)
+        hidden = _features(target.graphdef, target.params, jnp.asarray(ids), cache, layers)
+        hidden = np.asarray(jnp.moveaxis(hidden, 0, 2))[: len(rows)]  # [rows, width, L, D]
+        real = np.arange(width) < lengths[rows, None]
+        peak = np.abs(hidden[real]).max(initial=0)
+        if np.dtype(dtype) == np.float16 and peak >= np.finfo(np.float16).max:
+            raise ValueError(f"hidden_features: a feature exceeds float16's range ({peak:.3g})")
+        for b, row in enumerate(rows):
+            out[row, : lengths[row]] = hidden[b, : lengths[row]]
+    return out
 
 
 def self_distillation_corpus(
@@ -208,7 +219,7 @@ def self_distillation_corpus(
         rows += [(p + t)[:max_len] for p, t in zip(out.prompt_tokens, out.tokens, strict=True)]
     tokens, mask = pad_rows(rows)
     layers = (target.config.n_layers - 1,) if layers is None else tuple(layers)
-    return Corpus(tokens, mask, hidden_features(target, tokens, layers, dtype=dtype), layers)
+    return Corpus(tokens, mask, hidden_features(target, tokens, layers, dtype=dtype, mask=mask), layers)
 
 
 class TargetWriter:
@@ -268,7 +279,8 @@ def corpus_shard(
         max_len=max_len,
     )
     tokens, mask = pad_rows([c[:max_len] for c in writer.conversations])
-    content = Corpus(tokens, mask, hidden_features(target, tokens, layers, dtype=np.float16), tuple(layers))
+    features = hidden_features(target, tokens, layers, dtype=np.float16, mask=mask)
+    content = Corpus(tokens, mask, features, tuple(layers))
     return _stack([answered, content])
 
 
