@@ -7,12 +7,18 @@ resulting sequences (``hidden_features``, float16, the corpus's three layers) ti
 warm-up. Prints generated tokens/s, feature tokens/s and the corpus tokens/s they give together
 (a corpus token is generated once and read once by the feature pass).
 
+With ``--shard FILE`` (a corpus shard: rows of many lengths), it times the feature pass of that
+shard's rows instead, read in order of length with each batch padded to its own longest row
+(``mask=``, as the corpus build does) against every row padded to the longest, alternated.
+
     python experiments/bench_corpus.py [--batches 1 8 16 32 64] [--new-tokens 64]
+    python experiments/bench_corpus.py --shard <corpus dir>/train/shard-00005.safetensors
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import time
 
@@ -21,7 +27,7 @@ import numpy as np
 
 import specdec
 from specdec.generation import generate_warm
-from specdec.train.data import feature_layers, hidden_features
+from specdec.train.data import Corpus, feature_layers, hidden_features
 
 
 def main():
@@ -30,9 +36,13 @@ def main():
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 16, 32, 64])
     parser.add_argument("--prompt-tokens", type=int, default=100)
     parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--shard", help="time the feature pass of this corpus shard's rows instead")
+    parser.add_argument("--rounds", type=int, default=3, help="alternated rounds of --shard")
     args = parser.parse_args()
 
     target = specdec.load_model(args.model)
+    if args.shard:
+        return feature_padding(target, Corpus.load(args.shard), args)
     layers = feature_layers(target)
     rng = np.random.default_rng(0)
     rows = []
@@ -57,6 +67,29 @@ def main():
     print("|---:|---:|---:|---:|---:|")
     for B, generated, features, corpus, compile_s in rows:
         print(f"| {B} | {generated:.1f} | {features:.0f} | {corpus:.1f} | {compile_s:.0f} |")
+
+
+def feature_padding(target, shard: Corpus, args) -> None:
+    """The feature pass of a shard's rows by length (mask=) against all rows padded to the longest."""
+    features = functools.partial(hidden_features, target, shard.tokens, shard.layers, dtype=np.float16)
+    passes = {"by length": lambda: features(mask=shard.mask), "padded to the longest": features}
+    for run in passes.values():
+        run()  # compiles
+    seconds = {name: [] for name in passes}
+    for _ in range(args.rounds):
+        for name, run in passes.items():
+            start = time.perf_counter()
+            run()
+            seconds[name].append(time.perf_counter() - start)
+    print(
+        f"\ndevice: {jax.devices()[0].device_kind}; {args.model}; {args.shard}: {len(shard)} rows of "
+        f"{shard.mask.sum(1).min()} to {shard.tokens.shape[1]} tokens, {shard.n_tokens} in all; layers "
+        f"{list(shard.layers)}, float16; {args.rounds} alternated rounds; "
+        f"load average {os.getloadavg()[0]:.2f}\n"
+    )
+    print("| feature pass | median s | real tokens/s |\n|---|---:|---:|")
+    for name, times in seconds.items():
+        print(f"| {name} | {np.median(times):.1f} | {shard.n_tokens / np.median(times):.0f} |")
 
 
 if __name__ == "__main__":
