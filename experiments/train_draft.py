@@ -1,6 +1,6 @@
 """Train a drafter for a target with optax: self-distillation data, then a recipe (eagle, distilled).
 
-    python experiments/train_draft.py                          # EAGLE head for SmolLM2 (~30 min, 2-core CPU)
+    python experiments/train_draft.py                          # EAGLE head for SmolLM2 (~3.5 h, 2-core CPU)
     python experiments/train_draft.py train=distilled          # a 2-layer distilled draft
     python experiments/train_draft.py model=tiny train.steps=50 data.prompts=32 train.recipe.vocab=256
 
