@@ -27,6 +27,7 @@ import numpy as np
 
 import specdec
 from specdec.generation import generate_warm
+from specdec.timing import interleaved_s
 from specdec.train.data import Corpus, feature_layers, hidden_features
 
 
@@ -75,12 +76,7 @@ def feature_padding(target, shard: Corpus, args) -> None:
     passes = {"by length": lambda: features(mask=shard.mask), "padded to the longest": features}
     for run in passes.values():
         run()  # compiles
-    seconds = {name: [] for name in passes}
-    for _ in range(args.rounds):
-        for name, run in passes.items():
-            start = time.perf_counter()
-            run()
-            seconds[name].append(time.perf_counter() - start)
+    seconds = interleaved_s(passes, repeats=1, rounds=args.rounds, warmup=0)
     print(
         f"\ndevice: {jax.devices()[0].device_kind}; {args.model}; {args.shard}: {len(shard)} rows of "
         f"{shard.mask.sum(1).min()} to {shard.tokens.shape[1]} tokens, {shard.n_tokens} in all; layers "
@@ -88,8 +84,8 @@ def feature_padding(target, shard: Corpus, args) -> None:
         f"load average {os.getloadavg()[0]:.2f}\n"
     )
     print("| feature pass | median s | real tokens/s |\n|---|---:|---:|")
-    for name, times in seconds.items():
-        print(f"| {name} | {np.median(times):.1f} | {shard.n_tokens / np.median(times):.0f} |")
+    for name, s in seconds.items():
+        print(f"| {name} | {s:.1f} | {shard.n_tokens / s:.0f} |")
 
 
 if __name__ == "__main__":

@@ -158,14 +158,14 @@ def pass_run(model: Model, T: int, context, capacity, batch, layers, steps, opti
     return run
 
 
-def interleaved_s(runs: dict, repeats: int = 5, rounds: int = 3) -> dict:
-    """{label: seconds} of each run in ``runs`` ({label: fn}): ``median_s`` per round, the runs
-    alternated within each round, the median over ``rounds`` rounds (a minute's drift on a shared
-    machine moves every run alike instead of one)."""
+def interleaved_s(runs: dict, repeats: int = 5, rounds: int = 3, warmup: int = 3) -> dict:
+    """{label: seconds} of each run in ``runs`` ({label: fn}): ``median_s`` per round (after
+    ``warmup`` calls), the runs alternated within each round, the median over ``rounds`` rounds
+    (a minute's drift on a shared machine moves every run alike instead of one)."""
     times = {label: [] for label in runs}
     for _ in range(rounds):
         for label, run in runs.items():
-            times[label].append(median_s(run, repeats))
+            times[label].append(median_s(run, repeats, warmup))
     return {label: float(np.median(t)) for label, t in times.items()}
 
 

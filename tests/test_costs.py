@@ -96,7 +96,8 @@ def test_interleaved_runs_alternate_within_each_round(monkeypatch):
     the rounds: a slow minute in one round moves no run's result."""
     calls, seconds = [], iter([1.0, 2.0, 9.0, 9.0, 1.2, 2.2, 1.1, 2.1])  # round 2 is slow for both
 
-    def median_s(run, repeats):
+    def median_s(run, repeats, warmup):
+        assert (repeats, warmup) == (3, 3)  # the default warm-up, as median_s's own
         calls.append(run())
         return next(seconds)
 
