@@ -43,6 +43,11 @@ class GenerationOutput:
 BLOCKS_PER_BUCKET = 16  # prompt blocks per power of two (min_bucket may make them coarser)
 
 
+def round_up(n: int, multiple: int) -> int:
+    """The smallest multiple of ``multiple`` at least ``n``."""
+    return -(-n // multiple) * multiple
+
+
 def bucket(n: int, min_bucket: int = 16) -> int:
     """A prompt length's shape class: the next power of two, at least ``min_bucket``. The cache
     capacity, hence the decode loop's program, follows from it."""
@@ -56,7 +61,7 @@ def prompt_block(n: int, min_bucket: int = 16) -> int:
     block of one bucket shares the decode loop's."""
     whole = bucket(n, min_bucket)
     step = max(min_bucket, whole // BLOCKS_PER_BUCKET)
-    return min(whole, -(-max(n, 1) // step) * step)
+    return min(whole, round_up(max(n, 1), step))
 
 
 def prefill_width(prompt_len: int, batch: int, prefill_chunk: int) -> int:
@@ -71,7 +76,7 @@ def prefill_width(prompt_len: int, batch: int, prefill_chunk: int) -> int:
 def capacity_for(prompt_bucket: int, max_new_tokens: int, gamma: int) -> int:
     """Cache slots a generation can touch, rounded up to a multiple of 64."""
     need = prompt_bucket + max_new_tokens + gamma + 1
-    return -(-need // 64) * 64
+    return round_up(need, 64)
 
 
 def encode_prompts(model: Model, prompts, chat: bool) -> list[list[int]]:

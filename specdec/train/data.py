@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 import specdec
 from specdec import checks
+from specdec.generation import round_up
 from specdec.models import Model, forward
 from specdec.train.prompts import GENERATORS
 from specdec.weights.files import read_safetensors
@@ -176,7 +177,7 @@ def hidden_features(
     out = np.zeros((N, T, len(layers), target.config.dim), dtype)
     for i in range(0, N, batch):
         rows = order[i : i + batch]
-        width = max(64, -(-int(lengths[rows].max()) // 64) * 64)  # padding is never read by earlier positions
+        width = max(64, round_up(int(lengths[rows].max()), 64))  # padding is never read by earlier positions
         ids = np.zeros((batch, width), np.int32)
         ids[: len(rows), : min(width, T)] = tokens[rows, :width]
         cache = target.init_cache(batch, width)

@@ -28,6 +28,7 @@ from flax import nnx
 from safetensors.numpy import save_file
 from tqdm import tqdm
 
+from specdec.generation import round_up
 from specdec.models import Model, fused
 from specdec.train.data import Corpus, hidden_features, pad_rows
 from specdec.train.losses import DIVERGENCES
@@ -114,7 +115,7 @@ def _batch(corpus: Corpus, rows, layers: tuple[int, ...], top: int) -> dict:
     shapes): tokens, mask, top [B, T, D] and features [B, T, L D] of ``layers`` (float32)."""
     rows = np.asarray(rows)
     longest = int(corpus.mask[rows].any(0).nonzero()[0].max()) + 1
-    T = min(-(-longest // 64) * 64, corpus.tokens.shape[1])
+    T = min(round_up(longest, 64), corpus.tokens.shape[1])
     picked = corpus.features[rows, :T]  # [B, T, Lc, D]
     pick = lambda ls: picked[:, :, [corpus.layers.index(i) for i in ls]].reshape(len(rows), T, -1)
     batch = {
