@@ -114,10 +114,19 @@ def _compile_steps(model: Model, inputs, layers, steps: int, options: dict):
 
 def _step_inputs(model: Model, T: int, context: int, capacity: int, batch: int, layers=None):
     """tokens and positions [batch, T] after ``context`` cached tokens, and that cache."""
-    n_layers = None if layers is None else len(layers)
-    cache = model.init_cache(batch, capacity, n_layers).with_lengths(context)
+    return (*_step_tokens(T, context, batch), _step_cache(model, context, capacity, batch, layers))
+
+
+def _step_tokens(T: int, context: int, batch: int):
+    """tokens and positions [batch, T] after ``context`` cached tokens."""
     positions = jnp.broadcast_to(context + jnp.arange(T)[None], (batch, T))
-    return jnp.ones((batch, T), jnp.int32), positions, cache
+    return jnp.ones((batch, T), jnp.int32), positions
+
+
+def _step_cache(model: Model, context: int, capacity: int, batch: int, layers=None):
+    """A cache of ``capacity`` slots per row holding ``context`` tokens (of ``layers``' count)."""
+    n_layers = None if layers is None else len(layers)
+    return model.init_cache(batch, capacity, n_layers).with_lengths(context)
 
 
 def forward_s(
@@ -146,10 +155,11 @@ def pass_run(model: Model, T: int, context, capacity, batch, layers, steps, opti
     (``interleaved_s``). held: {"cache": ...} shared by runs over one cache shape (None: this run
     owns its cache), so runs timed one after another hold one cache in memory, not one each (at
     batch 32 and 1,024 slots a SmolLM2 cache is 1.6 GB)."""
-    tokens, positions, cache = inputs = _step_inputs(model, T, context, capacity, batch, layers)
-    program = _compile_steps(model, inputs, layers, steps, options)
     state = {} if held is None else held
-    state.setdefault("cache", cache)
+    if "cache" not in state:  # a holder's cache serves every run over it: none is made to be dropped
+        state["cache"] = _step_cache(model, context, capacity, batch, layers)
+    tokens, positions = _step_tokens(T, context, batch)
+    program = _compile_steps(model, (tokens, positions, state["cache"]), layers, steps, options)
 
     def run():
         state["cache"], token = program(model.params, tokens, positions, state["cache"])

@@ -114,12 +114,15 @@ def test_passes_are_timed_with_their_builds(tiny, monkeypatch):
     assert sorted(got, key=str) == [1, 3, "narrow"] and all(0 < s < 1 for s in got.values())
 
 
-def test_passes_of_every_width_share_one_cache(tiny):
+def test_passes_of_every_width_share_one_cache(tiny, monkeypatch):
     """Runs timed one after another pass one donated cache along: one cache in memory however many
     widths are timed (a run's own cache each made the cost measurement at batch 32 hold ten
     1.6 GB caches), and each call hands it back at the context it was given."""
-    held = {}
+    held, made = {}, []
+    init_cache = type(tiny).init_cache
+    monkeypatch.setattr(type(tiny), "init_cache", lambda *a: made.append(a) or init_cache(*a))
     runs = [timing.pass_run(tiny, T, 16, 32, 3, None, 2, {}, held) for T in (1, 3, 5)]
+    assert len(made) == 1  # the runs after the first take the holder's cache: no spare one is made
     shape = held["cache"].k[0].shape
 
     def caches_alive():
