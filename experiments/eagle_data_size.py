@@ -4,8 +4,10 @@ For every recipe (``--recipes``: train group options) and token count (``--token
 ``experiments/train_draft.py`` run on that many tokens of the shared corpus (a subset of whole
 sequences of one shuffle; the corpus is built or extended first when it holds fewer), with
 the same steps and batch for every run; then the last held-out teacher-forced top-1 and
-1 - TVD of each run (the same held-out shards for all), as a table and a figure
-(``plots.agreement_vs_data``). Runs already finished in ``--out`` are read, not repeated.
+1 - TVD of each run (the same held-out shards for all), over every held-out token and over the
+answers' tokens alone (the positions a drafter drafts; evaluated from the run's checkpoint when
+its log predates them), as a table and a figure (``plots.agreement_vs_data``). Runs already
+finished in ``--out`` are read, not repeated.
 
     python experiments/eagle_data_size.py --tokens 25000 100000 500000 --steps 700 --out results/eagle_data
 """
@@ -18,8 +20,26 @@ import subprocess
 import sys
 from pathlib import Path
 
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
 from specdec import plots
-from specdec.train import read_log
+from specdec.train import Corpus, read_log, trainer
+from specdec.train.data import answer_marker
+
+
+def answer_agreement(run_dir: Path, loaded: dict) -> dict:
+    """{"answer_top1", "answer_accept"} of the run's last checkpoint on the held-out answers of the
+    corpus its recorded config names; ``loaded`` keeps the target and those answers between runs."""
+    cfg = OmegaConf.load(run_dir / "hydra" / ".hydra" / "config.yaml")
+    key = (cfg.model.name, cfg.data.dir)
+    if loaded.get("key") != key:
+        target = instantiate(cfg.model)
+        heldout = Corpus.load(Path(cfg.data.dir) / "heldout")
+        loaded.update(key=key, target=target, answers=heldout.answers(answer_marker(target)))
+    _, _, recipe, *weights = trainer.read_checkpoint(run_dir, loaded["target"])
+    got = trainer.evaluate(loaded["target"], recipe, weights, loaded["answers"])
+    return {"answer_top1": got["top1"], "answer_accept": got["accept"]}
 
 
 def main():
@@ -34,7 +54,7 @@ def main():
     args = parser.parse_args()
 
     out = Path(args.out)
-    records = []
+    records, loaded = [], {}
     for recipe in args.recipes:
         for tokens in args.tokens:
             run_dir = out / f"{recipe}-{tokens}"
@@ -46,14 +66,28 @@ def main():
                 subprocess.run([sys.executable, str(script), *overrides], check=True)
                 log = read_log(run_dir)
             last = [e for e in log if "heldout_top1" in e][-1]
-            records.append(
-                dict(recipe=recipe, tokens=tokens, top1=last["heldout_top1"], accept=last["heldout_accept"])
+            record = dict(
+                recipe=recipe, tokens=tokens, top1=last["heldout_top1"], accept=last["heldout_accept"]
             )
-            print(f"{recipe} on {tokens} tokens: top-1 {records[-1]['top1']:.3f}", flush=True)
+            if "heldout_answer_top1" in last:
+                record.update(
+                    answer_top1=last["heldout_answer_top1"], answer_accept=last["heldout_answer_accept"]
+                )
+            else:
+                record.update(answer_agreement(run_dir, loaded))
+            records.append(record)
+            top1 = (record["top1"], record["answer_top1"])
+            print(f"{recipe} on {tokens} tokens: top-1 {top1[0]:.3f}, on answers {top1[1]:.3f}", flush=True)
     (out / "records.json").write_text(json.dumps(records, indent=1))
-    print("\n| recipe | training tokens | held-out top-1 | held-out 1 - TVD |\n|---|---:|---:|---:|")
+    print(
+        "\n| recipe | training tokens | held-out top-1 | held-out 1 - TVD | answers: top-1 | answers: 1 - TVD"
+        " |\n|---|---:|---:|---:|---:|---:|"
+    )
     for r in records:
-        print(f"| {r['recipe']} | {r['tokens']} | {r['top1']:.3f} | {r['accept']:.3f} |")
+        print(
+            f"| {r['recipe']} | {r['tokens']} | {r['top1']:.3f} | {r['accept']:.3f} | "
+            f"{r['answer_top1']:.3f} | {r['answer_accept']:.3f} |"
+        )
     for path in plots.save(plots.agreement_vs_data(records), out, "eagle_data_size"):
         print(f"figure: {path}")
 

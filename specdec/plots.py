@@ -552,15 +552,20 @@ def training_curves(log: list[dict], out_path) -> list[Path]:
 
 
 def agreement_vs_data(records: list[dict]) -> Figure:
-    """Held-out teacher-forced top-1 and 1 - TVD against training tokens, one line per recipe;
-    records: dicts with recipe, tokens, top1 and accept."""
+    """Held-out teacher-forced top-1 and 1 - TVD against training tokens, one colour per recipe:
+    over every held-out token (solid) and, where records have them, over the answers' tokens
+    alone (dashed); records: dicts with recipe, tokens, top1, accept (answer_top1, answer_accept)."""
     fig, axes = _grid(1, 2, "training tokens", "held-out agreement", sharex=True)
     for ax, key, title in zip(
         axes[0], ("top1", "accept"), ("top-1 (greedy)", "1 - TVD (sampling)"), strict=True
     ):
         for i, recipe in enumerate(dict.fromkeys(r["recipe"] for r in records)):
-            points = sorted((r["tokens"], r[key]) for r in records if r["recipe"] == recipe)
-            ax.plot(*zip(*points, strict=True), marker="o", color=f"C{i}", label=recipe)
+            for field, style, label in ((key, "-", recipe), (f"answer_{key}", "--", f"{recipe}, answers")):
+                points = sorted(
+                    (r["tokens"], r[field]) for r in records if r["recipe"] == recipe and field in r
+                )
+                if points:
+                    ax.plot(*zip(*points, strict=True), style, marker="o", color=f"C{i}", label=label)
         ax.set_xscale("log")
         ax.set_ylim(0, 1)
         ax.set_title(title)

@@ -352,7 +352,7 @@ def test_trees_vs_nodes_draws_measured_and_predicted_per_kind(tmp_path):
     assert all(p.stat().st_size > 0 for p in plots.save(fig, tmp_path, "trees"))
 
 
-def test_agreement_vs_data_draws_one_sorted_line_per_recipe(tmp_path):
+def test_agreement_vs_data_draws_one_sorted_line_per_recipe_and_one_dashed_for_its_answers(tmp_path):
     records = [
         dict(recipe="eagle1", tokens=100_000, top1=0.40, accept=0.38),
         dict(recipe="eagle1", tokens=25_000, top1=0.30, accept=0.29),
@@ -368,6 +368,14 @@ def test_agreement_vs_data_draws_one_sorted_line_per_recipe(tmp_path):
     ]
     assert list(accept_ax.get_lines()[0].get_ydata()) == [0.29, 0.38]  # first recipe met: eagle1
     assert top1_ax.get_xscale() == "log"
+    records[0].update(answer_top1=0.31, answer_accept=0.30)  # answers' agreement: dashed, same colour
+    records[1].update(answer_top1=0.22, answer_accept=0.21)
+    top1_ax, _ = plots.agreement_vs_data(records).axes
+    lines = {line.get_label(): line for line in top1_ax.get_lines()}
+    assert sorted(lines) == ["eagle", "eagle1", "eagle1, answers"]
+    assert list(lines["eagle1, answers"].get_ydata()) == [0.22, 0.31]
+    assert lines["eagle1, answers"].get_linestyle() == "--" and lines["eagle1"].get_linestyle() == "-"
+    assert lines["eagle1, answers"].get_color() == lines["eagle1"].get_color()
 
 
 def test_speedup_vs_batch_draws_the_best_gamma_per_batch_and_context(tmp_path):

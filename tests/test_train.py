@@ -272,6 +272,58 @@ def test_interrupted_corpus_build_resumes_to_the_same_shards(tmp_path, monkeypat
         Corpus.load(tmp_path / "cut")
 
 
+def test_answers_are_the_tokens_after_the_last_assistant_marker():
+    tiny = specdec.load_model("tiny-random")  # has a tokenizer and a chat template
+    tok, marker = tiny.tokenizer, corpus_data.answer_marker(tiny)
+    turn = lambda m: tok.encode(tok.apply_chat_template(m))
+    one = turn([{"role": "user", "content": "Hi"}])
+    two = turn(
+        [
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Yo"},
+            {"role": "user", "content": "?"},
+        ]
+    )
+    rows = [[*one, 7, 8, 9], [5, 6, 7, 8], [*two, 9, 10], one]  # the last: a marker, no answer yet
+    tokens, mask = corpus_data.pad_rows(rows)
+    features = np.arange(tokens.size, dtype=np.float32).reshape(*tokens.shape, 1, 1)
+    answers = Corpus(tokens, mask, features, (0,)).answers(marker)
+    assert tok.decode(marker, skip_special=False).strip().endswith("assistant")
+    assert np.array_equal(answers.tokens, tokens[[0, 2]]) and np.array_equal(
+        answers.features, features[[0, 2]]
+    )
+    assert answers.mask.sum(1).tolist() == [3, 2]  # only after the last marker of the two-turn row
+    assert answers.tokens[answers.mask].tolist() == [7, 8, 9, 9, 10]
+    assert corpus_data.answer_marker(Model.random(tiny_config(), seed=0)) is None  # no tokenizer
+
+
+def test_loss_on_answers_reads_the_answers_teacher_signal_alone(tmp_path):
+    """Two corpora that differ only in the teacher's features (the top layer) before each answer
+    train the same weights with loss_on=answers and different ones with loss_on=all."""
+    tiny = specdec.load_model("tiny-random")
+    top = tiny.config.n_layers - 1
+    prompts = ["Hi", "Name a colour", "Add two and two", "Say yes", "Count to three", "Greet me"]
+    corpus = self_distillation_corpus(tiny, prompts, response_tokens=8, batch=6, layers=(top,))
+    answers = corpus.answers(corpus_data.answer_marker(tiny)).mask
+    noisy = dataclasses.replace(corpus, features=corpus.features.copy())
+    before = corpus.mask & ~answers
+    noisy.features[before] += np.random.default_rng(0).normal(size=noisy.features[before].shape)
+    trained = {}
+    for loss_on in ("answers", "all"):
+        for name, part in (("clean", corpus), ("noisy", noisy)):
+            cfg = TrainConfig(
+                kind="distilled", recipe={"layers": [0]}, steps=3, warmup_steps=0, loss_on=loss_on
+            )
+            run = tmp_path / f"{loss_on}-{name}"
+            train(tiny, part, corpus.rows(slice(0, 2)), cfg, run, progress=False)
+            weights = trainer.read_checkpoint(run, tiny)[4]
+            trained[loss_on, name] = np.concatenate([np.ravel(x) for x in jax.tree.leaves(weights)])
+        log = read_log(run)
+        assert {"heldout_top1", "heldout_answer_top1"} <= set(log[-1])
+    assert np.allclose(trained["answers", "clean"], trained["answers", "noisy"], rtol=0, atol=1e-7)
+    assert np.abs(trained["all", "clean"] - trained["all", "noisy"]).max() > 1e-4
+
+
 # --- EAGLE-3: fused features, training-time test ------------------------------------------------
 
 
@@ -403,6 +455,7 @@ def test_interrupted_training_resumes_to_the_same_weights(target, corpus, tmp_pa
         (dict(steps=0), "train.steps must be >= 1"),
         (dict(learning_rate=0.0), "learning_rate must be > 0"),
         (dict(steps=10, warmup_steps=10), "warmup_steps must be in"),
+        (dict(loss_on="prompts"), "train.loss_on must be one of all, answers, got 'prompts'"),
     ],
 )
 def test_bad_training_config_is_one_clear_error(kwargs, message):

@@ -71,6 +71,21 @@ class Corpus:
         enough = np.searchsorted(np.cumsum(self.mask[order].sum(1)), tokens) + 1
         return self.rows(np.sort(order[:enough]))
 
+    def answers(self, marker) -> Corpus:
+        """The rows holding ``marker`` (token ids: ``answer_marker``), each masked to the tokens after
+        its last occurrence: the answer the target wrote, the positions a drafter drafts. The masks
+        select positions only; every token stays in the rows (the context each answer is read in)."""
+        n = len(marker)
+        mask = np.zeros_like(self.mask)
+        for b in range(len(self)):
+            row = self.tokens[b, : self.mask[b].sum()]
+            windows = np.lib.stride_tricks.sliding_window_view(row, n) if len(row) >= n else row[:0, None]
+            found = np.nonzero((windows == np.asarray(marker)).all(1))[0]
+            if len(found):
+                mask[b, found[-1] + n : len(row)] = True
+        keep = np.nonzero(mask.any(1))[0]
+        return Corpus(self.tokens[keep], mask[keep], self.features[keep], self.layers)
+
     def layer(self, i: int) -> np.ndarray:
         """The features of target layer ``i`` [N, T, D]; ValueError if the corpus lacks it."""
         if i not in self.layers:
@@ -137,6 +152,18 @@ def user_turn_prefix(target: Model) -> str:
         [{"role": "user", "content": _SENTINEL}], add_generation_prompt=False
     )
     return rendered.split(_SENTINEL)[0]
+
+
+def answer_marker(target: Model) -> list[int] | None:
+    """The token ids the chat template puts between a user's text and the assistant's answer
+    (SmolLM2: ``<|im_end|>``, a newline, ``<|im_start|>assistant`` and a newline); None without a
+    tokenizer or chat template."""
+    if target.tokenizer is None or target.tokenizer.chat_template is None:
+        return None
+    rendered = target.tokenizer.apply_chat_template(
+        [{"role": "user", "content": _SENTINEL}], add_generation_prompt=True
+    )
+    return target.tokenizer.encode(rendered.split(_SENTINEL)[1], add_special=False)
 
 
 def low_mid_high(n_layers: int) -> tuple[int, ...]:

@@ -30,13 +30,14 @@ from tqdm import tqdm
 
 from specdec.generation import round_up
 from specdec.models import Model, fused
-from specdec.train.data import Corpus, hidden_features, pad_rows
+from specdec.train.data import Corpus, answer_marker, hidden_features, pad_rows
 from specdec.train.losses import DIVERGENCES
 from specdec.train.recipes import RECIPES, agreement
 from specdec.weights.files import one_line, read_json, read_safetensors
 
 COUNTS = "token_counts"  # the corpus token counts [V], stored with the weights (vocabulary subsets)
 HEADS = Path(__file__).resolve().parents[1] / "drafters" / "heads"  # shipped drafters: <kind>-<target name>/
+LOSS_ON = ("all", "answers")  # the positions a training loss reads (TrainConfig.loss_on)
 
 
 @dataclasses.dataclass
@@ -57,6 +58,7 @@ class TrainConfig:
     eval_every: int = 100
     checkpoint_every: int = 100
     seed: int = 0
+    loss_on: str = "all"  # "all" real tokens, or "answers": those after the chat template's assistant marker
 
     def __post_init__(self):
         self.name = self.name or self.kind
@@ -73,6 +75,8 @@ class TrainConfig:
         for name in ("steps", "batch_size", "log_every", "eval_every", "checkpoint_every"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.loss_on not in LOSS_ON:
+            raise ValueError(f"train.loss_on must be one of {', '.join(LOSS_ON)}, got {self.loss_on!r}")
         if not self.learning_rate > 0:
             raise ValueError(f"train.learning_rate must be > 0, got {self.learning_rate}")
         if not 0 <= self.warmup_steps < self.steps:
@@ -345,13 +349,25 @@ def train(
 ) -> Path:
     """Train a drafter for ``target`` on ``corpus``; evaluate on ``heldout``; return the checkpoint folder.
 
-    With ``resume`` and a checkpoint of the same config in ``run_dir``, training continues
+    The loss reads every real token, or with ``cfg.loss_on`` "answers" only the answers' tokens
+    (``Corpus.answers``: the positions a drafter drafts, EAGLE's loss mask); the held-out
+    agreement is logged for both (heldout_top1, heldout_answer_top1, ...) when the target has a
+    chat template. With ``resume`` and a checkpoint of the same config in ``run_dir``, training continues
     from its step (log entries after it are dropped); a checkpoint of another config is an error.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     recipe = cfg.make_recipe()
     optimizer = _optimizer(cfg)
+    marker = answer_marker(target)
+    answers = None if marker is None else heldout.answers(marker)
+    if cfg.loss_on == "answers":
+        corpus = corpus.answers(marker) if marker is not None else corpus.rows(slice(0, 0))
+        if not len(corpus):
+            raise ValueError(
+                "train.loss_on=answers: no corpus row holds an answer (the target's chat template's "
+                "assistant marker); use loss_on=all"
+            )
     counts = token_counts(corpus, target.config.vocab_size)
     layers, top = recipe.feature_layers(target), target.config.n_layers - 1
     for i in (*layers, top):
@@ -391,19 +407,28 @@ def train(
         updates, opt_state = optimizer.update(grads, opt_state, trainable)
         return optax.apply_updates(trainable, updates), opt_state, loss
 
-    held_out = lambda trainable: evaluate(
-        target, recipe, (graphdef, trainable, frozen, teacher), heldout, cfg.batch_size
-    )
+    parts = {"heldout": heldout}  # every real token; the answers' alone where there are answers
+    if answers is not None and len(answers):
+        parts["heldout_answer"] = answers
+
+    def held_out(trainable) -> dict:
+        """{"heldout_accept", "heldout_top1"} (and "heldout_answer_...") of ``evaluate``."""
+        weights = (graphdef, trainable, frozen, teacher)
+        return {
+            f"{name}_{k}": v
+            for name, part in parts.items()
+            for k, v in evaluate(target, recipe, weights, part, cfg.batch_size).items()
+        }
 
     if step == 0:
-        first = {f"heldout_{k}": v for k, v in held_out(trainable).items()}
+        first = held_out(trainable)
         if "vocab_ids" in frozen:  # the share of held-out tokens the vocabulary subset can draft
             first["heldout_vocab_coverage"] = float(
                 np.isin(heldout.tokens[heldout.mask], frozen["vocab_ids"]).mean()
             )
         _log(run_dir, {"step": 0, **first})
     key = jax.random.key(cfg.seed)
-    lengths = corpus.mask.sum(1)
+    lengths = corpus.mask.shape[1] - np.argmax(corpus.mask[:, ::-1], 1)  # each row's end (its answer's)
     losses = []
     start = time.perf_counter()
     with tqdm(
@@ -426,7 +451,7 @@ def train(
                 )
                 losses = []
             if step % cfg.eval_every == 0 or step == cfg.steps:
-                _log(run_dir, {"step": step, **{f"heldout_{k}": v for k, v in held_out(trainable).items()}})
+                _log(run_dir, {"step": step, **held_out(trainable)})
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 save_checkpoint(run_dir, cfg, target, trainable, opt_state, step, counts)
     return checkpoint_folder(run_dir)
