@@ -73,7 +73,7 @@ def main(cfg: DictConfig) -> None:
     corpus, heldout = make_corpus(target, cfg.data)
     start = time.perf_counter()
     checkpoint = train(target, corpus, heldout, train_cfg, run_dir, resume=cfg.resume)
-    plots.training_curves(read_log(run_dir), run_dir / "curves")
+    plots.save(plots.training_curves(read_log(run_dir)), run_dir, "curves")
     last = [e for e in read_log(run_dir) if "heldout_accept" in e]
     elapsed = time.perf_counter() - start
     print(f"trained {train_cfg.kind}: {train_cfg.steps} steps, {elapsed:.0f} s -> {checkpoint}")

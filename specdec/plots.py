@@ -525,30 +525,31 @@ def make_all(df: pd.DataFrame, out_dir, r: theory.VerifyCost | None = None) -> l
     return written
 
 
-def training_curves(log: list[dict], out_path) -> list[Path]:
+def training_curves(log: list[dict]) -> Figure:
     """Training loss and held-out acceptance against step, from a run's ``log.jsonl`` entries
-    (``specdec.train.read_log``); writes ``out_path`` .png and .pdf."""
+    (``specdec.train.read_log``), over every token (solid) and the answers' alone (dashed, where
+    logged)."""
     fig = Figure(figsize=(PANEL[0] * 2, PANEL[1]), layout="constrained")
     FigureCanvasAgg(fig)
-    ax_loss, ax_acc = fig.subplots(1, 2)
+    ax_loss, ax_acc = fig.subplots(1, 2)  # y axes apart: a loss and a rate
     for ax in (ax_loss, ax_acc):
         ax.set_xlabel("training step")
+    ax_loss.set_ylabel("training loss")
     losses = [(e["step"], e["loss"]) for e in log if "loss" in e]
     if losses:
         ax_loss.plot(*zip(*losses, strict=True), color="C0")
-    ax_loss.set_ylabel("training loss")
     for key, label, color in (
-        ("heldout_accept", "1 - TVD (sampling)", "C1"),
-        ("heldout_top1", "top-1 (greedy)", "C2"),
+        ("accept", "1 - TVD (sampling)", "C1"),
+        ("top1", "top-1 (greedy)", "C2"),
     ):
-        points = [(e["step"], e[key]) for e in log if key in e]
-        if points:
-            ax_acc.plot(*zip(*points, strict=True), marker="o", color=color, label=label)
+        for prefix, style, part in (("heldout_", "-", ""), ("heldout_answer_", "--", ", answers")):
+            points = [(e["step"], e[prefix + key]) for e in log if prefix + key in e]
+            if points:
+                ax_acc.plot(*zip(*points, strict=True), style, marker="o", color=color, label=label + part)
     ax_acc.set_ylabel("held-out acceptance rate")
     ax_acc.set_ylim(0, 1)
     ax_acc.legend()
-    path = Path(out_path)
-    return save(fig, path.parent, path.name)
+    return fig
 
 
 def agreement_vs_data(records: list[dict]) -> Figure:

@@ -352,6 +352,22 @@ def test_trees_vs_nodes_draws_measured_and_predicted_per_kind(tmp_path):
     assert all(p.stat().st_size > 0 for p in plots.save(fig, tmp_path, "trees"))
 
 
+def test_training_curves_draw_the_answers_dashed_beside_every_token(tmp_path):
+    log = [
+        {"step": 0, "heldout_accept": 0.1, "heldout_top1": 0.0, "heldout_answer_accept": 0.05},
+        {"step": 10, "loss": 2.0},
+        {"step": 20, "loss": 1.5},
+        {"step": 20, "heldout_accept": 0.4, "heldout_top1": 0.5, "heldout_answer_accept": 0.3},
+    ]
+    loss_ax, rate_ax = plots.training_curves(log).axes
+    assert list(loss_ax.get_lines()[0].get_ydata()) == [2.0, 1.5]
+    lines = {line.get_label(): line for line in rate_ax.get_lines()}
+    assert sorted(lines) == ["1 - TVD (sampling)", "1 - TVD (sampling), answers", "top-1 (greedy)"]
+    assert list(lines["1 - TVD (sampling), answers"].get_ydata()) == [0.05, 0.3]
+    assert lines["1 - TVD (sampling), answers"].get_linestyle() == "--"
+    assert list(lines["top-1 (greedy)"].get_xdata()) == [0, 20]
+
+
 def test_agreement_vs_data_draws_one_sorted_line_per_recipe_and_one_dashed_for_its_answers(tmp_path):
     records = [
         dict(recipe="eagle1", tokens=100_000, top1=0.40, accept=0.38),
