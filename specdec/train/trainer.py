@@ -220,7 +220,7 @@ def evaluate_shipped(folder, target: Model, tokens=None) -> dict:
     tokens = meta["evaluation"]["tokens"] if tokens is None else tokens
     padded, mask = pad_rows(tokens)
     layers = tuple(sorted({*recipe.feature_layers(target), target.config.n_layers - 1}))
-    corpus = Corpus(padded, mask, hidden_features(target, padded, layers), layers)
+    corpus = Corpus(padded, mask, hidden_features(target, padded, layers, mask=mask), layers)
     return evaluate(target, recipe, weights, corpus)
 
 
