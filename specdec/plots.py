@@ -568,6 +568,9 @@ def agreement_vs_data(records: list[dict]) -> Figure:
                 if points:
                     ax.plot(*zip(*points, strict=True), style, marker="o", color=f"C{i}", label=label)
         ax.set_xscale("log")
+        sizes = sorted({r["tokens"] for r in records})
+        ax.set_xticks(sizes, [f"{t / 1000:g}k" for t in sizes], minor=False)
+        ax.minorticks_off()  # the sizes alone: log-scale minor labels overlap
         ax.set_ylim(0, 1)
         ax.set_title(title)
         ax.legend()

@@ -384,6 +384,7 @@ def test_agreement_vs_data_draws_one_sorted_line_per_recipe_and_one_dashed_for_i
     ]
     assert list(accept_ax.get_lines()[0].get_ydata()) == [0.29, 0.38]  # first recipe met: eagle1
     assert top1_ax.get_xscale() == "log"
+    assert [t.get_text() for t in top1_ax.get_xticklabels()] == ["25k", "100k"]
     records[0].update(answer_top1=0.31, answer_accept=0.30)  # answers' agreement: dashed, same colour
     records[1].update(answer_top1=0.22, answer_accept=0.21)
     top1_ax, _ = plots.agreement_vs_data(records).axes
