@@ -37,7 +37,7 @@ import specdec
 from specdec import tasks
 from specdec.generation import bucket, encode_prompts
 from specdec.train import trainer
-from specdec.train.data import Corpus, answer_marker, hidden_features, pad_rows
+from specdec.train.data import answer_marker
 
 LAYER_SKIP = [12, 13, 14, 15, 16, 17, 19, 22, 25, 26]  # experiments/search_layer_skip.py's set (docs)
 
@@ -69,11 +69,10 @@ def answer_agreement(target, prompts, args, unroll: int = 3) -> list[float]:
     folder = trainer.checkpoint_folder(args.checkpoint or trainer.shipped_head("eagle", target))
     _, _, recipe, graphdef, trainable, frozen, teacher = trainer.read_checkpoint(folder, target)
     out = specdec.generate(target, prompts, chat=False, max_new_tokens=args.max_new_tokens)
-    tokens, mask = pad_rows([p + t for p, t in zip(prompts, out.tokens, strict=True)])
-    top = target.config.n_layers - 1
-    layers = tuple(sorted({*recipe.feature_layers(target), top}))
-    corpus = Corpus(tokens, mask, hidden_features(target, tokens, layers, mask=mask), layers)
+    rows = [p + t for p, t in zip(prompts, out.tokens, strict=True)]
+    corpus = trainer.features_corpus(target, recipe, rows)
     corpus = corpus.answers(answer_marker(target))  # the answers' tokens: the ones a drafter drafts
+    top = target.config.n_layers - 1
     batch = trainer._batch(corpus, np.arange(len(corpus)), recipe.feature_layers(target), top)
     p, _, steps = dataclasses.replace(recipe, unroll=unroll).unrolled(
         graphdef, trainable, frozen, teacher, batch

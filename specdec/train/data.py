@@ -146,12 +146,18 @@ def shard_files(folder: Path) -> list[Path]:
     return files
 
 
+def _around_user_text(target: Model, add_generation_prompt: bool) -> tuple[str, str]:
+    """The chat template's text before and after one user message's text."""
+    rendered = target.tokenizer.apply_chat_template(
+        [{"role": "user", "content": _SENTINEL}], add_generation_prompt=add_generation_prompt
+    )
+    before, after = rendered.split(_SENTINEL)
+    return before, after
+
+
 def user_turn_prefix(target: Model) -> str:
     """The chat template's text up to where a user message begins."""
-    rendered = target.tokenizer.apply_chat_template(
-        [{"role": "user", "content": _SENTINEL}], add_generation_prompt=False
-    )
-    return rendered.split(_SENTINEL)[0]
+    return _around_user_text(target, add_generation_prompt=False)[0]
 
 
 def answer_marker(target: Model) -> list[int] | None:
@@ -160,10 +166,8 @@ def answer_marker(target: Model) -> list[int] | None:
     tokenizer or chat template."""
     if target.tokenizer is None or target.tokenizer.chat_template is None:
         return None
-    rendered = target.tokenizer.apply_chat_template(
-        [{"role": "user", "content": _SENTINEL}], add_generation_prompt=True
-    )
-    return target.tokenizer.encode(rendered.split(_SENTINEL)[1], add_special=False)
+    after = _around_user_text(target, add_generation_prompt=True)[1]
+    return target.tokenizer.encode(after, add_special=False)
 
 
 def low_mid_high(n_layers: int) -> tuple[int, ...]:

@@ -218,10 +218,15 @@ def evaluate_shipped(folder, target: Model, tokens=None) -> dict:
     folder = checkpoint_folder(folder)
     meta, _, recipe, *weights = read_checkpoint(folder, target)
     tokens = meta["evaluation"]["tokens"] if tokens is None else tokens
-    padded, mask = pad_rows(tokens)
+    return evaluate(target, recipe, weights, features_corpus(target, recipe, tokens))
+
+
+def features_corpus(target: Model, recipe, rows) -> Corpus:
+    """Token-id lists -> a Corpus (right-padded) holding the target features ``recipe`` reads and
+    the top layer's (the teacher's), read by length."""
+    tokens, mask = pad_rows(rows)
     layers = tuple(sorted({*recipe.feature_layers(target), target.config.n_layers - 1}))
-    corpus = Corpus(padded, mask, hidden_features(target, padded, layers, mask=mask), layers)
-    return evaluate(target, recipe, weights, corpus)
+    return Corpus(tokens, mask, hidden_features(target, tokens, layers, mask=mask), layers)
 
 
 def shipped_head(kind: str, target: Model) -> Path:
@@ -360,10 +365,12 @@ def train(
     recipe = cfg.make_recipe()
     optimizer = _optimizer(cfg)
     marker = answer_marker(target)
-    answers = None if marker is None else heldout.answers(marker)
+    parts = {"heldout": heldout}  # held-out agreement over every real token, and over the answers
+    if marker is not None and len(answers := heldout.answers(marker)):
+        parts["heldout_answer"] = answers
     if cfg.loss_on == "answers":
-        corpus = corpus.answers(marker) if marker is not None else corpus.rows(slice(0, 0))
-        if not len(corpus):
+        corpus = corpus.answers(marker) if marker is not None else None
+        if corpus is None or not len(corpus):
             raise ValueError(
                 "train.loss_on=answers: no corpus row holds an answer (the target's chat template's "
                 "assistant marker); use loss_on=all"
@@ -406,10 +413,6 @@ def train(
         )
         updates, opt_state = optimizer.update(grads, opt_state, trainable)
         return optax.apply_updates(trainable, updates), opt_state, loss
-
-    parts = {"heldout": heldout}  # every real token; the answers' alone where there are answers
-    if answers is not None and len(answers):
-        parts["heldout_answer"] = answers
 
     def held_out(trainable) -> dict:
         """{"heldout_accept", "heldout_top1"} (and "heldout_answer_...") of ``evaluate``."""
