@@ -51,7 +51,7 @@ class Costs:
 
 def key(target, batch: int, context: int) -> str:
     """The cache key of ``target``'s costs at this batch and context on this machine."""
-    dtype = str(target.dtype) + (f"/{target.quant}" if target.quant else "")
+    dtype = kernels.storage(target)
     build = kernels.verify_build(target)
     where = f"{kernels.machine()} | {kernels.software()}"
     return f"{where} | {target.name} | {dtype} | B={batch} | S={context} | verify={build}"

@@ -104,9 +104,15 @@ def software() -> str:
 def model_key(model) -> str:
     """The file's key for ``model`` on this machine: the machine, the software and the model's
     name, dtype and shape."""
-    c, dtype = model.config, str(model.dtype) + (f"/{model.quant}" if model.quant else "")
+    c, dtype = model.config, storage(model)
     shape = f"V={c.vocab_size} D={c.dim} L={c.n_layers} H={c.n_heads}/{c.n_kv_heads} F={c.ffn_dim}"
     return f"{machine()} | {software()} | {model.name} {dtype} {shape}"
+
+
+def storage(model) -> str:
+    """How ``model`` stores its weights, as a cache key: "float32", "float32/int8", "float32/panels" ..."""
+    parts = [str(model.dtype), model.quant, "panels" if model.panels else None]
+    return "/".join(p for p in parts if p)
 
 
 def measured_build(model) -> dict:

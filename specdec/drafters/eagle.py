@@ -37,6 +37,7 @@ from flax import nnx
 from specdec.drafters.base import Context, Verified
 from specdec.drafters.chain import check_stop_below, draft_chain
 from specdec.models import KVCache, Model, ModelConfig, in_chunks
+from specdec.models.panels import PanelWeight
 from specdec.models.transformer import Block, Linear, attention_inputs, embed_lookup, rms_norm
 
 
@@ -72,20 +73,22 @@ def head_config(target: ModelConfig) -> ModelConfig:
 
 
 def target_readout(model: Model, vocab_ids=None) -> dict:
-    """The target's arrays the head uses: embedding [D, V], final norm [D] (shared, not copied) and
-    LM head [D, V], or with ``vocab_ids`` [V_s] only those columns [D, V_s] (a copy, V_s / V of it).
+    """The target's arrays the head uses: embedding [D, V], final norm [D] (shared, not copied; a
+    target's weights in panels are unpacked, a copy) and LM head [D, V], or with ``vocab_ids``
+    [V_s] only those columns [D, V_s] (a copy, V_s / V of it).
     A quantized target is refused: heads read its float embedding and LM head."""
     if model.quant is not None:
         raise ValueError(
             f"eagle: the target is quantized ({model.quant}); trained heads read its float embedding "
             "and LM head: load the target without quant"
         )
-    p = model.params
-    embed = p["embed_tokens"]["weight"][...]
-    head = embed if model.config.tie_embeddings else p["lm_head"]["weight"][...]
+    module = nnx.merge(model.graphdef, model.params)
+    array = lambda w: jnp.asarray(w.host()) if isinstance(w, PanelWeight) else w[...]  # panels: a copy
+    embed = array(module.embed_tokens.weight)
+    head = embed if model.config.tie_embeddings else array(module.lm_head.weight)
     if vocab_ids is not None:
         head = jnp.take(head, jnp.asarray(vocab_ids), axis=1)
-    return dict(embed=embed, norm=p["norm"]["weight"][...], head=head)
+    return dict(embed=embed, norm=module.norm.weight[...], head=head)
 
 
 def readout_logits(h, norm, head, eps: float):
@@ -156,8 +159,7 @@ class Eagle:
         n_fused = 1 if feature_layers is None else len(feature_layers)
         head = EagleHead(head_config(target.config), n_fused, dtype=target.dtype, rngs=nnx.Rngs(seed))
         graphdef, params = nnx.split(head)
-        last = target.params["layers"][target.config.n_layers - 1]
-        params["layer"] = jax.tree.map(jnp.copy, last)
+        params["layer"] = target.block_state(target.config.n_layers - 1)
         return cls.from_params(target, graphdef, params, vocab_ids, feature_layers=feature_layers)
 
     @property

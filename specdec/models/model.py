@@ -12,7 +12,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 
 from specdec import sharding
-from specdec.models import fused
+from specdec.models import fused, panels
 from specdec.models import quant as q
 from specdec.models.cache import KVCache, entries_shapes
 from specdec.models.config import ModelConfig
@@ -71,6 +71,14 @@ def _as_quantized(value, bits: int, group: int | None, where: str, *, finer_kept
     return q.quantize(value, bits, group, where)
 
 
+def _host(weight) -> np.ndarray | q.QuantizedTensor:
+    """A weight on the host in our storage: a ``QuantizedWeight`` as its ``QuantizedTensor``, a
+    ``PanelWeight`` unpacked, an ``nnx.Param`` as a numpy array."""
+    if isinstance(weight, q.QuantizedWeight | panels.PanelWeight):
+        return weight.host()
+    return np.asarray(weight[...])
+
+
 @dataclasses.dataclass(frozen=True)
 class Model:
     """A loaded LM. ``params`` is an ``nnx.State`` pytree passed to jit as data;
@@ -85,6 +93,7 @@ class Model:
     programs: object = dataclasses.field(default=None, compare=False, repr=False)
     quant: str | None = None  # None | "int8" | "int4" (``specdec.models.quant``)
     mesh: object = None  # the jax Mesh its parameters are sharded over (``specdec.sharding``), or None
+    panels: bool = False  # float32 weights stored in panels (``specdec.models.panels``)
 
     def __post_init__(self):
         if self.programs is None:
@@ -161,6 +170,8 @@ class Model:
     def shard(self, mesh) -> Model:
         """This model's parameters placed on ``mesh`` by ``sharding.param_spec`` (a copy)."""
         sharding.check_divisible(self.config, mesh)
+        if self.panels:
+            raise ValueError(f"{self.name}: weights in panels are not sharded; shard model.unpaneled()")
         flat = [
             (path, v.replace(_placer(_hf_name(path), mesh)(v[...])))
             for path, v in nnx.to_flat_state(self.params)
@@ -175,29 +186,61 @@ class Model:
         bits = q.check_quant(quant)
         if bits is None:
             return self
+
+        def requantized(name_, kind, weight):
+            width = _bits(kind if readout or kind == "linear" else None, bits)
+            if width is None or (isinstance(weight, q.QuantizedWeight) and weight.bits == width):
+                return None
+            value = _as_quantized(_host(weight), width, group, f"{self.name}: {name_}", finer_kept=False)
+            return q.QuantizedWeight(value, _placer(name_, self.mesh))
+
+        return self._rewritten(requantized, quant=quant)
+
+    def paneled(self) -> Model:
+        """This model with every float32 weight of its linear layers, embedding and LM head stored in
+        panels (``models.panels``: a CPU kernel reads each once for up to 8 positions); every other
+        array is shared. Only unsharded models."""
+        if self.mesh is not None:
+            raise ValueError(f"{self.name}: a sharded model's weights are not stored in panels")
+        packable = lambda kind, w: kind and isinstance(w, nnx.Param) and panels.packable(w[...])
+        return self._rewritten(lambda _, kind, w: panels.PanelWeight(w[...]) if packable(kind, w) else None)
+
+    def unpaneled(self) -> Model:
+        """This model with its weights in panels back in our [in, out] storage (itself when none are)."""
+        if not self.panels:
+            return self
+        unpack = lambda w: nnx.Param(jnp.asarray(w.host())) if isinstance(w, panels.PanelWeight) else None
+        return self._rewritten(lambda _, kind, w: unpack(w))
+
+    def block_state(self, i: int) -> nnx.State:
+        """A copy of block ``i``'s parameters in our [in, out] storage (weights in panels unpacked)."""
+        block = nnx.merge(self.graphdef, self.params).layers[i]
+        for _, owner in list(nnx.iter_modules(block)):
+            if isinstance(getattr(owner, "weight", None), panels.PanelWeight):
+                owner.weight = nnx.Param(jnp.asarray(owner.weight.host()))
+        return jax.tree.map(jnp.copy, nnx.state(block))
+
+    def _rewritten(self, rewrite, **changes) -> Model:
+        """A copy in which ``rewrite(name, kind, weight)`` (see ``_weights``) replaces each weight
+        it returns a new one for (None: kept), with ``changes`` to its fields."""
         module = nnx.merge(self.graphdef, self.params)
         for name_, owner, attr, kind in _weights(module):
-            width = _bits(kind if readout or kind == "linear" else None, bits)
-            weight = getattr(owner, attr)
-            if width is None or (isinstance(weight, q.QuantizedWeight) and weight.bits == width):
-                continue
-            value = weight.host() if isinstance(weight, q.QuantizedWeight) else np.asarray(weight[...])
-            where = f"{self.name}: {name_}"
-            weight = _as_quantized(value, width, group, where, finer_kept=False)
-            setattr(owner, attr, q.QuantizedWeight(weight, _placer(name_, self.mesh)))
+            new = rewrite(name_, kind, getattr(owner, attr))
+            if new is not None:
+                setattr(owner, attr, new)
+        in_panels = any(isinstance(getattr(o, a), panels.PanelWeight) for _, o, a, _ in _weights(module))
         graphdef, params = nnx.split(module)
-        return dataclasses.replace(self, graphdef=graphdef, params=params, quant=quant, programs=None)
+        return dataclasses.replace(
+            self, graphdef=graphdef, params=params, programs=None, panels=in_panels, **changes
+        )
 
     def tensors(self) -> dict[str, np.ndarray]:
         """Parameters as Hugging Face-named numpy arrays in HF layout, fused weights split into
         their parts (for saving; quantized weights dequantized to float32)."""
         out = {}
         for name_, owner, attr, _ in _weights(nnx.merge(self.graphdef, self.params)):
-            weight = getattr(owner, attr)
-            if isinstance(weight, q.QuantizedWeight):
-                array = weight.host().dequantize()
-            else:
-                array = np.asarray(weight[...])
+            array = _host(getattr(owner, attr))
+            array = array.dequantize() if isinstance(array, q.QuantizedTensor) else array
             out[name_] = array.T if array.ndim == 2 else array
         return fused.split(out, self.config)
 

@@ -25,6 +25,7 @@ from flax import nnx
 
 from specdec.models.cache import KVCache, cache_layout
 from specdec.models.config import ModelConfig
+from specdec.models.panels import PanelWeight
 from specdec.models.quant import QuantizedWeight
 
 _NEG_INF = -1e30
@@ -58,9 +59,15 @@ def dense(weight, dtype):
     return weight(dtype) if isinstance(weight, QuantizedWeight) else weight[...]
 
 
+def matmul(x, weight):
+    """x [..., in] @ a weight stored [in, out]: an ``nnx.Param``, a ``QuantizedWeight`` or a
+    ``PanelWeight`` (``models.panels``: its own kernel) -> [..., out] in x's dtype."""
+    return weight.matmul(x) if isinstance(weight, PanelWeight) else x @ dense(weight, x.dtype)
+
+
 class Embedding(nnx.Module):
     """Token embedding stored [D, V]: looked up by column, and used as is by a tied output head.
-    ``weight`` is an ``nnx.Param`` or, in a quantized model, a ``QuantizedWeight``."""
+    ``weight`` is an ``nnx.Param``, a ``QuantizedWeight`` (a quantized model) or a ``PanelWeight``."""
 
     def __init__(self, vocab_size: int, dim: int, *, dtype, rngs: nnx.Rngs):
         self.weight = nnx.Param(
@@ -70,6 +77,8 @@ class Embedding(nnx.Module):
     def __call__(self, tokens, dtype):  # [B, T] -> [B, T, D]
         if isinstance(self.weight, QuantizedWeight):  # dequantize only the looked-up columns
             return jnp.moveaxis(self.weight.columns(tokens, dtype), 0, -1)
+        if isinstance(self.weight, PanelWeight):
+            return jnp.moveaxis(self.weight.columns(tokens), 0, -1)
         return embed_lookup(self.weight[...], tokens)
 
 
@@ -79,7 +88,7 @@ def embed_lookup(weight, tokens):
 
 
 class Linear(nnx.Module):
-    """y = x @ W (+ b), W stored [in, out]: an ``nnx.Param`` or a ``QuantizedWeight``."""
+    """y = x @ W (+ b), W stored [in, out]: an ``nnx.Param``, a ``QuantizedWeight`` or a ``PanelWeight``."""
 
     def __init__(self, d_in: int, d_out: int, *, bias: bool, dtype, rngs: nnx.Rngs):
         scale = 1.0 / math.sqrt(d_in)
@@ -89,7 +98,7 @@ class Linear(nnx.Module):
         self.bias = nnx.Param(jnp.zeros((d_out,), dtype)) if bias else None
 
     def __call__(self, x):
-        y = x @ dense(self.weight, x.dtype)
+        y = matmul(x, self.weight)
         return y if self.bias is None else y + self.bias[...]
 
 
@@ -296,7 +305,7 @@ class Transformer(nnx.Module):
             if i in hidden_layers:
                 hidden[i] = x
         x = self.norm(x)
-        head = dense((self.embed_tokens if self.lm_head is None else self.lm_head).weight, x.dtype)  # [D, V]
-        logits = (x @ head).astype(jnp.float32)  # [B, T, V] (XLA:CPU has no bf16 x bf16 -> f32 matmul)
+        head = (self.embed_tokens if self.lm_head is None else self.lm_head).weight  # [D, V]
+        logits = matmul(x, head).astype(jnp.float32)  # [B, T, V] (XLA:CPU has no bf16 x bf16 -> f32 matmul)
         cache = cache.with_lengths(cache.lengths + T) if write else KVCache.block(new, cache.lengths)
         return logits, cache, (jnp.stack([hidden[i] for i in hidden_layers]) if hidden_layers else None)

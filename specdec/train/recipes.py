@@ -64,7 +64,7 @@ class Distilled:
         module = Transformer(config, dtype=target.dtype, rngs=nnx.Rngs(0))
         source = nnx.merge(target.graphdef, target.params)
         for k, i in enumerate(picked):  # start from the target's own layers (copied: they will be trained)
-            nnx.update(module.layers[k], jax.tree.map(jnp.copy, nnx.state(source.layers[i])))
+            nnx.update(module.layers[k], target.block_state(i))
         nnx.update(module.norm, jax.tree.map(jnp.copy, nnx.state(source.norm)))
         module.embed_tokens = source.embed_tokens  # shared, frozen
         if module.lm_head is not None:

@@ -31,8 +31,19 @@ def load_model(
     mesh: a ``specdec.sharding.make_mesh`` mesh: each weight goes from the host straight into its
     shards (tensor-parallel over ``model``), batches split over ``data``.
 
+    On the CPU a float32 model that is neither quantized nor sharded comes with its weights in
+    panels (``Model.paneled``; ``SPECDEC_PANELS=off`` keeps them [in, out]).
+
     Returns a ``specdec.Model`` carrying config, parameters (in ``dtype``) and tokenizer.
     """
+    from specdec.models import panels
+
+    model = _load(name_or_path, dtype=dtype, quant=quant, group=group, mesh=mesh)
+    return model.paneled() if panels.wanted(dtype, quant=quant, mesh=mesh) else model
+
+
+def _load(name_or_path: str, *, dtype, quant, group, mesh):
+    """``load_model`` before the weights go into panels."""
     from specdec.models import Model, tiny_config
     from specdec.models.quant import check_quant
     from specdec.weights import zoo

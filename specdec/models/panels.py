@@ -1,0 +1,159 @@
+"""Weights stored in column panels, read once by a verify pass of up to 8 positions on the CPU.
+
+On XLA:CPU (jax 0.10) a product of one position against a weight runs XLA's matrix-vector kernel
+near the memory's read bandwidth, but a product of 2 to 8 positions runs a matrix-matrix kernel
+that reads the weight at 8 to 14 GB/s (docs/benchmarks.md, "Weights in panels"): a verify pass
+then costs 1.4 to 2 decode steps although it reads the same weights as one.
+
+A ``PanelWeight`` stores a weight W [K, N] (our [in, out] storage) as panels P [N / 16, K, 16],
+P[p, k, c] = W[k, 16 p + c]. ``matmul`` computes x [M, K] @ W for M <= ``MAX_ROWS`` with a small
+C++ kernel (``specdec/native/panel_matmul.cc``, an XLA FFI custom call) that reads each panel
+once, front to back, into 2 M vector accumulators; more rows (prefills, training) use XLA's own
+product on the panels. The kernel is compiled for this machine on first use (``g++ -O3
+-march=native``, a few seconds) into ``<specdec cache>/native``.
+
+``SPECDEC_PANELS`` says which models ``Model.paneled`` stores so (``load_model`` applies it):
+
+- ``auto`` (the default): float32 models on the CPU backend, neither quantized nor sharded, when
+  the kernel builds (without a C++ compiler: not, with one log line saying why);
+- ``off``: none.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+log = logging.getLogger(__name__)
+
+PANEL = 16  # columns per panel: two 8-float vectors
+MAX_ROWS = 8  # the most positions (rows of x) the kernel takes; more use XLA's product
+ENV = "SPECDEC_PANELS"
+CHOICES = ("auto", "off")
+SOURCE = Path(__file__).parent.parent / "native" / "panel_matmul.cc"
+TARGET = "specdec_panel_matmul"
+
+
+def pack(weight: np.ndarray) -> np.ndarray:
+    """W [K, N] (N a multiple of ``PANEL``) -> panels [N / PANEL, K, PANEL] (a host copy)."""
+    K, N = weight.shape
+    return np.ascontiguousarray(np.asarray(weight).reshape(K, N // PANEL, PANEL).transpose(1, 0, 2))
+
+
+def unpack(panels: np.ndarray) -> np.ndarray:
+    """The inverse of ``pack``: panels [N / PANEL, K, PANEL] -> W [K, N]."""
+    P, K, _ = panels.shape
+    return np.ascontiguousarray(np.asarray(panels).transpose(1, 0, 2).reshape(K, P * PANEL))
+
+
+def packable(weight) -> bool:
+    """Whether a weight can be stored in panels: float32 [K, N] with N a multiple of ``PANEL``."""
+    return weight.ndim == 2 and weight.shape[1] % PANEL == 0 and weight.dtype == jnp.float32
+
+
+class PanelWeight(nnx.Module):
+    """A float32 weight W [K, N] stored as panels [N / PANEL, K, PANEL] (``pack``)."""
+
+    def __init__(self, weight):
+        self.panels = nnx.Param(jnp.asarray(pack(np.asarray(weight))))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        P, K, _ = self.panels.shape
+        return K, P * PANEL
+
+    def host(self) -> np.ndarray:
+        """W [K, N] as a numpy array."""
+        return unpack(np.asarray(self.panels[...]))
+
+    def matmul(self, x):
+        """x [..., K] @ W -> [..., N] in x's dtype (computed in float32)."""
+        P, K, _ = self.panels.shape
+        rows = x.reshape(-1, K).astype(jnp.float32)
+        if rows.shape[0] <= MAX_ROWS and jax.default_backend() == "cpu":
+            out = jax.ShapeDtypeStruct((rows.shape[0], P * PANEL), jnp.float32)
+            y = jax.ffi.ffi_call(kernel(), out, vmap_method="sequential")(rows, self.panels[...])
+        else:
+            y = jnp.einsum("mk,pkc->mpc", rows, self.panels[...]).reshape(rows.shape[0], P * PANEL)
+        return y.reshape(*x.shape[:-1], P * PANEL).astype(x.dtype)
+
+    def columns(self, index):
+        """Columns ``index`` [...] of W -> [K, ...] (an embedding stored [D, V] looked up)."""
+        picked = self.panels[...][index // PANEL, :, index % PANEL]  # [..., K]
+        return jnp.moveaxis(picked, -1, 0)
+
+
+def choice() -> str:
+    """``SPECDEC_PANELS``: one of ``CHOICES`` (default "auto"); ValueError naming it otherwise."""
+    value = os.environ.get(ENV, "auto").strip().lower()
+    if value not in CHOICES:
+        raise ValueError(f"{ENV} must be one of {', '.join(CHOICES)}, got {value!r}")
+    return value
+
+
+def wanted(dtype, *, quant, mesh) -> bool:
+    """Whether a model of ``dtype`` (quantized to ``quant``, sharded over ``mesh``) is stored in
+    panels: see the module docstring."""
+    if choice() == "off" or quant is not None or mesh is not None or jnp.dtype(dtype) != jnp.float32:
+        return False
+    return jax.default_backend() == "cpu" and kernel_available()
+
+
+@functools.cache
+def kernel_available() -> bool:
+    """Whether the kernel is built (or builds now) and is registered with XLA; logs why not."""
+    try:
+        kernel()
+    except KernelBuildError as error:
+        log.info("%s: float32 weights stay [in, out] (%s=off hides this line)", error, ENV)
+        return False
+    return True
+
+
+class KernelBuildError(RuntimeError):
+    """The C++ kernel could not be compiled on this machine."""
+
+
+@functools.cache
+def kernel() -> str:
+    """The FFI target's name, after building ``SOURCE`` for this machine (once; cached by source,
+    jax version and processor) and registering it. KernelBuildError when no compiler builds it."""
+    from specdec.kernels import machine
+    from specdec.weights.zoo import cache_dir
+
+    key = hashlib.sha256(SOURCE.read_bytes() + f"{jax.__version__} {machine()}".encode()).hexdigest()[:16]
+    library = cache_dir() / "native" / f"panel_matmul-{key}.so"
+    if not library.is_file():
+        _build(library)
+    handler = ctypes.cdll.LoadLibrary(str(library)).specdec_panel_matmul
+    jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(handler), platform="cpu")
+    return TARGET
+
+
+def _build(library: Path) -> None:
+    """Compile ``SOURCE`` into ``library`` (written atomically)."""
+    compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    if compiler is None:
+        raise KernelBuildError(f"no C++ compiler (g++, c++ or $CXX) to build {SOURCE.name}")
+    library.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=library.parent) as tmp:
+        out = Path(tmp) / library.name
+        command = [compiler, "-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w"]
+        command += [f"-I{jax.ffi.include_dir()}", str(SOURCE), "-o", str(out)]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+            raise KernelBuildError(f"{compiler} failed to build {SOURCE.name}: {last}")
+        os.replace(out, library)

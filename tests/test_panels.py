@@ -1,0 +1,123 @@
+"""Weights in panels: the CPU kernel's products, the panel layout, and models stored so."""
+
+import logging
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import specdec
+from specdec import drafters, generate
+from specdec.models import Model, panels, tiny_config
+
+
+@pytest.mark.parametrize("K, N", [(64, 48), (37, 16), (96, 160)])
+def test_a_product_with_panels_equals_the_product_for_every_row_count(K, N):
+    """x [M, K] @ W for M = 1..8 (the kernel: N = 48 splits 3 panels unevenly over the threads) and
+    for 9 and 20 rows (XLA's product on the panels), against a float64 product."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((K, N)).astype(np.float32)
+    weight = panels.PanelWeight(w)
+    for M in (*range(1, panels.MAX_ROWS + 1), 9, 20):
+        x = rng.standard_normal((M, K)).astype(np.float32)
+        y = np.asarray(jax.jit(weight.matmul)(x))
+        np.testing.assert_allclose(y, x.astype(np.float64) @ w, rtol=1e-5, atol=1e-5 * np.sqrt(K))
+    x = rng.standard_normal((2, 3, K)).astype(np.float32)  # leading axes [B, T] kept
+    np.testing.assert_allclose(np.asarray(weight.matmul(x)), x @ w, rtol=1e-5, atol=1e-4)
+
+
+def test_up_to_eight_rows_run_the_kernel_and_more_run_xla():
+    weight = panels.PanelWeight(np.ones((32, 64), np.float32))
+    program = lambda M: jax.jit(weight.matmul).lower(jnp.ones((M, 32))).as_text()
+    assert panels.TARGET in program(panels.MAX_ROWS)
+    assert panels.TARGET not in program(panels.MAX_ROWS + 1)
+
+
+def test_panels_hold_the_weight_and_its_columns():
+    w = np.arange(5 * 48, dtype=np.float32).reshape(5, 48)
+    packed = panels.pack(w)
+    assert packed.shape == (3, 5, 16) and packed[2, 4, 1] == w[4, 33]
+    weight = panels.PanelWeight(w)
+    assert weight.shape == (5, 48)
+    np.testing.assert_array_equal(weight.host(), w)
+    index = jnp.asarray([[0, 47], [16, 33]])  # an embedding [D, V] looked up by tokens [B, T]
+    np.testing.assert_array_equal(np.asarray(weight.columns(index)), w[:, np.asarray(index)])
+
+
+def test_a_model_in_panels_scores_and_decodes_as_the_plain_one():
+    plain = Model.random(tiny_config(tie_embeddings=True), seed=1)
+    paneled = plain.paneled()
+    assert paneled.panels and not plain.panels
+    assert isinstance(paneled.params["layers"][0]["mlp"]["down_proj"]["weight"]["panels"][...], jax.Array)
+    tokens = jax.random.randint(jax.random.key(0), (2, 5), 0, plain.config.vocab_size)
+    positions = jnp.broadcast_to(jnp.arange(5), (2, 5))
+    for T in (1, 3, 5):  # 2, 6 and 10 rows: the kernel, then XLA's product
+        score = lambda m, T=T: m.apply(m.params, tokens[:, :T], positions[:, :T], m.init_cache(2, 16))[0]
+        np.testing.assert_allclose(score(paneled), score(plain), rtol=1e-5, atol=1e-5)
+    for name, array in paneled.tensors().items():
+        np.testing.assert_array_equal(array, plain.tensors()[name], err_msg=name)
+    assert not paneled.unpaneled().panels
+    prompt = [[5, 6, 7, 5, 6, 7, 5, 6]]
+    run = lambda m: generate(
+        m, prompt, drafters.make("ngram", m), gamma=3, max_new_tokens=12, chat=False, eos_ids=()
+    )
+    assert run(paneled).tokens == run(plain).tokens
+    int8 = lambda m: m.quantize("int8", readout=False).tensors()
+    for name, array in int8(paneled).items():  # a quantized self-draft of a target in panels
+        np.testing.assert_array_equal(array, int8(plain)[name], err_msg=name)
+
+
+def test_load_model_stores_float32_cpu_models_in_panels_unless_told_not_to(monkeypatch):
+    monkeypatch.setenv(panels.ENV, "auto")
+    assert specdec.load_model("tiny-random").panels
+    assert not specdec.load_model("tiny-random", quant="int8").panels
+    assert not specdec.load_model("tiny-random", dtype=jnp.bfloat16).panels
+    monkeypatch.setenv(panels.ENV, "off")
+    assert not specdec.load_model("tiny-random").panels
+    monkeypatch.setenv(panels.ENV, "always")
+    with pytest.raises(ValueError, match=r"^SPECDEC_PANELS must be one of auto, off, got 'always'$"):
+        specdec.load_model("tiny-random")
+
+
+def test_a_kernel_that_does_not_build_is_named_and_the_weights_stay_plain(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("SPECDEC_CACHE", str(tmp_path))
+    monkeypatch.setenv("CXX", "false")  # a compiler that fails
+    panels.kernel.cache_clear()
+    panels.kernel_available.cache_clear()
+    try:
+        with caplog.at_level(logging.INFO, logger=panels.__name__):
+            assert not specdec.load_model("tiny-random").panels
+    finally:
+        panels.kernel.cache_clear()
+        panels.kernel_available.cache_clear()
+    assert "false failed to build panel_matmul.cc" in caplog.text
+    assert not list((tmp_path / "native").glob("*.so"))
+
+
+def test_a_sharded_model_is_not_stored_in_panels():
+    model = Model.random(tiny_config(), seed=0)
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("data", "model"))
+    with pytest.raises(ValueError, match="sharded model's weights are not stored in panels"):
+        model.shard(mesh).paneled()
+    with pytest.raises(ValueError, match="weights in panels are not sharded"):
+        model.paneled().shard(mesh)
+
+
+def test_sampling_with_panels_keeps_the_plain_models_tokens():
+    """Sampled (T = 1) speculative decoding with the same seed draws the same tokens."""
+    plain = Model.random(tiny_config(), seed=2)
+    prompt = [[1, 2, 3, 1, 2, 3, 1]]
+    run = lambda m: (
+        generate(
+            m,
+            prompt,
+            drafters.make("ngram", m),
+            gamma=2,
+            max_new_tokens=10,
+            seed=3,
+            temperature=1.0,
+            chat=False,
+        ).tokens
+    )
+    assert run(plain.paneled()) == run(plain)
