@@ -37,7 +37,7 @@ from flax import nnx
 from specdec.drafters.base import Context, Verified
 from specdec.drafters.chain import check_stop_below, draft_chain
 from specdec.models import KVCache, Model, ModelConfig, in_chunks
-from specdec.models.panels import PanelWeight
+from specdec.models.panels import as_array
 from specdec.models.transformer import Block, Linear, attention_inputs, embed_lookup, rms_norm
 
 
@@ -83,9 +83,8 @@ def target_readout(model: Model, vocab_ids=None) -> dict:
             "and LM head: load the target without quant"
         )
     module = nnx.merge(model.graphdef, model.params)
-    array = lambda w: jnp.asarray(w.host()) if isinstance(w, PanelWeight) else w[...]  # panels: a copy
-    embed = array(module.embed_tokens.weight)
-    head = embed if model.config.tie_embeddings else array(module.lm_head.weight)
+    embed = as_array(module.embed_tokens.weight)
+    head = embed if model.config.tie_embeddings else as_array(module.lm_head.weight)
     if vocab_ids is not None:
         head = jnp.take(head, jnp.asarray(vocab_ids), axis=1)
     return dict(embed=embed, norm=module.norm.weight[...], head=head)

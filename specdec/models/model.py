@@ -209,7 +209,7 @@ class Model:
         """This model with its weights in panels back in our [in, out] storage (itself when none are)."""
         if not self.panels:
             return self
-        unpack = lambda w: nnx.Param(jnp.asarray(w.host())) if isinstance(w, panels.PanelWeight) else None
+        unpack = lambda w: nnx.Param(panels.as_array(w)) if isinstance(w, panels.PanelWeight) else None
         return self._rewritten(lambda _, kind, w: unpack(w))
 
     def block_state(self, i: int) -> nnx.State:
@@ -217,7 +217,7 @@ class Model:
         block = nnx.merge(self.graphdef, self.params).layers[i]
         for _, owner in list(nnx.iter_modules(block)):
             if isinstance(getattr(owner, "weight", None), panels.PanelWeight):
-                owner.weight = nnx.Param(jnp.asarray(owner.weight.host()))
+                owner.weight = nnx.Param(panels.as_array(owner.weight))
         return jax.tree.map(jnp.copy, nnx.state(block))
 
     def _rewritten(self, rewrite, **changes) -> Model:

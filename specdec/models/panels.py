@@ -95,6 +95,12 @@ class PanelWeight(nnx.Module):
         return jnp.moveaxis(picked, -1, 0)
 
 
+def as_array(weight):
+    """A linear, embedding or LM-head weight as its [in, out] array: a ``PanelWeight`` unpacked (a
+    copy), an ``nnx.Param``'s array as it is."""
+    return jnp.asarray(weight.host()) if isinstance(weight, PanelWeight) else weight[...]
+
+
 def choice() -> str:
     """``SPECDEC_PANELS``: one of ``CHOICES`` (default "auto"); ValueError naming it otherwise."""
     value = os.environ.get(ENV, "auto").strip().lower()
