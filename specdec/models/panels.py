@@ -1,4 +1,4 @@
-"""Weights stored in column panels, read once by a verify pass of up to 8 positions on the CPU.
+"""Weights stored in column panels, read once per product whatever the positions, on the CPU.
 
 On XLA:CPU (jax 0.10) a product of one position against a weight runs XLA's matrix-vector kernel
 near the memory's read bandwidth, but a product of 2 to 8 positions runs a matrix-matrix kernel
@@ -6,11 +6,13 @@ that reads the weight at 8 to 14 GB/s (docs/benchmarks.md, "Weights in panels"):
 then costs 1.4 to 2 decode steps although it reads the same weights as one.
 
 A ``PanelWeight`` stores a weight W [K, N] (our [in, out] storage) as panels P [N / 16, K, 16],
-P[p, k, c] = W[k, 16 p + c]. ``matmul`` computes x [M, K] @ W for M <= ``MAX_ROWS`` with a small
-C++ kernel (``specdec/native/panel_matmul.cc``, an XLA FFI custom call) that reads each panel
-once, front to back, into 2 M vector accumulators; more rows (prefills, training) use XLA's own
-product on the panels. The kernel is compiled for this machine on first use (``g++ -O3
--march=native``, a few seconds) into ``<specdec cache>/native``.
+P[p, k, c] = W[k, 16 p + c]. ``matmul`` computes x [M, K] @ W with a small C++ kernel
+(``specdec/native/panel_matmul.cc``, an XLA FFI custom call) that reads each panel once, front to
+back, into vector accumulators for up to 8 rows at a time; more rows (a batch of verify passes, a
+prefill) pass over the same panel in blocks while it is in the cache. It matches or beats XLA's
+product on [K, N] at every row count (docs/benchmarks.md, "Panels for every row count"). The
+kernel is compiled for this machine on first use (``g++ -O3 -march=native``, a few seconds) into
+``<specdec cache>/native``; on other backends ``matmul`` is XLA's product on the panels.
 
 ``SPECDEC_PANELS`` says which models ``Model.paneled`` stores so (``load_model`` applies it):
 
@@ -39,7 +41,6 @@ from flax import nnx
 log = logging.getLogger(__name__)
 
 PANEL = 16  # columns per panel: two 8-float vectors
-MAX_ROWS = 8  # the most positions (rows of x) the kernel takes; more use XLA's product
 ENV = "SPECDEC_PANELS"
 CHOICES = ("auto", "off")
 SOURCE = Path(__file__).parent.parent / "native" / "panel_matmul.cc"
@@ -82,7 +83,7 @@ class PanelWeight(nnx.Module):
         """x [..., K] @ W -> [..., N] in x's dtype (computed in float32)."""
         P, K, _ = self.panels.shape
         rows = x.reshape(-1, K).astype(jnp.float32)
-        if rows.shape[0] <= MAX_ROWS and jax.default_backend() == "cpu":
+        if jax.default_backend() == "cpu":
             out = jax.ShapeDtypeStruct((rows.shape[0], P * PANEL), jnp.float32)
             y = jax.ffi.ffi_call(kernel(), out, vmap_method="sequential")(rows, self.panels[...])
         else:

@@ -1,14 +1,17 @@
-// y[M, N] = x[M, K] @ W[K, N] for M <= 8, W stored as column panels P[N / 16, K, 16]
+// y[M, N] = x[M, K] @ W[K, N], W stored as column panels P[N / 16, K, 16]
 // (P[p, k, c] = W[k, 16 p + c]; specdec/models/panels.py). An XLA FFI handler for the CPU.
 //
 // A panel is 16 columns of W, read front to back: at each k its 16 values (two 8-float vectors)
-// are multiplied by the M values x[:, k] into 2 M accumulators held in vector registers, so W is
-// read once from memory whatever M is, in one sequential stream per panel. The panels are split
-// over XLA's intra-op threads (the calling thread takes the first share).
+// are multiplied by R values x[:, k] into 2 R accumulators held in vector registers. Up to 8 rows
+// are one block (a verify pass: W is read once, in one sequential stream per panel). More rows
+// (a batch of verify passes, a prefill) go through the same panel in blocks of kBlock rows while
+// it stays in the cache, so W is still read from memory once. The panels are split over XLA's
+// intra-op threads and the calling thread.
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -19,53 +22,85 @@ namespace {
 constexpr int64_t kPanel = 16;
 typedef float vec8 __attribute__((vector_size(32)));  // AVX registers where compiled for them
 
-template <int M>
-void panels(const float* x, const float* w, float* y, int64_t K, int64_t N, int64_t first, int64_t last) {
-  for (int64_t p = first; p < last; ++p) {
-    vec8 acc[M][2];
-    for (int m = 0; m < M; ++m) acc[m][0] = acc[m][1] = vec8{};
-    const float* wp = w + p * K * kPanel;
-    for (int64_t k = 0; k < K; ++k, wp += kPanel) {
-      vec8 lo, hi;
-      std::memcpy(&lo, wp, sizeof lo);
-      std::memcpy(&hi, wp + 8, sizeof hi);
-      for (int m = 0; m < M; ++m) {
-        const float s = x[m * K + k];
-        acc[m][0] += s * lo;
-        acc[m][1] += s * hi;
-      }
+// Rows per block beyond 8: 2 kBlock accumulators, two panel vectors and one broadcast fit the
+// vector registers (16 with AVX2, 32 with AVX-512).
+#ifdef __AVX512F__
+constexpr int kBlock = 8;
+#else
+constexpr int kBlock = 6;
+#endif
+
+// Rows x[0:R] times panel wp [K, 16] -> y[0:R, 0:16] (row strides K and N).
+template <int R>
+void block(const float* x, const float* wp, float* y, int64_t K, int64_t N) {
+  vec8 acc[R][2];
+  for (int m = 0; m < R; ++m) acc[m][0] = acc[m][1] = vec8{};
+  for (int64_t k = 0; k < K; ++k, wp += kPanel) {
+    vec8 lo, hi;
+    std::memcpy(&lo, wp, sizeof lo);
+    std::memcpy(&hi, wp + 8, sizeof hi);
+    for (int m = 0; m < R; ++m) {
+      const float s = x[m * K + k];
+      acc[m][0] += s * lo;
+      acc[m][1] += s * hi;
     }
-    for (int m = 0; m < M; ++m) {
-      std::memcpy(y + m * N + p * kPanel, &acc[m][0], sizeof(vec8));
-      std::memcpy(y + m * N + p * kPanel + 8, &acc[m][1], sizeof(vec8));
+  }
+  for (int m = 0; m < R; ++m) {
+    std::memcpy(y + m * N, &acc[m][0], sizeof(vec8));
+    std::memcpy(y + m * N + 8, &acc[m][1], sizeof(vec8));
+  }
+}
+
+using Block = void (*)(const float*, const float*, float*, int64_t, int64_t);
+constexpr Block kBlocks[] = {block<1>, block<2>, block<3>, block<4>, block<5>, block<6>, block<7>, block<8>};
+
+// Panels [first, last) for all M rows: one block when M <= 8, else blocks of kBlock rows.
+void share(const float* x, const float* w, float* y, int64_t M, int64_t K, int64_t N, int64_t first,
+           int64_t last) {
+  const int64_t rows = M <= 8 ? M : kBlock;
+  for (int64_t p = first; p < last; ++p) {
+    for (int64_t m = 0; m < M; m += rows) {
+      const int64_t r = std::min(rows, M - m);
+      kBlocks[r - 1](x + m * K, w + p * K * kPanel, y + m * N + p * kPanel, K, N);
     }
   }
 }
 
-using Share = void (*)(const float*, const float*, float*, int64_t, int64_t, int64_t, int64_t);
-constexpr Share kShares[] = {panels<1>, panels<2>, panels<3>, panels<4>,
-                             panels<5>, panels<6>, panels<7>, panels<8>};
+// One product's panels, handed out in parts to whichever threads come: the calling thread and
+// the pool's. Shared, so that a pool task that starts after the product is done finds no part
+// left and returns (XLA may run independent products at once on the same pool: no thread waits
+// for a task that has not started).
+struct Work {
+  const float* x;
+  const float* w;
+  float* y;
+  int64_t M, K, N, P, parts;
+  std::atomic<int64_t> next{0}, done{0};
+
+  void Run() {
+    for (int64_t i; (i = next.fetch_add(1, std::memory_order_relaxed)) < parts;) {
+      share(x, w, y, M, K, N, P * i / parts, P * (i + 1) / parts);
+      done.fetch_add(1, std::memory_order_release);
+    }
+  }
+};
 
 ffi::Error PanelMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
                        ffi::ResultBuffer<ffi::F32> y) {
   const auto xd = x.dimensions(), wd = w.dimensions();
-  if (xd.size() != 2 || wd.size() != 3 || wd[2] != kPanel || wd[1] != xd[1] || xd[0] < 1 || xd[0] > 8)
-    return ffi::Error::InvalidArgument("panel_matmul: x [M <= 8, K], panels [N / 16, K, 16]");
-  const int64_t M = xd[0], K = xd[1], P = wd[0], N = P * kPanel;
-  const Share share = kShares[M - 1];
-  const float* xp = x.typed_data();
-  const float* wp = w.typed_data();
-  float* yp = y->typed_data();
-  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(pool.num_threads(), P));
-  std::atomic<int64_t> pending{parts - 1};
-  for (int64_t i = 1; i < parts; ++i) {
-    pool.Schedule([=, &pending] {
-      share(xp, wp, yp, K, N, P * i / parts, P * (i + 1) / parts);
-      pending.fetch_sub(1, std::memory_order_release);
-    });
-  }
-  share(xp, wp, yp, K, N, 0, P / parts);
-  while (pending.load(std::memory_order_acquire) != 0) {
+  if (xd.size() != 2 || wd.size() != 3 || wd[2] != kPanel || wd[1] != xd[1] || xd[0] < 1)
+    return ffi::Error::InvalidArgument("panel_matmul: x [M, K], panels [N / 16, K, 16]");
+  auto work = std::make_shared<Work>();
+  work->x = x.typed_data();
+  work->w = w.typed_data();
+  work->y = y->typed_data();
+  work->M = xd[0], work->K = xd[1], work->P = wd[0], work->N = wd[0] * kPanel;
+  const int64_t threads = std::max<int64_t>(1, pool.num_threads());
+  work->parts = std::min<int64_t>(work->P, 4 * threads);
+  for (int64_t i = 1; i < threads; ++i) pool.Schedule([work] { work->Run(); });
+  work->Run();
+  // Parts still running were taken by threads that have started: they finish.
+  while (work->done.load(std::memory_order_acquire) != work->parts) {
   }
   return ffi::Error::Success();
 }
