@@ -2,11 +2,13 @@
 
 SmolLM2's 30 MLPs ([D, F], [D, F], [F, D] weights, D = 576, F = 1536, f32) applied to T positions
 inside one compiled loop, as ``x @ W`` (XLA's dot: a matrix-vector product at T = 1, a matrix
-product above), as T matrix-vector products, and with gate and up fused into one [D, 2F]
-product; prints ms per pass and the weight bytes read per second. A T-position pass reads the
-same weights once, so at the memory floor its time would not depend on T.
+product above), as T matrix-vector products (T <= 8), with gate and up fused into one [D, 2F]
+product, and with the weights in panels (``specdec.models.panels``, the CPU kernel); prints ms
+per pass and the weight bytes read per second. A T-position pass reads the same weights once, so
+at the memory floor its time would not depend on T; rows beyond a few dozen (a batch, a prefill)
+make the products compute-bound, and GFLOP/s say how near the processor's peak each runs.
 
-    python experiments/bench_matmul.py [--widths 1 2 4 8] [--repeats 15]
+    python experiments/bench_matmul.py [--widths 1 2 4 8 16 64 256] [--repeats 15]
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from specdec.models.panels import PanelWeight
 from specdec.timing import median_s
 
 D, F, LAYERS = 576, 1536, 30
@@ -28,6 +31,10 @@ def product(x, w):  # x [T, in] @ w [in, out]
 
 def by_rows(x, w):  # T matrix-vector products
     return jnp.concatenate([x[t : t + 1] @ w for t in range(x.shape[0])])
+
+
+def paneled(x, w):  # w a PanelWeight
+    return w.matmul(x)
 
 
 @functools.partial(jax.jit, static_argnames=("mm", "reps"))
@@ -57,17 +64,23 @@ def main():
     flat = [0.01 * jax.random.normal(k, s) for k, s in zip(keys, shapes, strict=True)]
     weights = [tuple(flat[3 * i : 3 * i + 3]) for i in range(LAYERS)]
     fused = [(jnp.concatenate([g, u], axis=1), d) for g, u, d in weights]
+    in_panels = [tuple(PanelWeight(w) for w in layer) for layer in weights]
     n_bytes = sum(w.nbytes for w in flat)
     reps = 8
     print(f"device {jax.devices()[0].device_kind}, {n_bytes / 1e6:.0f} MB of MLP weights per pass\n")
-    print("| T | x @ W ms | GB/s | T matrix-vector products ms | GB/s | gate/up fused ms | GB/s |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
+    methods = {"x @ W": (weights, product), "T matrix-vector products": (weights, by_rows)}
+    methods |= {"gate/up fused": (fused, product), "panels": (in_panels, paneled)}
+    print("| T | " + " | ".join(f"{name} ms | GB/s | GFLOP/s" for name in methods) + " |")
+    print("|---:|" + "---:|---:|---:|" * len(methods))
     for T in args.widths:
         x = jnp.full((T, D), 0.1)
         cells = []
-        for ws, mm in ((weights, product), (weights, by_rows), (fused, product)):
+        for ws, mm in methods.values():
+            if mm is by_rows and T > 8:
+                cells += ["-"] * 3
+                continue
             s = median_s(functools.partial(mlps, x, ws, mm=mm, reps=reps), args.repeats) / reps
-            cells += [f"{s * 1e3:.1f}", f"{n_bytes / s / 1e9:.1f}"]
+            cells += [f"{s * 1e3:.1f}", f"{n_bytes / s / 1e9:.1f}", f"{2 * T * n_bytes / 4 / s / 1e9:.0f}"]
         print(f"| {T} | " + " | ".join(cells) + " |")
 
 
