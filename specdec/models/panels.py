@@ -84,8 +84,7 @@ class PanelWeight(nnx.Module):
         P, K, _ = self.panels.shape
         rows = x.reshape(-1, K).astype(jnp.float32)
         if jax.default_backend() == "cpu":
-            out = jax.ShapeDtypeStruct((rows.shape[0], P * PANEL), jnp.float32)
-            y = jax.ffi.ffi_call(kernel(), out, vmap_method="sequential")(rows, self.panels[...])
+            y = _kernel_product(rows, self.panels[...])
         else:
             y = jnp.einsum("mk,pkc->mpc", rows, self.panels[...]).reshape(rows.shape[0], P * PANEL)
         return y.reshape(*x.shape[:-1], P * PANEL).astype(x.dtype)
@@ -94,6 +93,28 @@ class PanelWeight(nnx.Module):
         """Columns ``index`` [...] of W -> [K, ...] (an embedding stored [D, V] looked up)."""
         picked = self.panels[...][index // PANEL, :, index % PANEL]  # [..., K]
         return jnp.moveaxis(picked, -1, 0)
+
+
+@jax.custom_vjp
+def _kernel_product(rows, panels):
+    """rows [M, K] @ W, W as panels [P, K, PANEL] -> [M, P PANEL] float32, by the kernel."""
+    out = jax.ShapeDtypeStruct((rows.shape[0], panels.shape[0] * PANEL), jnp.float32)
+    return jax.ffi.ffi_call(kernel(), out, vmap_method="sequential")(rows, panels)
+
+
+def _kernel_product_forward(rows, panels):
+    return _kernel_product(rows, panels), (rows, panels)
+
+
+def _kernel_product_backward(saved, dy):
+    """Training through a model in panels (a distilled draft shares the target's embedding):
+    d rows = dy @ W^T and d panels = rows^T dy in panels, by XLA's products."""
+    rows, panels = saved
+    dy = dy.reshape(rows.shape[0], panels.shape[0], PANEL)  # [M, P, PANEL]
+    return jnp.einsum("mpc,pkc->mk", dy, panels), jnp.einsum("mk,mpc->pkc", rows, dy)
+
+
+_kernel_product.defvjp(_kernel_product_forward, _kernel_product_backward)
 
 
 def as_array(weight):
