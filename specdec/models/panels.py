@@ -9,8 +9,9 @@ A ``PanelWeight`` stores a weight W [K, N] (our [in, out] storage) as panels P [
 P[p, k, c] = W[k, 16 p + c]. ``matmul`` computes x [M, K] @ W with a small C++ kernel
 (``specdec/native/panel_matmul.cc``, an XLA FFI custom call) that reads each panel once, front to
 back, into vector accumulators for up to 8 rows at a time; more rows (a batch of verify passes, a
-prefill) pass over the same panel in blocks while it is in the cache. It matches or beats XLA's
-product on [K, N] at every row count (docs/benchmarks.md, "Panels for every row count"). The
+prefill) pass over the same panel in blocks while it is in the cache. On the AVX2 machine measured
+it beat XLA's product on [K, N] at 1 to 256 rows (docs/benchmarks.md, "Panels for every row
+count"). The
 kernel is compiled for this machine on first use (``g++ -O3 -march=native``, a few seconds) into
 ``<specdec cache>/native``; on other backends ``matmul`` is XLA's product on the panels.
 
