@@ -82,12 +82,15 @@ def cache_copies(compiled, cache) -> int:
 
 @pytest.mark.parametrize("batch", [1, 2])
 @pytest.mark.parametrize("drafter", ["none", "ngram"])
-def test_decode_loop_updates_the_cache_in_place(batch, drafter):
+@pytest.mark.parametrize("paneled", [False, True], ids=["plain", "panels"])
+def test_decode_loop_updates_the_cache_in_place(batch, drafter, paneled):
     """The compiled decode loop writes the KV cache in place: no copy of a cache buffer per step,
     autoregressive or verifying prompt lookup's drafts at one of two widths (reading a layer's
     cache before writing it, a [B, Hkv, ...] layout, or a cache carried through the verify
-    switch's branches made XLA copy every layer's buffers at every step)."""
+    switch's branches made XLA copy every layer's buffers at every step). In panels, the native
+    attention kernel reads the written cache: no copy either."""
     model = Model.random(tiny_config(), seed=0)
+    model = model.paneled() if paneled else model
     cache = model.init_cache(batch, 64)
     draft = None if drafter == "none" else drafters.make(drafter, model)
     tokens, lengths = jnp.zeros((batch, 64), jnp.int32), jnp.full((batch,), 4)

@@ -12,8 +12,9 @@ back, into vector accumulators for up to 8 rows at a time; more rows (a batch of
 prefill) pass over the same panel in blocks while it is in the cache. On the AVX2 machine measured
 it beat XLA's product on [K, N] at 1 to 256 rows (docs/benchmarks.md, "Panels for every row
 count"). The
-kernel is compiled for this machine on first use (``g++ -O3 -march=native``, a few seconds) into
-``<specdec cache>/native``; on other backends ``matmul`` is XLA's product on the panels.
+kernel is compiled for this machine on first use (``models.native``); on other backends ``matmul``
+is XLA's product on the panels. A model in panels also attends with the native kernel
+(``transformer.cache_attention``).
 
 ``SPECDEC_PANELS`` says which models ``Model.paneled`` stores so (``load_model`` applies it):
 
@@ -24,27 +25,23 @@ kernel is compiled for this machine on first use (``g++ -O3 -march=native``, a f
 
 from __future__ import annotations
 
-import ctypes
 import functools
-import hashlib
 import logging
 import os
-import shutil
-import subprocess
-import tempfile
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from specdec.models import native
+from specdec.models.native import KernelBuildError
+
 log = logging.getLogger(__name__)
 
 PANEL = 16  # columns per panel: two 8-float vectors
 ENV = "SPECDEC_PANELS"
 CHOICES = ("auto", "off")
-SOURCE = Path(__file__).parent.parent / "native" / "panel_matmul.cc"
 TARGET = "specdec_panel_matmul"
 
 
@@ -151,38 +148,7 @@ def kernel_available() -> bool:
     return True
 
 
-class KernelBuildError(RuntimeError):
-    """The C++ kernel could not be compiled on this machine."""
-
-
-@functools.cache
 def kernel() -> str:
-    """The FFI target's name, after building ``SOURCE`` for this machine (once; cached by source,
-    jax version and processor) and registering it. KernelBuildError when no compiler builds it."""
-    from specdec.kernels import machine
-    from specdec.weights.zoo import cache_dir
-
-    key = hashlib.sha256(SOURCE.read_bytes() + f"{jax.__version__} {machine()}".encode()).hexdigest()[:16]
-    library = cache_dir() / "native" / f"panel_matmul-{key}.so"
-    if not library.is_file():
-        _build(library)
-    handler = ctypes.cdll.LoadLibrary(str(library)).specdec_panel_matmul
-    jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(handler), platform="cpu")
-    return TARGET
-
-
-def _build(library: Path) -> None:
-    """Compile ``SOURCE`` into ``library`` (written atomically)."""
-    compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
-    if compiler is None:
-        raise KernelBuildError(f"no C++ compiler (g++, c++ or $CXX) to build {SOURCE.name}")
-    library.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=library.parent) as tmp:
-        out = Path(tmp) / library.name
-        command = [compiler, "-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w"]
-        command += [f"-I{jax.ffi.include_dir()}", str(SOURCE), "-o", str(out)]
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode != 0:
-            last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
-            raise KernelBuildError(f"{compiler} failed to build {SOURCE.name}: {last}")
-        os.replace(out, library)
+    """The FFI target's name, once ``native.library`` has built and registered the kernels;
+    KernelBuildError when no compiler builds them."""
+    return native.target(TARGET)

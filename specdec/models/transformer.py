@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from specdec.models import native
 from specdec.models.cache import KVCache, cache_layout
 from specdec.models.config import ModelConfig
 from specdec.models.panels import PanelWeight
@@ -34,7 +35,8 @@ _NEG_INF = -1e30
 # 2: values stored [B Hkv, S, Dh] (were [B Hkv, Dh, S]).
 # 3: q/k/v and gate/up each one product over weights stored fused (``models.fused``).
 # 4: keys stored [B Hkv, Dh, S] (were [B Hkv, S, Dh]).
-REVISION = 4
+# 5: models in panels attend with the native kernel (``native.attention``).
+REVISION = 5
 
 
 class RMSNorm(nnx.Module):
@@ -167,6 +169,46 @@ def attention_inputs(cfg: ModelConfig, cache: KVCache, positions, mask=None, cac
     return visible, rope_angles(positions, jnp.asarray(rope_frequencies(cfg)))
 
 
+def attend(q, blocks, visible):
+    """Grouped-query attention by XLA's products. q [B Hkv, T G, Dh] (row b's kv head h is entry
+    b Hkv + h; query j of position t is t G + j; scaled by 1 / sqrt(Dh)); blocks: (keys
+    [B Hkv, Dh, S_i], values [B Hkv, S_i, Dh]) pairs whose slots follow one another; visible
+    [B, T, sum S_i] -> [B Hkv, T G, Dh] in the values' dtype."""
+    B, T, _ = visible.shape
+    n, r, _ = q.shape
+    scores = jnp.concatenate([jnp.einsum("nqd,nds->nqs", q, keys) for keys, _ in blocks], axis=-1)
+    scores = scores.astype(jnp.float32).reshape(B, n // B, T, r // T, -1)
+    scores = jnp.where(visible[:, None, :, None], scores, _NEG_INF)  # [B, Hkv, T, G, slots]
+    weights = jax.nn.softmax(scores, axis=-1).astype(blocks[0][1].dtype).reshape(n, r, -1)
+    out, start = 0.0, 0
+    for _, values in blocks:  # each block's values weighted by its slots
+        width = values.shape[1]
+        out = out + jnp.einsum("nqs,nsd->nqd", weights[..., start : start + width], values)
+        start += width
+    return out
+
+
+@jax.custom_vjp
+def cache_attention(q, keys, values, visible):
+    """``attend`` over one block (the cache, new entries written) by the native kernel
+    (``native.attention``: float32, slots after the last one a row sees not read); its gradient
+    is ``attend``'s (training through a model in panels)."""
+    return native.attention(q, keys, values, visible)
+
+
+def _cache_attention_forward(q, keys, values, visible):
+    return cache_attention(q, keys, values, visible), (q, keys, values, visible)
+
+
+def _cache_attention_backward(saved, dy):
+    q, keys, values, visible = saved
+    _, vjp = jax.vjp(lambda *qkv: attend(qkv[0], [qkv[1:]], visible), q, keys, values)
+    return (*vjp(dy), None)
+
+
+cache_attention.defvjp(_cache_attention_forward, _cache_attention_backward)
+
+
 class Attention(nnx.Module):
     """Grouped-query attention. ``qkv_proj`` is q, k and v in one product: its output columns are
     [Hkv, G + 2, Dh], kv head j's G query heads, then its key, then its value (``models.fused``),
@@ -177,6 +219,12 @@ class Attention(nnx.Module):
         self.qkv_proj = Linear(cfg.dim, q_dim + 2 * kv_dim, bias=cfg.qkv_bias, dtype=dtype, rngs=rngs)
         self.o_proj = Linear(q_dim, cfg.dim, bias=False, dtype=dtype, rngs=rngs)
         self.cfg = cfg
+
+    @property
+    def native(self) -> bool:
+        """Whether this layer attends with the native kernel: with its weights in panels (a
+        float32 CPU model, ``models.panels``) and heads the kernel takes."""
+        return isinstance(self.qkv_proj.weight, PanelWeight) and native.attends(self.cfg.head_dim)
 
     def __call__(self, x, cache: KVCache, cache_layer: int, visible, rope, write: bool = True):
         """x [B, T, D]; visible [B, T, S] bool (``write``) or [B, T, S + T]; rope (cos, sin)
@@ -201,15 +249,10 @@ class Attention(nnx.Module):
         # T G queries of each (row, kv head) form one [T G, Dh] block against its [Dh, S] keys.
         q = q.reshape(B, T, H, G, cfg.head_dim).transpose(0, 2, 1, 3, 4).reshape(B * H, T * G, cfg.head_dim)
         q = q / math.sqrt(cfg.head_dim)
-        scores = jnp.concatenate([jnp.einsum("nqd,nds->nqs", q, keys) for keys, _ in blocks], axis=-1)
-        scores = scores.astype(jnp.float32).reshape(B, H, T, G, -1)
-        scores = jnp.where(visible[:, None, :, None], scores, _NEG_INF)  # [B, Hkv, T, G, slots]
-        weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(B * H, T * G, -1)
-        out, start = 0.0, 0
-        for _, values in blocks:  # [B Hkv, T G, Dh]: each block's values weighted by its slots
-            width = values.shape[1]
-            out = out + jnp.einsum("nqs,nsd->nqd", weights[..., start : start + width], values)
-            start += width
+        if write and self.native:
+            out = cache_attention(q, *blocks[0], visible).astype(x.dtype)
+        else:
+            out = attend(q, blocks, visible)
         out = out.reshape(B, H, T, G, cfg.head_dim).transpose(0, 2, 1, 3, 4)
         out = out.reshape(B, T, cfg.n_heads * cfg.head_dim)
         return self.o_proj(out), (cache if write else new)

@@ -8,11 +8,10 @@
 // it stays in the cache, so W is still read from memory once. The panels are split over XLA's
 // intra-op threads and the calling thread.
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
 #include <cstring>
-#include <memory>
 
+#include "parallel.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -20,7 +19,7 @@ namespace ffi = xla::ffi;
 namespace {
 
 constexpr int64_t kPanel = 16;
-typedef float vec8 __attribute__((vector_size(32)));  // AVX registers where compiled for them
+using specdec::vec8;
 
 // Rows per block beyond 8: 2 kBlock accumulators, two panel vectors and one broadcast fit the
 // vector registers (16 with AVX2, 32 with AVX-512).
@@ -66,42 +65,18 @@ void share(const float* x, const float* w, float* y, int64_t M, int64_t K, int64
   }
 }
 
-// One product's panels, handed out in parts to whichever threads come: the calling thread and
-// the pool's. Shared, so that a pool task that starts after the product is done finds no part
-// left and returns (XLA may run independent products at once on the same pool: no thread waits
-// for a task that has not started).
-struct Work {
-  const float* x;
-  const float* w;
-  float* y;
-  int64_t M, K, N, P, parts;
-  std::atomic<int64_t> next{0}, done{0};
-
-  void Run() {
-    for (int64_t i; (i = next.fetch_add(1, std::memory_order_relaxed)) < parts;) {
-      share(x, w, y, M, K, N, P * i / parts, P * (i + 1) / parts);
-      done.fetch_add(1, std::memory_order_release);
-    }
-  }
-};
-
 ffi::Error PanelMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
                        ffi::ResultBuffer<ffi::F32> y) {
   const auto xd = x.dimensions(), wd = w.dimensions();
   if (xd.size() != 2 || wd.size() != 3 || wd[2] != kPanel || wd[1] != xd[1] || xd[0] < 1)
     return ffi::Error::InvalidArgument("panel_matmul: x [M, K], panels [N / 16, K, 16]");
-  auto work = std::make_shared<Work>();
-  work->x = x.typed_data();
-  work->w = w.typed_data();
-  work->y = y->typed_data();
-  work->M = xd[0], work->K = xd[1], work->P = wd[0], work->N = wd[0] * kPanel;
-  const int64_t threads = std::max<int64_t>(1, pool.num_threads());
-  work->parts = std::min<int64_t>(work->P, 4 * threads);
-  for (int64_t i = 1; i < threads; ++i) pool.Schedule([work] { work->Run(); });
-  work->Run();
-  // Parts still running were taken by threads that have started: they finish.
-  while (work->done.load(std::memory_order_acquire) != work->parts) {
-  }
+  const float *xs = x.typed_data(), *ws = w.typed_data();
+  float* ys = y->typed_data();
+  const int64_t M = xd[0], K = xd[1], P = wd[0], N = wd[0] * kPanel;
+  const int64_t parts = std::min<int64_t>(P, 4 * std::max<int64_t>(1, pool.num_threads()));
+  specdec::ParallelFor(pool, parts, [=](int64_t i) {
+    share(xs, ws, ys, M, K, N, P * i / parts, P * (i + 1) / parts);
+  });
   return ffi::Error::Success();
 }
 
