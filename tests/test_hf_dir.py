@@ -93,10 +93,11 @@ def test_save_load_round_trip_gives_identical_logits(name, shard, dtype, tmp_pat
         np.testing.assert_array_equal(loaded.tensors()[key], value, err_msg=key)
     tokens = tokens_for(config)
     np.testing.assert_array_equal(logits(loaded, tokens), logits(model, tokens))
-    # The same folder through the public entry point.
-    np.testing.assert_array_equal(
-        logits(specdec.load_model(str(tmp_path), dtype=dtype), tokens), logits(model, tokens)
-    )
+    # The same folder through the public entry point: the same weights (float32 ones in panels,
+    # whose native kernels round differently from XLA's products).
+    public = specdec.load_model(str(tmp_path), dtype=dtype)
+    np.testing.assert_array_equal(logits(public.unpaneled(), tokens), logits(model, tokens))
+    np.testing.assert_allclose(logits(public, tokens), logits(model, tokens), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["llama_tied", "mistral_window", "llama3_scaling"])
