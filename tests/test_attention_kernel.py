@@ -38,9 +38,28 @@ def test_the_kernel_equals_xla_attention_over_a_causal_cache(B, H, T, G, Dh, S):
     rng = np.random.default_rng(B * 1000 + S)
     lengths = rng.integers(1, S - T + 1, size=B)
     q, keys, values, visible = inputs(rng, B, H, T, G, Dh, S, causal(lengths, T, S))
-    got = np.asarray(jax.jit(native.attention)(q, keys, values, visible))
+    got = np.asarray(jax.jit(native.attention)(q, [(keys, values)], visible))
     want = np.asarray(attend(q, [(keys, values)], visible))
     np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("T", [1, 4])
+def test_the_kernel_attends_over_the_cache_and_new_entries_apart(T):
+    """Two blocks, as a verify pass that reads the cache without writing it: the cache's slots
+    before lengths[b], then the T new entries causally; equal to one block holding both."""
+    B, H, G, Dh, S = 2, 3, 3, 64, 200
+    rng = np.random.default_rng(T)
+    lengths = np.array([150, 37])
+    cached = np.arange(S)[None, None, :] < lengths[:, None, None]
+    new = np.broadcast_to(np.tril(np.ones((T, T), bool)), (B, T, T))
+    visible = np.concatenate([np.broadcast_to(cached, (B, T, S)), new], axis=-1)
+    q, keys, values, visible = inputs(rng, B, H, T, G, Dh, S + T, visible)
+    blocks = [(keys[..., :S], values[:, :S]), (keys[..., S:], values[:, S:])]
+    got = np.asarray(native.attention(q, blocks, visible))
+    np.testing.assert_allclose(got, np.asarray(attend(q, blocks, visible)), rtol=2e-5, atol=2e-6)
+    np.testing.assert_allclose(
+        got, np.asarray(native.attention(q, [(keys, values)], visible)), rtol=1e-6, atol=1e-7
+    )
 
 
 def test_the_kernel_takes_any_mask_and_reads_no_slot_past_the_last_one_seen():
@@ -58,7 +77,7 @@ def test_the_kernel_takes_any_mask_and_reads_no_slot_past_the_last_one_seen():
     for b, end in ((0, 400), (1, 650)):
         keys[b * H : (b + 1) * H, :, end:] = np.nan
         values[b * H : (b + 1) * H, end:] = np.nan
-    got = np.asarray(native.attention(q, keys, values, visible)).reshape(B, H, T, G, Dh)
+    got = np.asarray(native.attention(q, [(keys, values)], visible)).reshape(B, H, T, G, Dh)
     np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
 
 
@@ -70,7 +89,7 @@ def test_extreme_scores_keep_the_softmax_exact():
     keys[:, :, 200] *= 60.0  # one slot dominates, far past the first tile's maximum
     keys[:, :, 7] = 0.0
     q[0, 1] = 0.0  # a query whose scores are all 0: the mean of the values it sees
-    got = np.asarray(native.attention(q, keys, values, visible))
+    got = np.asarray(native.attention(q, [(keys, values)], visible))
     np.testing.assert_allclose(got, np.asarray(attend(q, [(keys, values)], visible)), rtol=2e-5, atol=2e-6)
     np.testing.assert_allclose(got[0, 1], values[0, : S - 1].mean(axis=0), rtol=1e-5, atol=1e-6)
 
@@ -79,7 +98,9 @@ def test_gradients_through_the_kernel_are_xla_attentions():
     rng = np.random.default_rng(3)
     q, keys, values, visible = inputs(rng, 2, 2, 3, 2, 16, 40, causal([20, 30], 3, 40))
     loss = lambda f: lambda *qkv: jnp.sum(jnp.sin(f(*qkv)))
-    got = jax.grad(loss(lambda *qkv: cache_attention(*qkv, visible)), argnums=(0, 1, 2))(q, keys, values)
+    got = jax.grad(loss(lambda q, k, v: cache_attention(q, ((k, v),), visible)), argnums=(0, 1, 2))(
+        q, keys, values
+    )
     want = jax.grad(loss(lambda q, k, v: attend(q, [(k, v)], visible)), argnums=(0, 1, 2))(q, keys, values)
     for g, w in zip(got, want, strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6)

@@ -86,15 +86,16 @@ def attends(head_dim: int) -> bool:
     return head_dim % 8 == 0 and head_dim <= MAX_HEAD_DIM
 
 
-def attention(q, keys, values, visible):
+def attention(q, blocks, visible):
     """Grouped-query attention over a cache by ``specdec/native/attention.cc``, float32.
 
     q [B Hkv, T G, Dh] (row b's kv head h is entry b Hkv + h; query j of position t is t G + j;
-    scaled by 1 / sqrt(Dh)), keys [B Hkv, Dh, S], values [B Hkv, S, Dh], visible [B, T, S] bool
-    -> [B Hkv, T G, Dh]: each query's softmax over the slots it sees, weighting their values (a
-    query that sees none: zeros). Slots after the last one a row sees are not read. Not
-    differentiable (``transformer.cache_attention`` is).
+    scaled by 1 / sqrt(Dh)); blocks: (keys [B Hkv, Dh, S_i], values [B Hkv, S_i, Dh]) pairs whose
+    slots follow one another (the cache, then new entries not written to it); visible
+    [B, T, sum S_i] bool -> [B Hkv, T G, Dh]: each query's softmax over the slots it sees,
+    weighting their values (a query that sees none: zeros). Slots after the last one a row sees
+    in a block are not read. Not differentiable (``transformer.cache_attention`` is).
     """
     out = jax.ShapeDtypeStruct(q.shape, jnp.float32)
     call = jax.ffi.ffi_call(target("specdec_attention"), out, vmap_method="sequential")
-    return call(q.astype(jnp.float32), keys, values, visible)
+    return call(q.astype(jnp.float32), visible, *(a for block in blocks for a in block))

@@ -189,20 +189,19 @@ def attend(q, blocks, visible):
 
 
 @jax.custom_vjp
-def cache_attention(q, keys, values, visible):
-    """``attend`` over one block (the cache, new entries written) by the native kernel
-    (``native.attention``: float32, slots after the last one a row sees not read); its gradient
-    is ``attend``'s (training through a model in panels)."""
-    return native.attention(q, keys, values, visible)
+def cache_attention(q, blocks, visible):
+    """``attend`` by the native kernel (``native.attention``: float32, slots after the last one a
+    row sees not read); its gradient is ``attend``'s (training through a model in panels)."""
+    return native.attention(q, blocks, visible)
 
 
-def _cache_attention_forward(q, keys, values, visible):
-    return cache_attention(q, keys, values, visible), (q, keys, values, visible)
+def _cache_attention_forward(q, blocks, visible):
+    return cache_attention(q, blocks, visible), (q, blocks, visible)
 
 
 def _cache_attention_backward(saved, dy):
-    q, keys, values, visible = saved
-    _, vjp = jax.vjp(lambda *qkv: attend(qkv[0], [qkv[1:]], visible), q, keys, values)
+    q, blocks, visible = saved
+    _, vjp = jax.vjp(lambda q, blocks: attend(q, blocks, visible), q, blocks)
     return (*vjp(dy), None)
 
 
@@ -249,8 +248,8 @@ class Attention(nnx.Module):
         # T G queries of each (row, kv head) form one [T G, Dh] block against its [Dh, S] keys.
         q = q.reshape(B, T, H, G, cfg.head_dim).transpose(0, 2, 1, 3, 4).reshape(B * H, T * G, cfg.head_dim)
         q = q / math.sqrt(cfg.head_dim)
-        if write and self.native:
-            out = cache_attention(q, *blocks[0], visible).astype(x.dtype)
+        if self.native:
+            out = cache_attention(q, tuple(blocks), visible).astype(x.dtype)
         else:
             out = attend(q, blocks, visible)
         out = out.reshape(B, H, T, G, cfg.head_dim).transpose(0, 2, 1, 3, 4)

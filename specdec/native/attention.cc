@@ -3,16 +3,19 @@
 //
 //   q        [N, R, Dh]  N = B Hkv: row b's kv head h is n = b Hkv + h; its R = T G queries, query
 //                        r at position t = r / G; scaled by 1 / sqrt(Dh)
-//   keys     [N, Dh, S]  values [N, S, Dh]: S slots
 //   visible  [B, T, S]   whether position t of row b sees slot s
+//   blocks   keys [N, Dh, S_i] and values [N, S_i, Dh], i = 0, 1, ...: the slots of block i are
+//            visible's S_i columns after those of the blocks before it (the cache, then new
+//            entries not written to it yet); S = sum_i S_i
 //   out      [N, R, Dh]  out[n, r] = sum_s softmax_s(q[n, r] . keys[n, :, s]) values[n, s], over
 //                        the slots s visible to r
 //
-// Slots after the last one a row's positions see are not read: a cache of S slots holding L
-// tokens costs L. The visible slots of each (row, kv head) are cut into spans, run on XLA's
-// intra-op threads; a span keeps, for each query, the running maximum m of its scores, l = sum of
-// e^(score - m) and o = sum of e^(score - m) values (flash attention's online softmax), and the
-// spans are merged at the end: out = sum_i e^(m_i - M) o_i / sum_i e^(m_i - M) l_i, M = max_i m_i.
+// Slots after the last one a row's positions see in a block are not read: a cache of S slots
+// holding L tokens costs L. The visible slots of each (row, kv head) are cut into spans, run on
+// XLA's intra-op threads; a span keeps, for each query, the running maximum m of its scores,
+// l = sum of e^(score - m) and o = sum of e^(score - m) values (flash attention's online
+// softmax), and the spans are merged at the end: out = sum_i e^(m_i - M) o_i / sum_i e^(m_i - M)
+// l_i, M = max_i m_i.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -68,21 +71,26 @@ float Sum(vec8 v) {
   return s;
 }
 
-struct Problem {
-  const float *q, *keys, *values;
-  const bool* visible;
-  int64_t R, Dh, S, T, G, H;  // H: kv heads per row
+struct Block {
+  const float *keys, *values;
+  int64_t S, offset;  // its slots, and the column of visible where they start
 };
 
-// Slots [begin, end) of (row, kv head) n for its R queries. Query r's running o [Dh], m and l
+struct Problem {
+  const float* q;
+  const bool* visible;
+  int64_t R, Dh, T, G, H, width;  // H: kv heads per row; width: visible's S
+};
+
+// Slots [begin, end) of block k for (row, kv head) n's R queries. Query r's running o [Dh], m and l
 // are state[r (Dh + 2) + (0 .. Dh-1, Dh, Dh + 1)]. D8 = Dh / 8 when fixed at compile time (its
 // value vectors then stay in registers), else 0.
 template <int D8>
-void RunSpan(const Problem& p, int64_t n, int64_t begin, int64_t end, float* state) {
-  const int64_t Dh = p.Dh, S = p.S, d8 = D8 ? D8 : Dh / 8;
-  const float* keys = p.keys + n * Dh * S;
-  const float* values = p.values + n * S * Dh;
-  const bool* visible = p.visible + (n / p.H) * p.T * S;
+void RunSpan(const Problem& p, const Block& k, int64_t n, int64_t begin, int64_t end, float* state) {
+  const int64_t Dh = p.Dh, S = k.S, d8 = D8 ? D8 : Dh / 8;
+  const float* keys = k.keys + n * Dh * S;
+  const float* values = k.values + n * S * Dh;
+  const bool* visible = p.visible + (n / p.H) * p.T * p.width + k.offset;
   for (int64_t r = 0; r < p.R; ++r) {
     float* st = state + r * (Dh + 2);
     std::fill(st, st + Dh, 0.0f);
@@ -103,7 +111,7 @@ void RunSpan(const Problem& p, int64_t n, int64_t begin, int64_t end, float* sta
       std::fill(&tile[d * kTile] + copied, &tile[d * kTile] + kTile, 0.0f);
     }
     for (int64_t t = 0; t < p.T; ++t) {
-      const bool* row = visible + t * S + s0;
+      const bool* row = visible + t * p.width + s0;
       for (int i = 0; i < 8; ++i) {
         ivec8 lane;
         for (int j = 0; j < 8; ++j) lane[j] = 8 * i + j < width && row[8 * i + j] ? -1 : 0;
@@ -152,7 +160,7 @@ void RunSpan(const Problem& p, int64_t n, int64_t begin, int64_t end, float* sta
   }
 }
 
-using SpanFn = void (*)(const Problem&, int64_t, int64_t, int64_t, float*);
+using SpanFn = void (*)(const Problem&, const Block&, int64_t, int64_t, int64_t, float*);
 
 SpanFn SpanFor(int64_t Dh) {
   switch (Dh) {
@@ -163,47 +171,65 @@ SpanFn SpanFor(int64_t Dh) {
   }
 }
 
-ffi::Error Attention(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> keys,
-                     ffi::Buffer<ffi::F32> values, ffi::Buffer<ffi::PRED> visible,
-                     ffi::ResultBuffer<ffi::F32> out) {
-  const auto qd = q.dimensions(), kd = keys.dimensions(), vd = values.dimensions(), md = visible.dimensions();
-  if (qd.size() != 3 || kd.size() != 3 || vd.size() != 3 || md.size() != 3)
-    return ffi::Error::InvalidArgument("attention: q [N, R, Dh], keys [N, Dh, S], values [N, S, Dh], visible [B, T, S]");
-  const int64_t N = qd[0], R = qd[1], Dh = qd[2], S = kd[2], B = md[0], T = md[1];
-  if (kd[0] != N || kd[1] != Dh || vd[0] != N || vd[1] != S || vd[2] != Dh || md[2] != S || B < 1 ||
-      N % B != 0 || T < 1 || R % T != 0 || Dh % 8 != 0 || Dh > kMaxHeadDim)
-    return ffi::Error::InvalidArgument("attention: shapes disagree (or Dh is not a multiple of 8 up to 256)");
-  const Problem p{q.typed_data(), keys.typed_data(), values.typed_data(), visible.typed_data(), R, Dh, S, T, R / T, N / B};
+ffi::Error Attention(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::PRED> visible,
+                     ffi::RemainingArgs kv, ffi::ResultBuffer<ffi::F32> out) {
+  const auto qd = q.dimensions(), md = visible.dimensions();
+  if (qd.size() != 3 || md.size() != 3 || kv.size() < 2 || kv.size() % 2 != 0)
+    return ffi::Error::InvalidArgument("attention: q [N, R, Dh], visible [B, T, S], then keys and values of blocks");
+  const int64_t N = qd[0], R = qd[1], Dh = qd[2], B = md[0], T = md[1];
+  if (B < 1 || N % B != 0 || T < 1 || R % T != 0 || Dh % 8 != 0 || Dh > kMaxHeadDim)
+    return ffi::Error::InvalidArgument("attention: q [B Hkv, T G, Dh] and visible [B, T, S] disagree (or Dh is not a multiple of 8 up to 256)");
+  const Problem p{q.typed_data(), visible.typed_data(), R, Dh, T, R / T, N / B, md[2]};
+  std::vector<Block> blocks;
+  for (size_t i = 0, offset = 0; i < kv.size(); i += 2) {
+    const auto keys = kv.get<ffi::Buffer<ffi::F32>>(i), values = kv.get<ffi::Buffer<ffi::F32>>(i + 1);
+    if (!keys.has_value() || !values.has_value()) return ffi::Error::InvalidArgument("attention: blocks are float32");
+    const auto kd = keys->dimensions(), vd = values->dimensions();
+    if (kd.size() != 3 || vd.size() != 3 || kd[0] != N || kd[1] != Dh || vd[0] != N || vd[1] != kd[2] || vd[2] != Dh)
+      return ffi::Error::InvalidArgument("attention: a block's keys [N, Dh, S_i] and values [N, S_i, Dh] disagree with q");
+    blocks.push_back({keys->typed_data(), values->typed_data(), kd[2], static_cast<int64_t>(offset)});
+    offset += kd[2];
+  }
+  if (blocks.back().offset + blocks.back().S != p.width)
+    return ffi::Error::InvalidArgument("attention: visible's S is not the blocks' slots together");
 
-  // The slots a row's positions see end at ends[b]: spans cover [0, ends[b]) of each kv head.
-  std::vector<int64_t> ends(B, 0);
+  // The slots row b's positions see in block k end at ends[b][k]: spans cover [0, ends[b][k]).
+  const int64_t K = blocks.size();
+  std::vector<int64_t> ends(B * K, 0);
   for (int64_t b = 0; b < B; ++b) {
-    for (int64_t t = 0; t < T; ++t) {
-      const bool* seen = p.visible + (b * T + t) * S;
-      int64_t s = S;
-      while (s > ends[b] && !seen[s - 1]) --s;
-      ends[b] = std::max(ends[b], s);
+    for (int64_t k = 0; k < K; ++k) {
+      int64_t& end = ends[b * K + k];
+      for (int64_t t = 0; t < T; ++t) {
+        const bool* seen = p.visible + (b * T + t) * p.width + blocks[k].offset;
+        int64_t s = blocks[k].S;
+        while (s > end && !seen[s - 1]) --s;
+        end = std::max(end, s);
+      }
     }
   }
   int64_t total = 0;
-  for (int64_t n = 0; n < N; ++n) total += ends[n / p.H];
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t k = 0; k < K; ++k) total += ends[(n / p.H) * K + k];
   const int64_t threads = std::max<int64_t>(1, pool.num_threads());
   const int64_t per_part = (total + 4 * threads - 1) / (4 * threads);  // about 4 spans per thread
   const int64_t span = std::max<int64_t>(2 * kTile, (per_part + kTile - 1) / kTile * kTile);
   struct Span {
-    int64_t n, begin, end;
+    int64_t n, k, begin, end;
   };
   std::vector<Span> spans;
   std::vector<int64_t> first(N + 1, 0);  // spans of n: [first[n], first[n + 1])
   for (int64_t n = 0; n < N; ++n) {
-    for (int64_t s = 0; s < ends[n / p.H]; s += span) spans.push_back({n, s, std::min(s + span, ends[n / p.H])});
+    for (int64_t k = 0; k < K; ++k) {
+      const int64_t end = ends[(n / p.H) * K + k];
+      for (int64_t s = 0; s < end; s += span) spans.push_back({n, k, s, std::min(s + span, end)});
+    }
     first[n + 1] = spans.size();
   }
   const int64_t size = R * (Dh + 2);
   std::vector<float> state(spans.size() * size);
   const SpanFn run = SpanFor(Dh);
   specdec::ParallelFor(pool, spans.size(), [&](int64_t i) {
-    run(p, spans[i].n, spans[i].begin, spans[i].end, &state[i * size]);
+    run(p, blocks[spans[i].k], spans[i].n, spans[i].begin, spans[i].end, &state[i * size]);
   });
 
   float* o = out->typed_data();
@@ -233,7 +259,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(specdec_attention, Attention,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::PRED>>()
+                                  .RemainingArgs()
                                   .Ret<ffi::Buffer<ffi::F32>>());
