@@ -36,7 +36,8 @@ _NEG_INF = -1e30
 # 3: q/k/v and gate/up each one product over weights stored fused (``models.fused``).
 # 4: keys stored [B Hkv, Dh, S] (were [B Hkv, S, Dh]).
 # 5: models in panels attend with the native kernel (``native.attention``).
-REVISION = 5
+# 6: ... in the verify switch's pass too (the cache and the new entries as two blocks).
+REVISION = 6
 
 
 class RMSNorm(nnx.Module):
