@@ -10,6 +10,7 @@ so that the VM's speed of the minute moves both alike; the ratio is of their med
     python experiments/bench_forward.py [--model smollm2-135m-instruct] [--repeats 30] [--dtype float32]
     python experiments/bench_forward.py --batch 8 --context 1984 --capacity 2048 --widths 1 5
     python experiments/bench_forward.py --compare-kernels [--rounds 3]   # Eigen's kernels and XLA's
+    python experiments/bench_forward.py --profile --widths 1 5   # where each pass's time goes
 """
 
 from __future__ import annotations
@@ -64,6 +65,11 @@ def main():
         help="r(T) with the two verify builds, Eigen and XLA's defaults (specdec.kernels), alternated",
     )
     parser.add_argument("--rounds", type=int, default=3, help="rounds of --compare-kernels")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="instead of timing: each width's pass by thunk, from an XLA profile (timing.profile_s)",
+    )
     parser.add_argument("--floor-rounds", type=int, default=5, help="alternated rounds of probe and step")
     args = parser.parse_args()
     if 1 not in args.widths:
@@ -89,6 +95,9 @@ def main():
 
     if args.compare_kernels:
         compare_kernels(model, args, steps)
+        return
+    if args.profile:
+        profile(model, args, steps)
         return
     _, results = verify_cost(
         model,
@@ -132,6 +141,25 @@ def compare_kernels(model, args, steps, widths=(1, 2, 3, 5, 8)):
         cells = [f"{eigen[T] * 1e3:.1f}", f"{default[T] * 1e3:.1f}"]
         cells += [f"{eigen[T] / eigen[1]:.2f}", f"{default[T] / default[1]:.2f}"]
         print(f"| {T} | " + " | ".join(cells) + " |")
+
+
+def profile(model, args, steps, shown=0.05):
+    """Each width's pass time by thunk label (``timing.profile_s``), the widths side by side; labels
+    under ``shown`` ms at every width summed as "other"."""
+    widths = sorted(set(args.widths))
+    kw = dict(context=args.context, capacity=args.capacity, batch=args.batch, steps=steps)
+    times = {T: timing.profile_s(model, T, **kw) for T in widths}
+    wide = times[widths[-1]]
+    labels = sorted({label for t in times.values() for label in t}, key=lambda label: -wide.get(label, 0.0))
+    shown_labels = [lb for lb in labels if any(t.get(lb, 0.0) * 1e3 >= shown for t in times.values())]
+    rows = {lb: [t.get(lb, 0.0) for t in times.values()] for lb in shown_labels}
+    rows["other"] = [sum(v for lb, v in t.items() if lb not in rows) for t in times.values()]
+    rows["total"] = [sum(t.values()) for t in times.values()]
+    print("\nms per pass under the profiler, by thunk (a custom call: target, largest operand)\n")
+    print("| thunk | " + " | ".join(f"T = {T}" for T in widths) + " |")
+    print("|---|" + "---:|" * len(widths))
+    for label, cells in rows.items():
+        print(f"| {label} | " + " | ".join(f"{c * 1e3:.2f}" for c in cells) + " |")
 
 
 if __name__ == "__main__":

@@ -5,15 +5,22 @@
   ``passes_s``: several widths at once, ``interleaved_s`` (runs alternated over rounds).
 - ``verify_cost``: the measured verify-cost curve r(T) = cost(T) / cost(1) as a ``theory.VerifyCost``.
 - ``draft_cost_ratio``: c = cost of one drafter step / cost of one target decode step.
-- ``thunks``: what a compiled program runs, instruction by instruction (its XLA:CPU thunks).
+- ``thunks``: what a compiled program runs, instruction by instruction (its XLA:CPU thunks);
+  ``profile_s``: where a pass's time goes, thunk by thunk, from an XLA profile.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
+import gzip
+import json
 import re
+import tempfile
 import time
+from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -149,7 +156,7 @@ def forward_s(
     return median_s(run, repeats) / steps
 
 
-def pass_run(model: Model, T: int, context, capacity, batch, layers, steps, options, held=None):
+def pass_run(model: Model, T: int, context, capacity, batch, layers, steps, options, held=None) -> PassRun:
     """A call of the compiled ``steps`` passes over T positions that carries its donated cache from
     call to call: what ``forward_s`` times, for a benchmark that times it beside other runs
     (``interleaved_s``). held: {"cache": ...} shared by runs over one cache shape (None: this run
@@ -160,12 +167,85 @@ def pass_run(model: Model, T: int, context, capacity, batch, layers, steps, opti
         state["cache"] = _step_cache(model, context, capacity, batch, layers)
     tokens, positions = _step_tokens(T, context, batch)
     program = _compile_steps(model, (tokens, positions, state["cache"]), layers, steps, options)
+    return PassRun(program, model.params, tokens, positions, state)
 
-    def run():
-        state["cache"], token = program(model.params, tokens, positions, state["cache"])
+
+@dataclasses.dataclass(frozen=True)
+class PassRun:
+    """``pass_run``'s call: ``program`` (compiled) run on ``state["cache"]`` (donated, replaced by
+    the cache it returns); returns the program's token [B, 1]."""
+
+    program: Any
+    params: Any
+    tokens: jax.Array
+    positions: jax.Array
+    state: dict
+
+    def __call__(self):
+        cache = self.state["cache"]
+        self.state["cache"], token = self.program(self.params, self.tokens, self.positions, cache)
         return token
 
-    return run
+
+def profile_s(
+    model: Model, T: int, *, context: int = 256, capacity: int = 512, batch: int = 1, steps=8, calls=10
+) -> dict[str, float]:
+    """Seconds of one pass over T positions (built as ``forward_s`` builds it) by what runs them,
+    from an XLA profile (``jax.profiler``) of ``calls`` calls after warm-up: {label: seconds},
+    largest first (``thunk_labels``; thunk times under the profiler, dispatch between them not
+    counted)."""
+    run = pass_run(model, T, context, capacity, batch, None, steps, _options(model, T, None, None))
+    for _ in range(3):
+        jax.block_until_ready(run())
+    with tempfile.TemporaryDirectory() as folder:
+        with jax.profiler.trace(folder, create_perfetto_trace=True):
+            for _ in range(calls):
+                jax.block_until_ready(run())
+        trace = json.loads(gzip.decompress(next(Path(folder).rglob("perfetto_trace.json.gz")).read_bytes()))
+    seconds = thunk_seconds(trace, run.program.as_text())
+    return {label: s / (calls * steps) for label, s in sorted(seconds.items(), key=lambda kv: -kv[1])}
+
+
+def thunk_seconds(trace: dict, hlo: str) -> dict[str, float]:
+    """{label: seconds} summed over the thunk events of a Chrome/Perfetto ``trace`` (its
+    "traceEvents") that ran instructions of the program whose optimized HLO text is ``hlo``
+    (``thunk_labels``); events of other programs and of the runtime are left out."""
+    module = re.match(r"HloModule ([\w.\-]+)", hlo).group(1)
+    labels = thunk_labels(hlo)
+    seconds = collections.Counter()
+    for event in trace["traceEvents"]:
+        args = event.get("args", {})
+        op = args.get("hlo_op")  # a thunk's own event is named after its instruction
+        thunk = event.get("ph") == "X" and event.get("name") == op and op in labels
+        if thunk and args.get("hlo_module") == module:
+            seconds[labels[op]] += event["dur"] * 1e-6  # microseconds
+    return dict(seconds)
+
+
+_CONTROL_FLOW = frozenset({"while", "conditional", "call"})  # thunks that run other thunks
+
+
+def thunk_labels(hlo: str) -> dict[str, str]:
+    """{instruction name: label} of the instructions of an optimized HLO text that run as thunks
+    of their own, control flow left out: a custom call's label is its target and the shape of its
+    largest operand (a product's weight, an attention's cache block), any other's its name less
+    XLA's numeric suffix (a fusion's name says what it fuses: "bitcast_dynamic-update-slice_fusion")."""
+    line = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (\(.*?\)|\S+) ([\w\-]+)\((.*)$", re.M)
+    instructions = line.findall(hlo)
+    dims = lambda shape: tuple(int(d) for d in re.match(r"\w+\[([\d,]*)\]", shape).group(1).split(",") if d)
+    shapes = {name: dims(shape) for name, shape, _, _ in instructions if not shape.startswith("(")}  # arrays
+    labels = {}
+    for name, _, opcode, rest in instructions:
+        if opcode in _NOT_THUNKS or opcode in _CONTROL_FLOW:
+            continue
+        target = re.search(r'custom_call_target="([^"]+)"', rest)
+        if target is None:
+            labels[name] = re.sub(r"\.\d+$", "", name)
+            continue
+        operands = [shapes.get(op, ()) for op in re.findall(r"%([\w.\-]+)", rest.split(")")[0])]
+        largest = max(operands, key=np.prod, default=())
+        labels[name] = f"{target.group(1)} [{', '.join(map(str, largest))}]"
+    return labels
 
 
 def interleaved_s(runs: dict, repeats: int = 5, rounds: int = 3, warmup: int = 3) -> dict:
