@@ -32,7 +32,7 @@ import numpy as np
 from specdec import costs, drafters, kernels, metrics, results, tasks, theory
 from specdec.config import AUTO, DrafterConfig, RunConfig, check_dtype
 from specdec.drafters.base import tree_size
-from specdec.generation import generate_warm
+from specdec.generation import generate, generate_warm
 from specdec.sampling import Sampling
 from specdec.sharding import make_mesh
 from specdec.weights import load_model
@@ -60,18 +60,21 @@ def make_drafter(cfg: RunConfig, target):
 
 
 def generate_turns(
-    target, question: tasks.Question, *, batch: int = 1, context: int | None = None, **kw
+    target, question: tasks.Question, *, batch: int = 1, context: int | None = None, warm=True, **kw
 ) -> dict:
     """Answer every turn of ``question`` in order, feeding earlier answers back; with ``batch`` > 1
     or a ``context``, the first turn only (``context_prompt``), ``batch`` copies decoded together.
+    Each call is timed warm (``generate_warm``: a call that compiled runs again); ``warm=False``
+    runs each once, for a pilot that reads the counters alone (a long prompt's prefill once).
 
     Returns the per-turn (per-row) statistics summed (accept_by_position weighted by target
     calls; wall_s and prefill_s those of the calls), plus prompt_tokens (all turns) and the texts
     of the answers.
     """
+    call = generate_warm if warm else generate
     if batch > 1 or context is not None:
         ids = context_prompt(target, question, context)
-        out = generate_warm(target, [ids] * batch, chat=False, **kw)  # compile time excluded
+        out = call(target, [ids] * batch, chat=False, **kw)  # compile time excluded
         totals = None
         for stats in out.stats:
             stats = dict(stats, prompt_tokens=len(ids))
@@ -87,7 +90,7 @@ def generate_turns(
     for turn in question.turns:
         messages.append({"role": "user", "content": turn})
         ids = target.tokenizer.encode(target.tokenizer.apply_chat_template(messages))
-        out = generate_warm(target, [ids], chat=False, **kw)  # compile time excluded
+        out = call(target, [ids], chat=False, **kw)  # compile time excluded
         stats = dict(out.stats[0], prompt_tokens=len(ids))
         answers.append(out.texts[0])
         messages.append({"role": "assistant", "content": out.texts[0]})
@@ -370,14 +373,13 @@ def _cost_key(drafter, method: dict, gamma: int) -> str:
 def auto_gamma(prepared: Prepared, question: tasks.Question, cost_cache: costs.CostCache, loop: dict) -> int:
     """gamma for ``drafter.gamma=auto``: ``theory.optimal_gamma`` (up to 8) from c and r(T) measured
     at the run's batch and context and from alpha (and the shares of drafting steps and wide
-    passes) of a pilot: the first prompt at gamma 4."""
+    passes) of a pilot: the first prompt at gamma 4, run once (its counters alone are read)."""
     cfg, target, drafter = prepared.cfg, prepared.target, prepared.drafter
     if drafter is None:
         raise ValueError("drafter.gamma: auto needs a drafter")
     pilot = 4
-    stats = generate_turns(
-        target, question, drafter=drafter, gamma=pilot, batch=cfg.batch, context=cfg.context, **loop
-    )
+    shape = dict(batch=cfg.batch, context=cfg.context)
+    stats = generate_turns(target, question, drafter=drafter, gamma=pilot, warm=False, **shape, **loop)
     key = _cost_key(drafter, cfg.identity()["drafter"], costs.MAX_GAMMA)
     kw = dict(batch=cfg.batch, context=cfg.context or 256, cache=cost_cache)
     measured = costs.measure(target, drafter, gamma=costs.MAX_GAMMA, drafter_key=key, **kw)

@@ -17,7 +17,18 @@ from flax import nnx
 from hydra.utils import instantiate
 
 import specdec
-from specdec import acceptance, config, costs, experiment, kernels, results, sampling, tasks, theory
+from specdec import (
+    acceptance,
+    config,
+    costs,
+    experiment,
+    generation,
+    kernels,
+    results,
+    sampling,
+    tasks,
+    theory,
+)
 from specdec.drafters.base import tree_size
 from specdec.models import Model
 from specdec.results import ResultsStore
@@ -355,13 +366,25 @@ def test_a_batch_and_context_run_with_gamma_chosen_by_the_cost_model(tmp_path, m
     """batch=2 context=96 drafter.gamma=auto: copies of the prompt decoded together after documents,
     lossless; gamma = theory.optimal_gamma from the costs measured (and cached) at this batch and
     context and the pilot's alpha; each method row carries r(gamma + 1) and its prediction (with the
-    Eigen verify build forced, so the narrow pass enters it) and the build its loop ran."""
+    Eigen verify build forced, so the narrow pass enters it) and the build its loop ran. The pilot
+    runs once (a long prompt's prefill is not paid twice for counters); the timed runs warm."""
     common = ["model=tiny", "task.categories=[qa]", "task.per_category=1", "max_new_tokens=6"]
     overrides = [*common, *store_overrides(tmp_path), "drafter=ngram", "drafter.gamma=auto"]
     prepared = run_script.prepare(compose("run", [*overrides, "batch=2", "context=96"]))
     monkeypatch.setenv(kernels.ENV, "eigen")
+    calls, real = [], generation.generate
+
+    def counted(*args, **kw):  # (gamma, or "ar" without a drafter; whether the call compiled)
+        out = real(*args, **kw)
+        calls.append(("ar" if kw.get("drafter") is None else kw["gamma"], out.compile_s > 0))
+        return out
+
+    monkeypatch.setattr(generation, "generate", counted)  # generate_warm's calls
+    monkeypatch.setattr(experiment, "generate", counted)
     experiment.run(prepared)
     base, row = ResultsStore(tmp_path / "results.jsonl").rows()
+    timed = [(row["gamma"], False)] if row["gamma"] == 4 else [(row["gamma"], True), (row["gamma"], False)]
+    assert calls == [(4, True), ("ar", True), ("ar", False), *timed]  # pilot, baseline, method
     assert (base["verify_build"], row["verify_build"]) == ("default", "eigen")
     assert (base["batch"], base["context"], row["batch"], row["context"]) == (2, 96, 2, 96)
     assert 88 <= row["prompt_tokens"] <= 96 and row["new_tokens"] == base["new_tokens"] == 2 * 6
