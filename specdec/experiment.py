@@ -60,7 +60,7 @@ def make_drafter(cfg: RunConfig, target):
 
 
 def generate_turns(
-    target, question: tasks.Question, *, batch: int = 1, context: int | None = None, warm=True, **kw
+    target, question: tasks.Question, *, batch: int = 1, context: int | None = None, warm: bool = True, **kw
 ) -> dict:
     """Answer every turn of ``question`` in order, feeding earlier answers back; with ``batch`` > 1
     or a ``context``, the first turn only (``context_prompt``), ``batch`` copies decoded together.
