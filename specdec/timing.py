@@ -232,8 +232,11 @@ def thunk_labels(hlo: str) -> dict[str, str]:
     XLA's numeric suffix (a fusion's name says what it fuses: "bitcast_dynamic-update-slice_fusion")."""
     line = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (\(.*?\)|\S+) ([\w\-]+)\((.*)$", re.M)
     instructions = line.findall(hlo)
-    dims = lambda shape: tuple(int(d) for d in re.match(r"\w+\[([\d,]*)\]", shape).group(1).split(",") if d)
-    shapes = {name: dims(shape) for name, shape, _, _ in instructions if not shape.startswith("(")}  # arrays
+    shapes = {}  # an array instruction's dimensions (a tuple's are left out)
+    for name, shape, _, _ in instructions:
+        array = re.match(r"\w+\[([\d,]*)\]", shape)
+        if array is not None:
+            shapes[name] = tuple(int(d) for d in array.group(1).split(",") if d)
     labels = {}
     for name, _, opcode, rest in instructions:
         if opcode in _NOT_THUNKS or opcode in _CONTROL_FLOW:
