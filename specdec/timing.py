@@ -70,16 +70,26 @@ def thunks(compiled) -> list[tuple[str, str]]:
     entry and control-flow computations (loop bodies and conditions, branches), each one XLA:CPU
     thunk; instructions inside fusions run within their fusion's thunk, and parameters, tuples,
     bitcasts and constants run nothing. A fusion's opcode is "fusion"."""
-    text = compiled.as_text()
-    fused = set(re.findall(r"calls=(%[\w.\-]+)", text))
+    instructions = _instructions(compiled.as_text())
+    return [(opcode, shape) for _, shape, opcode, _ in instructions if opcode not in _NOT_THUNKS]
+
+
+# name = shape{layout} opcode(operands), attributes; the shape an array's, or a tuple's "(...)"
+_INSTRUCTION = re.compile(
+    r"^\s*(?:ROOT )?%?([\w.\-]+) = (\(.*?\)|\S+?)(?:\{[\d,]*\})? ([\w\-]+)\((.*)$", re.M
+)
+
+
+def _instructions(hlo: str, fused: bool = False) -> list[tuple[str, str, str, str]]:
+    """(name, result shape without layout, opcode, the rest of the line) of each instruction of an
+    optimized HLO text, in its entry and control-flow computations (with ``fused``, in fusions'
+    computations too)."""
+    inside_fusions = set(re.findall(r"calls=(%[\w.\-]+)", hlo))
     out = []
-    for computation in re.split(r"\n(?=\S)", text):
+    for computation in re.split(r"\n(?=\S)", hlo):
         name = re.match(r"(?:ENTRY )?(%[\w.\-]+)", computation)
-        if name is None or name.group(1) in fused:
-            continue
-        for shape, opcode in re.findall(r"=\s*(\S+?)(?:\{[\d,]*\})?\s+([\w\-]+)\(", computation):
-            if opcode not in _NOT_THUNKS:
-                out.append((opcode, shape))
+        if name is not None and (fused or name.group(1) not in inside_fusions):
+            out += _INSTRUCTION.findall(computation)
     return out
 
 
@@ -227,18 +237,17 @@ _CONTROL_FLOW = frozenset({"while", "conditional", "call"})  # thunks that run o
 
 def thunk_labels(hlo: str) -> dict[str, str]:
     """{instruction name: label} of the instructions of an optimized HLO text that run as thunks
-    of their own, control flow left out: a custom call's label is its target and the shape of its
-    largest operand (a product's weight, an attention's cache block), any other's its name less
-    XLA's numeric suffix (a fusion's name says what it fuses: "bitcast_dynamic-update-slice_fusion")."""
-    line = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (\(.*?\)|\S+) ([\w\-]+)\((.*)$", re.M)
-    instructions = line.findall(hlo)
+    of their own (``thunks``), control flow left out: a custom call's label is its target and the
+    shape of its largest operand (a product's weight, an attention's cache block), any other's its
+    name less XLA's numeric suffix (a fusion's name says what it fuses:
+    "bitcast_dynamic-update-slice_fusion")."""
     shapes = {}  # an array instruction's dimensions (a tuple's are left out)
-    for name, shape, _, _ in instructions:
-        array = re.match(r"\w+\[([\d,]*)\]", shape)
+    for name, shape, _, _ in _instructions(hlo, fused=True):
+        array = re.fullmatch(r"\w+\[([\d,]*)\]", shape)
         if array is not None:
             shapes[name] = tuple(int(d) for d in array.group(1).split(",") if d)
     labels = {}
-    for name, _, opcode, rest in instructions:
+    for name, _, opcode, rest in _instructions(hlo):
         if opcode in _NOT_THUNKS or opcode in _CONTROL_FLOW:
             continue
         target = re.search(r'custom_call_target="([^"]+)"', rest)
