@@ -1,21 +1,44 @@
-"""Prompt lookup's variable-width verify against one fixed width, beside autoregressive decoding.
+"""Prompt lookup's verify over widths 1 and gamma + 1 (a ``lax.switch``) against one width, beside
+autoregressive decoding.
 
-Prompt lookup drafts only where it finds a match; the loop then verifies at the narrowest
-compiled width that holds the drafts (``lax.switch`` over widths 1 and gamma + 1), or, with one
-width, always scores gamma + 1 positions. Both are timed against autoregressive decoding on the
-first turn of built-in prompts, the three methods alternated per prompt after a warm call;
-prints total wall seconds and speedups.
+Prompt lookup drafts only where it finds a match. With widths (1, gamma + 1) the loop verifies at
+the narrowest width that holds the drafts; with one width it always scores gamma + 1 positions
+(``generation.default_verify_widths`` picks per backend). Both are timed against autoregressive
+decoding, the three methods alternated per prompt, each after a warm call; prints wall seconds,
+speedups and milliseconds per loop iteration (the wall less the prefill, over the target calls).
 
     python experiments/bench_widths.py [--prompts 6] [--gamma 4] [--max-new-tokens 64] [--repeats 3]
+    python experiments/bench_widths.py --random-config config.json --context 4096   # shapes only
+
+``--random-config``: a model of that HF config with random weights, decoding one prompt of
+``--context`` tokens (a random 64-token block repeated, so prompt lookup drafts at every step):
+the loop's cost does not depend on the weights' values.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+
+import numpy as np
 
 import specdec
-from specdec import drafters, tasks
+from specdec import drafters, kernels, tasks
 from specdec.generation import generate_warm
+from specdec.models import ModelConfig
+
+
+def target_and_prompts(args):
+    """(model, prompts, chat): the zoo model and the first turns of built-in prompts, or a random
+    model of ``--random-config`` and one repeated block of token ids."""
+    if args.random_config:
+        with open(args.random_config) as f:
+            model = specdec.Model.random(ModelConfig.from_hf(json.load(f)))
+        block = np.random.default_rng(0).integers(0, model.config.vocab_size, 64).tolist()
+        return model, [(block * (args.context // 64 + 1))[: args.context]], False
+    model = specdec.load_model(args.model)
+    questions = tasks.load_questions(tasks.builtin_task_path())[:: 30 // args.prompts][: args.prompts]
+    return model, [q.turns[0] for q in questions], True
 
 
 def main():
@@ -25,27 +48,36 @@ def main():
     parser.add_argument("--gamma", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--random-config", help="HF config.json of a random-weights model (shapes only)")
+    parser.add_argument("--context", type=int, default=4096, help="with --random-config: prompt tokens")
     args = parser.parse_args()
-    model = specdec.load_model(args.model)
-    questions = tasks.load_questions(tasks.builtin_task_path())[:: 30 // args.prompts][: args.prompts]
+    model, prompts, chat = target_and_prompts(args)
     ngram = drafters.make("ngram", model)
     methods = {
         "autoregressive": dict(gamma=0),
-        "ngram, widths 1 and gamma + 1 (switch)": dict(drafter=ngram, gamma=args.gamma),
-        "ngram, width gamma + 1 only": dict(drafter=ngram, gamma=args.gamma, verify_widths=(args.gamma + 1,)),
+        "ngram, widths 1 and gamma + 1 (switch)": dict(drafter=ngram, gamma=args.gamma, verify_widths=(1,)),
+        "ngram, width gamma + 1 only": dict(drafter=ngram, gamma=args.gamma, verify_widths=()),
     }
-    wall = dict.fromkeys(methods, 0.0)
-    for q in questions:
+    wall, decode, calls = (dict.fromkeys(methods, 0.0) for _ in range(3))
+    for prompt in prompts:
         for name, kw in methods.items():
             out = generate_warm(
-                model, [q.turns[0]], max_new_tokens=args.max_new_tokens, repeats=args.repeats, **kw
+                model, [prompt], max_new_tokens=args.max_new_tokens, repeats=args.repeats, chat=chat, **kw
             )
             wall[name] += out.wall_s
-    print(f"{len(questions)} prompts, first turns, gamma {args.gamma}, {args.max_new_tokens} new tokens\n")
-    print("| method | wall s | speedup |")
-    print("|---|---:|---:|")
-    for name, seconds in wall.items():
-        print(f"| {name} | {seconds:.2f} | {wall['autoregressive'] / seconds:.3f}x |")
+            decode[name] += out.wall_s - out.prefill_s
+            calls[name] += out.stats[0]["target_calls"]
+    print(
+        f"{len(prompts)} prompts ({'first turns' if chat else f'{args.context} random tokens'}), "
+        f"gamma {args.gamma}, {args.max_new_tokens} new tokens, {model.name} on {kernels.machine()}\n"
+    )
+    print("| method | wall s | speedup | ms per iteration |")
+    print("|---|---:|---:|---:|")
+    for name in methods:
+        print(
+            f"| {name} | {wall[name]:.2f} | {wall['autoregressive'] / wall[name]:.3f}x | "
+            f"{decode[name] / calls[name] * 1e3:.3f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -171,6 +171,22 @@ class ProgramCache:
         return program, True
 
 
+def default_verify_widths(drafter, gamma: int, schedule: str | None, backend: str) -> tuple[int, ...]:
+    """The target pass widths ``generate`` compiles besides gamma + 1 unless told: (1,) where a step
+    may draft nothing (``drafter.variable_length``: prompt lookup without a match; an adaptive
+    ``schedule``) on the CPU backend, else none.
+
+    Each width is a branch of a ``lax.switch``. On a CPU the narrow branch pays: a pass over
+    gamma + 1 positions costs 1.15-1.25 decode steps there (batch 1), and prompt lookup ran 1.08x over
+    autoregressive decoding with widths 1 and 5 against 0.96x with width 5 alone. On an H200 the
+    wide pass costs 1.08-1.26 steps at batch 1, and the switch itself added 0.36 ms to an
+    iteration of 1.43 ms doing the same work (no cache copied in XLA's program; the cause inside
+    XLA:GPU is not established), so one width is faster there. Both measured by
+    ``experiments/bench_widths.py``; docs/benchmarks.md has the numbers."""
+    variable = schedule is not None or getattr(drafter, "variable_length", False)
+    return (1,) if variable and gamma > 0 and backend == "cpu" else ()
+
+
 def generate(
     target: Model,
     prompts: Sequence[str] | Sequence[Sequence[int]],
@@ -200,10 +216,9 @@ def generate(
         (default: just enough for the prompt bucket, the budget and one draft block).
     schedule: None (draft gamma tokens per step) or "heuristic" (adaptive gamma: +2 after
         a fully accepted block, -1 otherwise, between 1 and gamma).
-    verify_widths: target pass widths to compile besides gamma+1. Default: (1,) for drafters
-        that may draft nothing (``drafter.variable_length``, e.g. prompt lookup without a
-        match) and with a schedule, so such a step costs one decode step; otherwise none
-        (each extra width is a ``lax.switch`` branch, whose cache operands XLA copies).
+    verify_widths: target pass widths to compile besides gamma+1 (``default_verify_widths``:
+        (1,) on the CPU backend for drafters that may draft nothing and with a schedule, so such
+        a step costs one decode step; otherwise none).
     min_bucket: the shortest padded prompt length, and the step of the prompt blocks below 16
         min_bucket (``prompt_block``; the cache capacity follows the power-of-two ``bucket``).
     prefill_chunk: prompt positions, summed over rows, read by one prefill pass: a longer batch
@@ -226,8 +241,7 @@ def generate(
     # Autoregressive decoding drafts nothing: one position per step.
     gamma = 0 if drafter is None else checks.integer(gamma, "gamma", low=1)
     if verify_widths is None:
-        variable = schedule is not None or getattr(drafter, "variable_length", False)
-        verify_widths = (1,) if variable and gamma > 0 else ()
+        verify_widths = default_verify_widths(drafter, gamma, schedule, jax.default_backend())
     widths = checks.integers(verify_widths, "verify_widths", low=1, high=gamma + 1)
     if drafter is not None and drafter.vocab_size != target.config.vocab_size:
         raise ValueError(

@@ -13,6 +13,7 @@ from specdec import drafters
 from specdec.drafters import Context, NGram
 from specdec.drafters.eagle import Eagle, readout_logits
 from specdec.drafters.layer_skip import match_rate, save_skip_set, search_skip_set
+from specdec.generation import default_verify_widths
 from specdec.models import Model, tiny_config
 from specdec.sampling import Sampling, probs
 
@@ -109,10 +110,24 @@ def test_ngram_proposes_the_continuation_of_the_latest_match():
 
 
 def test_no_match_costs_single_position_passes(target):
+    """On the CPU backend (the default widths there: 1 and gamma + 1)."""
     ngram = drafters.make("ngram", target)
     out = run(target, [[1, 2, 3, 4, 5, 6, 7, 8]], ngram, gamma=4, max_new_tokens=1)
     s = out.stats[0]
     assert s["drafted"] == 0 and s["verified"] == s["target_calls"] == 1
+
+
+def test_default_verify_widths_add_the_narrow_pass_on_cpu_only(target):
+    """A step that may draft nothing gets a width-1 branch on the CPU backend; elsewhere one width
+    (on a GPU the switch costs more than the narrow pass saves)."""
+    ngram = drafters.make("ngram", target)
+    fixed = drafters.make("draft_model", target, layers=2)
+    assert default_verify_widths(ngram, 4, None, "cpu") == (1,)
+    assert default_verify_widths(fixed, 4, "heuristic", "cpu") == (1,)
+    assert default_verify_widths(ngram, 4, None, "gpu") == ()
+    assert default_verify_widths(fixed, 4, "heuristic", "tpu") == ()
+    assert default_verify_widths(fixed, 4, None, "cpu") == ()
+    assert default_verify_widths(None, 0, None, "cpu") == ()
 
 
 def test_heuristic_schedule_shrinks_after_rejections(target):
