@@ -179,10 +179,11 @@ def default_verify_widths(drafter, gamma: int, schedule: str | None, backend: st
     Each width is a branch of a ``lax.switch``. On a CPU the narrow branch pays: a pass over
     gamma + 1 positions costs 1.15-1.25 decode steps there (batch 1), and prompt lookup ran 1.40x
     over autoregressive decoding with widths 1 and 5 against 1.30x with width 5 alone. On an
-    H200 the wide pass costs 1.08-1.26 steps at batch 1, and the switch itself made an iteration
-    doing the same work take 1.79 ms instead of 1.43 ms (no cache copied in XLA's program; the
-    cause inside XLA:GPU is not established), so one width is faster there. Both measured by
-    ``experiments/bench_widths.py``; docs/benchmarks.md has the numbers."""
+    H200 the wide pass costs 1.08-1.26 steps at batch 1, while the switch made an iteration doing
+    the same work take 1.79 ms instead of 1.43 ms: no cache is copied, but its wide branch (which
+    attends over the cache and the new block apart, then writes the block after the switch) and
+    the loop around it launch 689 kernels an iteration against 475, so one width is faster there.
+    Both measured by ``experiments/bench_widths.py``; docs/benchmarks.md has the numbers."""
     variable = schedule is not None or getattr(drafter, "variable_length", False)
     return (1,) if variable and gamma > 0 and backend == "cpu" else ()
 
