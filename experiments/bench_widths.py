@@ -5,7 +5,8 @@ Prompt lookup drafts only where it finds a match. With widths (1, gamma + 1) the
 the narrowest width that holds the drafts; with one width it always scores gamma + 1 positions
 (``generation.default_verify_widths`` picks per backend). Both are timed against autoregressive
 decoding, the three methods alternated per prompt, each after a warm call; prints wall seconds,
-speedups and milliseconds per loop iteration (the wall less the prefill, over the target calls).
+speedups, milliseconds per loop iteration (the wall less the prefill, over the target calls),
+the target calls and the positions they scored.
 
     python experiments/bench_widths.py [--prompts 6] [--gamma 4] [--max-new-tokens 64] [--repeats 3]
     python experiments/bench_widths.py --random-config config.json --context 4096   # shapes only
@@ -58,7 +59,7 @@ def main():
         "ngram, widths 1 and gamma + 1 (switch)": dict(drafter=ngram, gamma=args.gamma, verify_widths=(1,)),
         "ngram, width gamma + 1 only": dict(drafter=ngram, gamma=args.gamma, verify_widths=()),
     }
-    wall, decode, calls = (dict.fromkeys(methods, 0.0) for _ in range(3))
+    wall, decode, calls, scored = (dict.fromkeys(methods, 0.0) for _ in range(4))
     for prompt in prompts:
         for name, kw in methods.items():
             out = generate_warm(
@@ -67,16 +68,17 @@ def main():
             wall[name] += out.wall_s
             decode[name] += out.wall_s - out.prefill_s
             calls[name] += out.stats[0]["target_calls"]
+            scored[name] += out.stats[0]["verified"]
     print(
         f"{len(prompts)} prompts ({'first turns' if chat else f'{args.context} random tokens'}), "
         f"gamma {args.gamma}, {args.max_new_tokens} new tokens, {model.name} on {kernels.machine()}\n"
     )
-    print("| method | wall s | speedup | ms per iteration |")
-    print("|---|---:|---:|---:|")
+    print("| method | wall s | speedup | ms per iteration | target calls | positions scored |")
+    print("|---|---:|---:|---:|---:|---:|")
     for name in methods:
         print(
             f"| {name} | {wall[name]:.2f} | {wall['autoregressive'] / wall[name]:.3f}x | "
-            f"{decode[name] / calls[name] * 1e3:.3f} |"
+            f"{decode[name] / calls[name] * 1e3:.3f} | {calls[name]:.0f} | {scored[name]:.0f} |"
         )
 
 
