@@ -262,19 +262,11 @@ def run(prepared: Prepared, progress=None) -> list[dict]:
     shape = dict(batch=cfg.batch, context=cfg.context)
     cost_cache = costs.CostCache(cfg.paths.costs_path)
     if cfg.drafter.gamma == AUTO:
-        method["gamma"] = auto_gamma(prepared, questions[0], cost_cache, loop)
+        method["gamma"] = auto_gamma(prepared, questions[0], cost_cache, {**loop, **shape})
     gamma = method["gamma"]
     measured = None
     if drafter is not None and target.mesh is None:  # costs are timed on one device's programs
-        measured = costs.measure(
-            target,
-            drafter,
-            gamma=gamma,
-            drafter_key=_cost_key(drafter, method, gamma),
-            batch=cfg.batch,
-            context=cfg.context or 256,
-            cache=cost_cache,
-        )
+        measured = measure_costs(prepared, method, gamma, cost_cache)
     # The build of the speculative loop's programs, looked up once (an autoregressive run never
     # needs it, and under ``auto`` a first lookup times the model).
     build = kernels.verify_build(target) if drafter is not None else None
@@ -370,19 +362,32 @@ def _cost_key(drafter, method: dict, gamma: int) -> str:
     )
 
 
+def measure_costs(prepared: Prepared, method: dict, gamma: int, cost_cache: costs.CostCache) -> costs.Costs:
+    """c and r(T) for T up to gamma + 1 of the run's drafter (``method``: its configuration) at the
+    run's batch and context (256 tokens without one), from ``cost_cache`` or measured into it."""
+    cfg = prepared.cfg
+    return costs.measure(
+        prepared.target,
+        prepared.drafter,
+        gamma=gamma,
+        drafter_key=_cost_key(prepared.drafter, method, gamma),
+        batch=cfg.batch,
+        context=cfg.context or 256,
+        cache=cost_cache,
+    )
+
+
 def auto_gamma(prepared: Prepared, question: tasks.Question, cost_cache: costs.CostCache, loop: dict) -> int:
     """gamma for ``drafter.gamma=auto``: ``theory.optimal_gamma`` (up to 8) from c and r(T) measured
     at the run's batch and context and from alpha (and the shares of drafting steps and wide
-    passes) of a pilot: the first prompt at gamma 4, run once (its counters alone are read)."""
+    passes) of a pilot: the first prompt at gamma 4, run once (its counters alone are read).
+    loop: ``generate_turns``'s keyword arguments (the loop's settings, the run's batch and context)."""
     cfg, target, drafter = prepared.cfg, prepared.target, prepared.drafter
     if drafter is None:
         raise ValueError("drafter.gamma: auto needs a drafter")
     pilot = 4
-    shape = dict(batch=cfg.batch, context=cfg.context)
-    stats = generate_turns(target, question, drafter=drafter, gamma=pilot, warm=False, **shape, **loop)
-    key = _cost_key(drafter, cfg.identity()["drafter"], costs.MAX_GAMMA)
-    kw = dict(batch=cfg.batch, context=cfg.context or 256, cache=cost_cache)
-    measured = costs.measure(target, drafter, gamma=costs.MAX_GAMMA, drafter_key=key, **kw)
+    stats = generate_turns(target, question, drafter=drafter, gamma=pilot, warm=False, **loop)
+    measured = measure_costs(prepared, cfg.identity()["drafter"], costs.MAX_GAMMA, cost_cache)
     shares = _shares(drafter, pilot, stats)
     return theory.optimal_gamma(_alpha(stats), measured.c, costs.MAX_GAMMA, measured.r, **shares)
 
