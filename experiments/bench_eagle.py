@@ -35,6 +35,7 @@ import numpy as np
 
 import specdec
 from specdec import tasks
+from specdec.files import write_text_atomic
 from specdec.generation import bucket, encode_prompts
 from specdec.train import trainer
 from specdec.train.data import answer_marker
@@ -167,7 +168,7 @@ def main():
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         meta = dict(model=args.model, checkpoint=args.checkpoint, load_average=load, rounds=args.rounds)
-        (out / "records.json").write_text(json.dumps(dict(meta, records=records), indent=1))
+        write_text_atomic(out / "records.json", json.dumps(dict(meta, records=records), indent=1))
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ import numpy as np
 
 import specdec
 from specdec import metrics, tasks, theory
+from specdec.files import write_text_atomic
 from specdec.generation import encode_prompts
 from specdec.models import ModelConfig
 from specdec.timing import draft_cost_ratio, verify_cost
@@ -482,8 +483,7 @@ def main(argv=None):
     if args.theory_from:
         reports = theory_from(args)
         if args.json:
-            with open(args.json, "w") as f:
-                json.dump(reports, f, default=float)
+            write_text_atomic(args.json, json.dumps(reports, default=float))
         return
     print(f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; devices: {jax.devices()}")
     shared: dict = {}
@@ -497,8 +497,7 @@ def main(argv=None):
             traceback.print_exc()
             failed = True
         if args.json:  # after every dtype, so a run cut short keeps what it measured
-            with open(args.json, "w") as f:
-                json.dump(reports, f, default=float)
+            write_text_atomic(args.json, json.dumps(reports, default=float))
     if args.write_reference:
         rep = reports[0]
         payload = dict(
@@ -516,8 +515,7 @@ def main(argv=None):
                 for r in rep["rows"]
             ],
         )
-        with open(args.write_reference, "w") as f:
-            json.dump(payload, f)
+        write_text_atomic(args.write_reference, json.dumps(payload))
         print(f"wrote {args.write_reference}")
     if failed:
         sys.exit(1)

@@ -36,6 +36,7 @@ import numpy as np
 import specdec
 from specdec import plots, tasks, theory, timing
 from specdec.drafters.base import tree_size
+from specdec.files import write_text_atomic
 from specdec.generation import bucket, encode_prompts
 
 SKIP = list(range(14, 29))  # the main job's layer_skip set (configs: drafter=layer_skip)
@@ -222,7 +223,7 @@ def main():
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         meta = dict(drafter=args.drafter, model=args.model, r=dict(t=r.t, r=r.r), load_average=load)
-        (out / "records.json").write_text(json.dumps(dict(meta, records=records), indent=1))
+        write_text_atomic(out / "records.json", json.dumps(dict(meta, records=records), indent=1))
         for path in plots.save(
             plots.trees_vs_nodes(records, title=f"{args.model}, {args.drafter}"), out, f"trees_{args.drafter}"
         ):

@@ -24,6 +24,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from specdec import plots
+from specdec.files import write_text_atomic
 from specdec.train import Corpus, read_log, trainer
 from specdec.train.data import answer_marker
 
@@ -78,7 +79,7 @@ def main():
             records.append(record)
             top1 = (record["top1"], record["answer_top1"])
             print(f"{recipe} on {tokens} tokens: top-1 {top1[0]:.3f}, on answers {top1[1]:.3f}", flush=True)
-    (out / "records.json").write_text(json.dumps(records, indent=1))
+    write_text_atomic(out / "records.json", json.dumps(records, indent=1))
     print(
         "\n| recipe | training tokens | held-out top-1 | held-out 1 - TVD | answers: top-1 | answers: 1 - TVD"
         " |\n|---|---:|---:|---:|---:|---:|"

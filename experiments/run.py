@@ -33,6 +33,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from specdec import experiment, plots, results, sharding
+from specdec.files import write_text_atomic
 
 
 def prepare(cfg: DictConfig) -> experiment.Prepared:
@@ -88,7 +89,7 @@ def main(cfg: DictConfig) -> None:
     summary = experiment.summarize(rows)
     print_summary(title, summary)
     out_dir = Path(HydraConfig.get().runtime.output_dir)
-    (out_dir / "summary.json").write_text(json.dumps({"config": title, "summary": summary}, indent=2))
+    write_text_atomic(out_dir / "summary.json", json.dumps({"config": title, "summary": summary}, indent=2))
     paths = run_config.paths
     frame = results.ResultsStore(paths.results_path).to_dataframe()
     written = plots.make_all(frame, paths.figures_dir)

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from specdec.files import write_text_atomic
+
 
 class JsonFile:
     """The file at ``path`` (created with its folder on first write); ``valid(entry)`` checks each
@@ -41,7 +43,5 @@ class JsonFile:
             old = data.get(key)
             data[key] = change(copy.deepcopy(old))  # ``change`` may edit its argument in place
             if data[key] != old:
-                tmp = self.path.with_name(f".{self.path.name}.tmp")
-                tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-                os.replace(tmp, self.path)
+                write_text_atomic(self.path, json.dumps(data, indent=1, sort_keys=True))
         return data[key]

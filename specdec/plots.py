@@ -36,6 +36,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from specdec import results, theory
+from specdec.files import write_atomic
 from specdec.results import BASELINE_DRAFTER
 
 log = logging.getLogger(__name__)
@@ -477,10 +478,10 @@ def trees_vs_nodes(records: list[dict], title: str = "") -> Figure:
 def save(fig: Figure, out_dir, name: str) -> list[Path]:
     """Write ``fig`` as ``out_dir/name.png`` and ``out_dir/name.pdf``; returns both paths."""
     paths = [Path(out_dir, f"{name}.{ext}") for ext in ("png", "pdf")]
-    paths[0].parent.mkdir(parents=True, exist_ok=True)
     with style():
-        fig.savefig(paths[0])
-        fig.savefig(paths[1], metadata={"CreationDate": None})  # reproducible PDF bytes
+        write_atomic(paths[0], lambda tmp: fig.savefig(tmp, format="png"))
+        # reproducible PDF bytes
+        write_atomic(paths[1], lambda tmp: fig.savefig(tmp, format="pdf", metadata={"CreationDate": None}))
     return paths
 
 

@@ -31,6 +31,7 @@ import numpy as np
 
 from specdec import checks
 from specdec.drafters.draft_model import DraftModel
+from specdec.files import write_text_atomic
 from specdec.models import Model, forward
 
 
@@ -127,7 +128,5 @@ def search_skip_set(target: Model, sequences, n_prompt, n_skip: int, *, protect=
 
 def save_skip_set(path, skip, *, target_name: str, rates) -> Path:
     """Write the chosen skip set as JSON (``make_layer_skip(target, skip_file=path)`` reads it)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"target": target_name, "skip": list(skip), "match_rates": rates}, indent=2))
-    return path
+    record = {"target": target_name, "skip": list(skip), "match_rates": rates}
+    return write_text_atomic(path, json.dumps(record, indent=2))

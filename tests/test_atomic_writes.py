@@ -1,0 +1,87 @@
+"""Files are written whole or not at all (``specdec.files``): a write that fails leaves the previous
+file as it was and no temporary file behind, for the helper and for every library writer of a
+file a later run reads (calibrations, caches, checkpoints, figures)."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import pytest
+
+from specdec import files, plots
+from specdec.drafters.layer_skip import save_skip_set
+from specdec.jsonfile import JsonFile
+from specdec.weights.tiny import tiny_tokenizer
+
+
+def test_a_failed_write_leaves_the_previous_file_and_no_temporary_file(tmp_path):
+    path = tmp_path / "deeper" / "record.json"
+    assert files.write_text_atomic(path, "first") == path  # the folder is created
+    assert path.read_text() == "first"
+
+    def half_then_fail(tmp):
+        tmp.write_text("sec")  # a writer interrupted halfway
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        files.write_atomic(path, half_then_fail)
+    assert path.read_text() == "first"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["record.json"]
+    files.write_text_atomic(path, "second")
+    assert path.read_text() == "second"
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
+def _figure(label: str):
+    fig, ax = plt.subplots()
+    ax.set_title(label)
+    return fig
+
+
+def _skip_set(folder, version):
+    return [save_skip_set(folder / "skip.json", [version], target_name="t", rates=[0.5])]
+
+
+def _json_entry(folder, version):
+    store = JsonFile(folder / "cache.json", lambda entry: True, "cost cache", "an object")
+    store.update("key", lambda _: {"version": version})
+    return [store.path]
+
+
+def _figure_files(folder, version):
+    return plots.save(_figure(f"version {version}"), folder, "fig")
+
+
+def _tokenizer_files(folder, version):
+    tokenizer = tiny_tokenizer()
+    tokenizer.chat_template = f"template {version}"
+    tokenizer.save_hf(folder)
+    return sorted(folder.iterdir())
+
+
+# writer(folder, version) -> the files it wrote
+WRITERS = {
+    "layer_skip calibration": _skip_set,
+    "JsonFile entry": _json_entry,
+    "figure": _figure_files,
+    "tokenizer folder": _tokenizer_files,
+}
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+def test_library_writers_leave_the_previous_file_when_the_rename_fails(tmp_path, monkeypatch, writer):
+    """Each writer run once; then again with other content while the final rename fails: every
+    file keeps its first bytes (a writer that opened the file itself would have changed it)."""
+    write = WRITERS[writer]
+    written = write(tmp_path, 1)
+    assert written and all(p.is_file() for p in written)
+    first = {p: p.read_bytes() for p in written}
+
+    def refuse(src, dst):
+        raise OSError(f"rename onto {dst} refused")
+
+    monkeypatch.setattr(files.os, "replace", refuse)
+    with pytest.raises(OSError, match="refused"):
+        write(tmp_path, 2)
+    monkeypatch.undo()
+    assert {p: p.read_bytes() for p in written} == first
+    assert not list(tmp_path.rglob("*.tmp"))
