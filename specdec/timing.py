@@ -28,7 +28,7 @@ import numpy as np
 
 from specdec import kernels
 from specdec.drafters.base import Context, Verified, tree_size
-from specdec.models import Model, forward
+from specdec.models import Model, forward, native
 from specdec.sampling import Sampling, probs
 from specdec.theory import VerifyCost
 
@@ -288,6 +288,23 @@ def builds_s(model: Model, T: int, *, context=256, capacity=512, steps=8, repeat
     ``interleaved_s`` (``kernels.measured_build`` picks the faster)."""
     specs = {b: (T, kernels.OPTIONS[b]) for b in kernels.BUILDS}
     return _labelled_passes_s(model, specs, context, capacity, 1, steps, repeats, rounds)
+
+
+def variants_s(
+    model: Model, widths, variants: dict, *, context=256, capacity=512, batch=1, steps=8, repeats=5, rounds=3
+) -> dict:
+    """{(label, T): seconds of one pass} for each kernel variant ``variants`` {label: {handler:
+    target}} ({}: the built-in kernels; ``native.build_variant`` builds the others) and each of
+    ``widths``: the passes (built as ``forward_s`` builds them) compiled under
+    ``native.substituted``, then all ``interleaved_s``, so variants are compared in one process
+    and one stretch of time."""
+    held, runs = {}, {}  # every pass reads the same cache
+    for label, targets in variants.items():
+        with native.substituted(targets):
+            for T in widths:
+                options = _options(model, T, None, None)
+                runs[label, T] = pass_run(model, T, context, capacity, batch, None, steps, options, held)
+    return {key: s / steps for key, s in interleaved_s(runs, repeats, rounds).items()}
 
 
 def _labelled_passes_s(model: Model, specs: dict, context, capacity, batch, steps, repeats, rounds) -> dict:

@@ -67,3 +67,21 @@ def test_bench_peer_end_to_end_on_a_tiny_model(tmp_path, smollm2_gguf):
         for name in ("greedy", "prompt_lookup"):  # transformers on the same weights
             assert row["m"][name]["hf_tokens"] == greedy
         assert "hf_tokens" not in row["m"]["bigram"]
+
+
+def test_bench_native_times_a_variant_beside_the_built_in_kernels(tmp_path, capsys):
+    from specdec.models import native
+
+    copy = tmp_path / "attention.cc"
+    copy.write_text((native.SOURCES / "attention.cc").read_text())
+    bench = load_script("bench_native")
+    args = ["--model", "tiny-random", "--widths", "1", "2", "--context", "8", "--capacity", "16"]
+    bench.main(["--variant", f"copy={copy}", *args, "--repeats", "1", "--rounds", "1"])
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert [cells[0].strip() for cells in rows] == ["kernels", "built-in", "copy"]
+    built_in, variant = ([float(c) for c in cells[1:]] for cells in rows[1:])
+    assert len(built_in) == 5 and built_in[3:] == [1.0, 1.0]  # T = 1, 2 ms; r(2); against itself
+    assert all(v > 0 for v in variant)
+    with pytest.raises(SystemExit):
+        bench.main(["--variant", "no-label", *args])
+    assert "--variant takes LABEL=FILE, got 'no-label'" in capsys.readouterr().err

@@ -133,3 +133,52 @@ def test_a_sharded_model_is_not_stored_in_panels():
         model.shard(mesh).paneled()
     with pytest.raises(ValueError, match="weights in panels are not sharded"):
         model.paneled().shard(mesh)
+
+
+def _variant(tmp_path, name: str, old: str, new: str):
+    """A copy of specdec/native/``name`` with ``old`` replaced by ``new`` (present exactly once)."""
+    text = (native.SOURCES / name).read_text()
+    assert text.count(old) == 1
+    path = tmp_path / name
+    path.write_text(text.replace(old, new))
+    return path
+
+
+def test_a_kernel_variant_stands_in_for_its_handler_only_while_substituted(tmp_path):
+    """A panel_matmul.cc whose products come out doubled: a jitted function called under
+    ``substituted`` calls it (other logits; not the program it compiled before), called before and
+    after, the built-in kernel; an attention.cc copied unchanged gives the built-in logits."""
+    model = Model.random(tiny_config(), seed=0).paneled()
+    tokens, positions = jnp.array([[3, 4, 5]]), jnp.arange(3)[None]
+    score = jax.jit(lambda p: model.apply(p, tokens, positions, model.init_cache(1, 8))[0])  # one function
+    logits = lambda: np.asarray(score(model.params))
+    built_in = logits()
+    doubled = _variant(
+        tmp_path,
+        "panel_matmul.cc",
+        "std::memcpy(y + m * N, &acc[m][0]",
+        "acc[m][0] *= 2; acc[m][1] *= 2;\n    std::memcpy(y + m * N, &acc[m][0]",
+    )
+    handler, target = native.build_variant(doubled, "doubled")
+    assert (handler, target) == ("specdec_panel_matmul", "specdec_panel_matmul_doubled")
+    with native.substituted({handler: target}):
+        assert native.target(handler) == target
+        assert not np.allclose(logits(), built_in, rtol=1e-3)
+    assert native.target(handler) == handler
+    np.testing.assert_array_equal(logits(), built_in)
+    same = _variant(
+        tmp_path, "attention.cc", "constexpr int64_t kTile = 64;", "constexpr int64_t kTile = 64; "
+    )
+    with native.substituted(dict([native.build_variant(same, "same")])):
+        np.testing.assert_allclose(logits(), built_in, rtol=1e-6, atol=1e-6)
+
+
+def test_a_variant_that_defines_no_handler_or_has_a_bad_label_is_named(tmp_path):
+    other = tmp_path / "other.cc"
+    other.write_text("int main() { return 0; }\n")
+    with pytest.raises(ValueError, match=r"other\.cc: a variant defines one of the handlers .* \(found 0\)"):
+        native.build_variant(other, "x")
+    with pytest.raises(ValueError, match=r"needs a label that is an identifier \(got 'a-b'\)"):
+        native.build_variant(native.SOURCES / "attention.cc", "a-b")
+    with pytest.raises(ValueError, match=r"\['nope'\] are not handlers"), native.substituted({"nope": "x"}):
+        pass

@@ -9,10 +9,15 @@ the processor, and its handlers registered with XLA:
 
 ``models.panels`` decides which models use them (``SPECDEC_PANELS``): a model whose weights are in
 panels also attends with the kernel.
+
+A changed copy of one kernel's source can be built beside them (``build_variant``) and called in
+its place by programs traced under ``substituted``: ``experiments/bench_native.py`` times variants
+against the built-in kernels in one process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -38,42 +43,103 @@ class KernelBuildError(RuntimeError):
 def library() -> ctypes.CDLL:
     """The kernels' library, built for this machine (once; cached by sources, jax version and
     processor), its handlers registered with XLA. KernelBuildError when no compiler builds it."""
+    path = _library_path("specdec-kernels", {s.name: s.read_text() for s in _sources()})
+    if not path.is_file():
+        _build(path, [s for s in _sources() if s.suffix == ".cc"])
+    return _register(path, {name: name for name in HANDLERS})
+
+
+def _library_path(stem: str, sources: dict) -> Path:
+    """Where the library built from ``sources`` ({file name: text}) is cached: keyed by them, the
+    jax version and the processor."""
     from specdec.kernels import machine
     from specdec.weights.zoo import cache_dir
 
     digest = hashlib.sha256(f"{jax.__version__} {machine()}".encode())
-    for source in _sources():
-        digest.update(source.name.encode() + source.read_bytes())
-    path = cache_dir() / "native" / f"specdec-kernels-{digest.hexdigest()[:16]}.so"
-    if not path.is_file():
-        _build(path)
+    for name, text in sorted(sources.items()):
+        digest.update(name.encode() + text.encode())
+    return cache_dir() / "native" / f"{stem}-{digest.hexdigest()[:16]}.so"
+
+
+def _register(path: Path, targets: dict) -> ctypes.CDLL:
+    """Load the library at ``path`` and register its symbols as FFI targets ({symbol: target})."""
     loaded = ctypes.cdll.LoadLibrary(str(path))
-    for name in HANDLERS:
-        jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(loaded, name)), platform="cpu")
+    for symbol, name in targets.items():
+        jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(loaded, symbol)), platform="cpu")
     return loaded
 
 
+_substitutes: dict[str, str] = {}  # handler -> the variant's target, under ``substituted``
+
+
 def target(name: str) -> str:
-    """The FFI target ``name`` (one of ``HANDLERS``), after ``library`` has registered it."""
+    """The FFI target of handler ``name`` (one of ``HANDLERS``), after ``library`` has registered
+    it: the handler itself, or under ``substituted`` the variant standing in for it."""
     library()
-    return name
+    return _substitutes.get(name, name)
+
+
+def build_variant(source, label: str) -> tuple[str, str]:
+    """(handler, target): ``source``, a changed copy of the kernel source that defines ``handler``
+    (say ``attention.cc`` with another loop), built with the kernels' headers into a library of
+    its own and its handler registered as ``target`` = ``<handler>_<label>``; ValueError naming
+    the file when it defines none of ``HANDLERS`` or ``label`` is not an identifier."""
+    source = Path(source)
+    text = source.read_text()
+    define = "XLA_FFI_DEFINE_HANDLER_SYMBOL({},".format
+    handlers = [h for h in HANDLERS if define(h) in text]
+    if len(handlers) != 1 or not label.isidentifier():
+        raise ValueError(
+            f"{source}: a variant defines one of the handlers {', '.join(HANDLERS)} (found "
+            f"{len(handlers)}) and needs a label that is an identifier (got {label!r})"
+        )
+    handler, name = handlers[0], f"{handlers[0]}_{label}"
+    renamed = text.replace(define(handler), define(name))
+    headers = {h.name: h.read_text() for h in _sources() if h.suffix == ".h"}
+    path = _library_path(name, {source.name: renamed, **headers})
+    if not path.is_file():
+        with tempfile.TemporaryDirectory() as tmp:
+            copy = Path(tmp) / source.name
+            copy.write_text(renamed)
+            _build(path, [copy])
+    _register(path, {name: name})
+    return handler, name
+
+
+@contextlib.contextmanager
+def substituted(targets: dict):
+    """Programs traced inside call the variants ``targets`` ({handler: target}, from
+    ``build_variant``) in place of those handlers. JAX's trace caches are cleared on entry and
+    exit, so no program traced outside is reused inside, or the other way round."""
+    unknown = set(targets) - set(HANDLERS)
+    if unknown:
+        raise ValueError(f"substituted: {sorted(unknown)} are not handlers ({', '.join(HANDLERS)})")
+    saved = dict(_substitutes)
+    jax.clear_caches()
+    _substitutes.update(targets)
+    try:
+        yield
+    finally:
+        _substitutes.clear()
+        _substitutes.update(saved)
+        jax.clear_caches()
 
 
 def _sources() -> list[Path]:
     return sorted([*SOURCES.glob("*.cc"), *SOURCES.glob("*.h")])
 
 
-def _build(path: Path) -> None:
-    """Compile the ``*.cc`` sources into ``path`` (written atomically)."""
+def _build(path: Path, sources: list[Path]) -> None:
+    """Compile ``sources`` (with the headers of ``SOURCES``) into ``path`` (written atomically)."""
     compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
-    names = ", ".join(s.name for s in _sources() if s.suffix == ".cc")
+    names = ", ".join(s.name for s in sources)
     if compiler is None:
         raise KernelBuildError(f"no C++ compiler (g++, c++ or $CXX) to build {names}")
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
         out = Path(tmp) / path.name
         command = [compiler, "-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w"]
-        command += [f"-I{jax.ffi.include_dir()}", *(str(s) for s in _sources() if s.suffix == ".cc")]
+        command += [f"-I{jax.ffi.include_dir()}", f"-I{SOURCES}", *(str(s) for s in sources)]
         done = subprocess.run([*command, "-o", str(out)], capture_output=True, text=True)
         if done.returncode != 0:
             last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
