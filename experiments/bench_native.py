@@ -8,7 +8,7 @@ machine moves them alike. Prints ms per pass, r(T) and each variant's time again
 kernels'. On this project's 2-core VMs two runs of one program differ by 5-10%: compare
 variants only within one run, over several rounds.
 
-    python experiments/bench_native.py --variant prefetch=/tmp/panel_matmul.cc [--widths 1 5] [--rounds 5]
+    python experiments/bench_native.py --variant prefetch=my_panel_matmul.cc [--widths 1 5] [--rounds 5]
 """
 
 from __future__ import annotations
