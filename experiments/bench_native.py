@@ -70,10 +70,10 @@ def main(argv=None):
         repeats=args.repeats,
         rounds=args.rounds,
     )
-    head = " | ".join(f"T = {T} ms" for T in args.widths)
-    ratios = " | ".join(f"r({T})" for T in args.widths if T != 1)
-    print(f"| kernels | {head} | {ratios} | " + " | ".join(f"T = {T} / built-in" for T in args.widths) + " |")
-    print("|---|" + "---:|" * (3 * len(args.widths) - 1))
+    head = [f"T = {T} ms" for T in args.widths] + [f"r({T})" for T in args.widths if T != 1]
+    head += [f"T = {T} / built-in" for T in args.widths]
+    print("| kernels | " + " | ".join(head) + " |")
+    print("|---|" + "---:|" * len(head))
     for label in variants:
         ms = [seconds[label, T] * 1e3 for T in args.widths]
         r = [seconds[label, T] / seconds[label, 1] for T in args.widths if T != 1]

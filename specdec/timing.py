@@ -263,11 +263,15 @@ def thunk_labels(hlo: str) -> dict[str, str]:
 def interleaved_s(runs: dict, repeats: int = 5, rounds: int = 3, warmup: int = 3) -> dict:
     """{label: seconds} of each run in ``runs`` ({label: fn}): ``median_s`` per round (after
     ``warmup`` calls), the runs alternated within each round, the median over ``rounds`` rounds
-    (a minute's drift on a shared machine moves every run alike instead of one)."""
+    (a minute's drift on a shared machine moves every run alike instead of one). Each round
+    starts one run later than the one before (a, b, c; b, c, a; ...): a run slowed by the one
+    before it, or by its place in the round, is not always the same run."""
     times = {label: [] for label in runs}
-    for _ in range(rounds):
-        for label, run in runs.items():
-            times[label].append(median_s(run, repeats, warmup))
+    labels = list(runs)
+    for i in range(rounds):
+        shift = i % len(labels)
+        for label in labels[shift:] + labels[:shift]:
+            times[label].append(median_s(runs[label], repeats, warmup))
     return {label: float(np.median(t)) for label, t in times.items()}
 
 

@@ -92,18 +92,22 @@ def test_the_narrow_pass_is_timed_where_its_kernels_differ(tiny, tmp_path, monke
 
 
 def test_interleaved_runs_alternate_within_each_round(monkeypatch):
-    """``timing.interleaved_s`` times every run once per round, in turn, and keeps the median over
-    the rounds: a slow minute in one round moves no run's result."""
-    calls, seconds = [], iter([1.0, 2.0, 9.0, 9.0, 1.2, 2.2, 1.1, 2.1])  # round 2 is slow for both
+    """``timing.interleaved_s`` times every run once per round, in turn, each round starting one
+    run later, and keeps the median over the rounds: a slow minute in one round moves no run's
+    result, and no run always follows the same one."""
+    calls = []
+    seconds = {"a": iter([1.0, 9.0, 1.2, 1.1]), "b": iter([2.0, 9.0, 2.2, 2.1]), "c": iter([3.0] * 4)}
 
     def median_s(run, repeats, warmup):
         assert (repeats, warmup) == (3, 3)  # the default warm-up, as median_s's own
         calls.append(run())
-        return next(seconds)
+        return next(seconds[calls[-1]])
 
     monkeypatch.setattr(timing, "median_s", median_s)
-    got = timing.interleaved_s({"a": lambda: "a", "b": lambda: "b"}, repeats=3, rounds=4)
-    assert calls == ["a", "b"] * 4 and got == {"a": pytest.approx(1.15), "b": pytest.approx(2.15)}
+    runs = {label: lambda label=label: label for label in "abc"}
+    got = timing.interleaved_s(runs, repeats=3, rounds=4)  # round 2 is slow for a and b
+    assert calls == [*"abc", *"bca", *"cab", *"abc"]
+    assert got == {"a": pytest.approx(1.15), "b": pytest.approx(2.15), "c": 3.0}
 
 
 def test_passes_are_timed_with_their_builds(tiny, monkeypatch):
