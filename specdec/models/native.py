@@ -83,16 +83,16 @@ def build_variant(source, label: str) -> tuple[str, str]:
     """(handler, target): ``source``, a changed copy of the kernel source that defines ``handler``
     (say ``attention.cc`` with another loop), built with the kernels' headers into a library of
     its own and its handler registered as ``target`` = ``<handler>_<label>``; ValueError naming
-    the file when it defines none of ``HANDLERS`` or ``label`` is not an identifier."""
+    the file when it does not define exactly one of ``HANDLERS``, or ``label`` is not an identifier."""
     source = Path(source)
     text = source.read_text()
     define = "XLA_FFI_DEFINE_HANDLER_SYMBOL({},".format
     handlers = [h for h in HANDLERS if define(h) in text]
-    if len(handlers) != 1 or not label.isidentifier():
-        raise ValueError(
-            f"{source}: a variant defines one of the handlers {', '.join(HANDLERS)} (found "
-            f"{len(handlers)}) and needs a label that is an identifier (got {label!r})"
-        )
+    if len(handlers) != 1:
+        names = ", ".join(HANDLERS)
+        raise ValueError(f"{source}: a variant defines one of the handlers {names} (found {len(handlers)})")
+    if not label.isidentifier():
+        raise ValueError(f"{source}: a variant needs a label that is an identifier (got {label!r})")
     handler, name = handlers[0], f"{handlers[0]}_{label}"
     renamed = text.replace(define(handler), define(name))
     headers = {h.name: h.read_text() for h in _sources() if h.suffix == ".h"}
