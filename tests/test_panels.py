@@ -18,6 +18,10 @@ from specdec.models import Model, native, panels, tiny_config
 def test_a_product_with_panels_equals_the_product_for_every_row_count(K, N):
     """x [M, K] @ W for M = 1..20 and 37 (one block of up to 8 rows, then blocks of 6 or 8 with a
     remainder; N = 48 splits 3 panels unevenly over the threads), against a float64 product."""
+    _assert_every_row_count(K, N)
+
+
+def _assert_every_row_count(K: int, N: int):
     rng = np.random.default_rng(0)
     w = rng.standard_normal((K, N)).astype(np.float32)
     weight = panels.PanelWeight(w)
@@ -27,6 +31,16 @@ def test_a_product_with_panels_equals_the_product_for_every_row_count(K, N):
         np.testing.assert_allclose(y, x.astype(np.float64) @ w, rtol=1e-5, atol=1e-5 * np.sqrt(K))
     x = rng.standard_normal((2, 3, K)).astype(np.float32)  # leading axes [B, T] kept
     np.testing.assert_allclose(np.asarray(weight.matmul(x)), x @ w, rtol=1e-5, atol=1e-4)
+
+
+def test_panel_rows_of_two_vectors_give_the_product_too(tmp_path):
+    """Compiled for AVX-512, a panel row is one 16-float vector; the AVX2 layout (two 8-float
+    vectors, blocks of 6 rows) is built here as a variant without the AVX-512 branch, so that
+    both are tested on either kind of machine."""
+    source = tmp_path / "panel_matmul.cc"
+    source.write_text("#undef __AVX512F__\n" + (native.SOURCES / "panel_matmul.cc").read_text())
+    with native.substituted(dict([native.build_variant(source, "two_vectors")])):
+        _assert_every_row_count(96, 160)
 
 
 def test_every_product_on_the_cpu_runs_the_kernel():
@@ -156,8 +170,8 @@ def test_a_kernel_variant_stands_in_for_its_handler_only_while_substituted(tmp_p
     doubled = _variant(
         tmp_path,
         "panel_matmul.cc",
-        "std::memcpy(y + m * N, &acc[m][0]",
-        "acc[m][0] *= 2; acc[m][1] *= 2;\n    std::memcpy(y + m * N, &acc[m][0]",
+        "const float s = x[m * K + k];",
+        "const float s = 2 * x[m * K + k];",
     )
     handler, target = native.build_variant(doubled, "doubled")
     assert (handler, target) == ("specdec_panel_matmul", "specdec_panel_matmul_doubled")

@@ -1,8 +1,8 @@
 // y[M, N] = x[M, K] @ W[K, N], W stored as column panels P[N / 16, K, 16]
 // (P[p, k, c] = W[k, 16 p + c]; specdec/models/panels.py). An XLA FFI handler for the CPU.
 //
-// A panel is 16 columns of W, read front to back: at each k its 16 values (two 8-float vectors)
-// are multiplied by R values x[:, k] into 2 R accumulators held in vector registers. Up to 8 rows
+// A panel is 16 columns of W, read front to back: at each k its 16 values (one or two vectors)
+// are multiplied by R values x[:, k] into R accumulator rows held in vector registers. Up to 8 rows
 // are one block (a verify pass: W is read once, in one sequential stream per panel). More rows
 // (a batch of verify passes, a prefill) go through the same panel in blocks of kBlock rows while
 // it stays in the cache, so W is still read from memory once. The panels are split over XLA's
@@ -21,33 +21,45 @@ namespace {
 constexpr int64_t kPanel = 16;
 using specdec::vec8;
 
-// Rows per block beyond 8: 2 kBlock accumulators, two panel vectors and one broadcast fit the
-// vector registers (16 with AVX2, 32 with AVX-512).
+// A panel row (kPanel floats) is one 16-float vector where compiled for AVX-512, else two 8-float
+// vectors (AVX2: GCC splits a 16-float vector type badly there).
+#ifdef __AVX512F__
+typedef float vec __attribute__((vector_size(64)));
+#else
+using vec = vec8;
+#endif
+constexpr int kLanes = sizeof(vec) / sizeof(float), kVectors = kPanel / kLanes;
+
+// Rows per block beyond 8: their kVectors accumulators each, one panel row and one broadcast fit
+// the vector registers (16 with AVX2, 32 with AVX-512).
 #ifdef __AVX512F__
 constexpr int kBlock = 8;
 #else
 constexpr int kBlock = 6;
 #endif
 
+// Panel rows ahead of the one read that a block of more than one row asks the memory for. A row
+// then carries 2-16 vector FMAs, and the out-of-order window alone reaches too few rows ahead to
+// keep the memory busy: on the AVX-512 VM this cut the 5-row products' pass by a fifth
+// (docs/benchmarks.md, "Wider vectors and a prefetch in the product"). One-row blocks are left to
+// the hardware's prefetcher.
+constexpr int64_t kAhead = 64;
+
 // Rows x[0:R] times panel wp [K, 16] -> y[0:R, 0:16] (row strides K and N).
 template <int R>
 void block(const float* x, const float* wp, float* y, int64_t K, int64_t N) {
-  vec8 acc[R][2];
-  for (int m = 0; m < R; ++m) acc[m][0] = acc[m][1] = vec8{};
+  vec acc[R][kVectors] = {};
   for (int64_t k = 0; k < K; ++k, wp += kPanel) {
-    vec8 lo, hi;
-    std::memcpy(&lo, wp, sizeof lo);
-    std::memcpy(&hi, wp + 8, sizeof hi);
+    if (R > 1) __builtin_prefetch(wp + kAhead * kPanel, 0, 0);
+    vec w[kVectors];
+    for (int v = 0; v < kVectors; ++v) std::memcpy(&w[v], wp + v * kLanes, sizeof(vec));
     for (int m = 0; m < R; ++m) {
       const float s = x[m * K + k];
-      acc[m][0] += s * lo;
-      acc[m][1] += s * hi;
+      for (int v = 0; v < kVectors; ++v) acc[m][v] += s * w[v];
     }
   }
-  for (int m = 0; m < R; ++m) {
-    std::memcpy(y + m * N, &acc[m][0], sizeof(vec8));
-    std::memcpy(y + m * N + 8, &acc[m][1], sizeof(vec8));
-  }
+  for (int m = 0; m < R; ++m)
+    for (int v = 0; v < kVectors; ++v) std::memcpy(y + m * N + v * kLanes, &acc[m][v], sizeof(vec));
 }
 
 using Block = void (*)(const float*, const float*, float*, int64_t, int64_t);
