@@ -30,7 +30,7 @@ from pathlib import Path
 import jax
 
 from specdec.jsonfile import JsonFile
-from specdec.models import transformer
+from specdec.models import native, transformer
 
 ENV = "SPECDEC_VERIFY_KERNELS"
 BUILDS = ("eigen", "default")
@@ -96,9 +96,10 @@ def cache_path() -> Path:
 
 
 def software() -> str:
-    """The code a timing measures, as a cache key: jax's version and the forward's revision
-    (``models.transformer.REVISION``), so a timing is never read for code it did not run."""
-    return f"jax {jax.__version__} | forward r{transformer.REVISION}"
+    """The code a timing measures, as a cache key: jax's version, the forward's revision
+    (``models.transformer.REVISION``) and the native kernels' sources (``native.sources_key``), so
+    a timing is never read for code it did not run."""
+    return f"jax {jax.__version__} | forward r{transformer.REVISION} | kernels {native.sources_key()}"
 
 
 def model_key(model) -> str:

@@ -6,7 +6,7 @@ import jax
 import pytest
 
 from specdec import costs, drafters, kernels, timing
-from specdec.models import Model, tiny_config, transformer
+from specdec.models import Model, native, tiny_config, transformer
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +48,9 @@ def test_costs_are_measured_once_then_read_back(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(transformer, "REVISION", transformer.REVISION + 1)  # the forward changed
     costs.measure(tiny, None, gamma=1, batch=2, context=32, cache=cache)  # measured again
     assert timed == [1, 2, 3, 4, 5, 6, 1, 2, 1, 2] and len(cache.read()) == 3
+    monkeypatch.setattr(native, "sources_key", lambda: "changed")  # the C++ kernels changed
+    costs.measure(tiny, None, gamma=1, batch=2, context=32, cache=cache)  # measured again
+    assert timed[-2:] == [1, 2] and len(timed) == 12 and len(cache.read()) == 4
 
 
 def test_a_corrupt_cost_cache_is_named_and_kept(tiny, tmp_path):

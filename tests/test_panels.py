@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import specdec
-from specdec import drafters, generate
+from specdec import drafters, generate, kernels
 from specdec.models import Model, native, panels, tiny_config
 
 
@@ -196,3 +196,21 @@ def test_a_variant_that_defines_no_handler_or_has_a_bad_label_is_named(tmp_path)
         native.build_variant(native.SOURCES / "attention.cc", "a-b")
     with pytest.raises(ValueError, match=r"\['nope'\] are not handlers"), native.substituted({"nope": "x"}):
         pass
+
+
+def test_the_kernels_sources_key_follows_their_text(tmp_path, monkeypatch):
+    """Measured costs are keyed by the kernels' sources (``kernels.software``): a changed line in
+    any of them gives another key."""
+    built_in = native.sources_key()
+    assert built_in in kernels.software()
+    for source in (s for s in native.SOURCES.iterdir() if s.is_file()):
+        (tmp_path / source.name).write_bytes(source.read_bytes())
+    monkeypatch.setattr(native, "SOURCES", tmp_path)
+    try:
+        native.sources_key.cache_clear()
+        assert native.sources_key() == built_in
+        native.sources_key.cache_clear()
+        (tmp_path / "parallel.h").write_text((tmp_path / "parallel.h").read_text() + "\n// changed\n")
+        assert native.sources_key() != built_in
+    finally:
+        native.sources_key.cache_clear()

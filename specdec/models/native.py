@@ -55,10 +55,22 @@ def _library_path(stem: str, sources: dict) -> Path:
     from specdec.kernels import machine
     from specdec.weights.zoo import cache_dir
 
-    digest = hashlib.sha256(f"{jax.__version__} {machine()}".encode())
+    return cache_dir() / "native" / f"{stem}-{_digest(sources, f'{jax.__version__} {machine()}')}.so"
+
+
+def _digest(sources: dict, salt: str = "") -> str:
+    """16 hex digits of sha256 over ``salt`` and ``sources`` ({file name: text})."""
+    digest = hashlib.sha256(salt.encode())
     for name, text in sorted(sources.items()):
         digest.update(name.encode() + text.encode())
-    return cache_dir() / "native" / f"{stem}-{digest.hexdigest()[:16]}.so"
+    return digest.hexdigest()[:16]
+
+
+@functools.cache
+def sources_key() -> str:
+    """The built-in kernels' sources as a short key: a model in panels runs them, so its measured
+    costs are keyed by it too (``kernels.software``)."""
+    return _digest({s.name: s.read_text() for s in _sources()})
 
 
 def _register(path: Path, targets: dict) -> ctypes.CDLL:
