@@ -29,8 +29,9 @@ Schema (``COLUMNS``, in this order; every row has exactly these keys). Non-finit
     accept_by_position     list   [gamma] floats: acceptance rate of each draft position
     wall_s                 float  seconds of the compiled call after block_until_ready, compile excluded
     tokens_per_s           float  new_tokens / wall_s
-    baseline_tokens_per_s  float  autoregressive tokens/s of the row whose config_hash is this row's
-                                  baseline_hash (same configuration, drafter "none"); null if not measured
+    baseline_tokens_per_s  float  autoregressive tokens/s of this prompt (same configuration, drafter
+                                  "none") timed right before this row's run; in the baseline's own row
+                                  (baseline_hash) its tokens_per_s; null if not measured
     speedup                float  tokens_per_s / baseline_tokens_per_s; null without a baseline
     cost_ratio_c           float  c = drafter step time / target step time at T = 1; null if unknown
     dtype                  str    the target's parameter dtype: float32 | bfloat16, with /int8 or /int4
