@@ -28,7 +28,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from specdec.sampling import Sampling, sample
+from specdec.sampling import Sampling, argmax, sample
 
 
 def _leading(accepted: jax.Array) -> jax.Array:
@@ -110,13 +110,13 @@ class GreedyMatch:
 
     def __call__(self, p, q, draft, key):
         del key
-        target = jnp.argmax(p, axis=-1).astype(jnp.int32)  # [B, K+1]
+        target = argmax(p)  # [B, K+1]
         n = _leading((draft == target[:, : draft.shape[1]]) & (_prob_of(q, draft) > 0))
         return n, jnp.take_along_axis(target, n[:, None], axis=1)[:, 0]
 
     def try_child(self, r, q, x, u):
         del q, u
-        return x == jnp.argmax(r, axis=-1)
+        return x == argmax(r)
 
     def after_rejection(self, r, q):
         """r is one-hot at a token no rejected child holds: the residual is r itself."""
@@ -125,7 +125,7 @@ class GreedyMatch:
 
     def next_token(self, r, key):
         del key
-        return jnp.argmax(r, axis=-1).astype(jnp.int32)
+        return argmax(r)
 
     def for_sampling(self, sampling: Sampling):
         if not sampling.greedy:

@@ -29,7 +29,7 @@ import numpy as np
 from specdec import kernels
 from specdec.drafters.base import Context, Verified, tree_size
 from specdec.models import Model, forward, native
-from specdec.sampling import Sampling, probs
+from specdec.sampling import Sampling, argmax, probs
 from specdec.theory import VerifyCost
 
 
@@ -47,8 +47,9 @@ def median_s(fn, repeats: int = 20, warmup: int = 3) -> float:
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "layers", "steps"), donate_argnames="cache")
 def _score_steps(graphdef, params, tokens, positions, cache, layers=None, steps=1):
-    """``steps`` forward passes at the same positions inside one program (as in the decode loop);
-    the cache (donated) comes back with its lengths as given, so calls may share it."""
+    """``steps`` forward passes at the same positions inside one program (as in the decode loop:
+    every position's logits turned into greedy probabilities, as a verify pass's are); the cache
+    (donated) comes back with its lengths as given, so calls may share it."""
     start = cache.lengths
 
     def step(_, carry):
@@ -56,7 +57,7 @@ def _score_steps(graphdef, params, tokens, positions, cache, layers=None, steps=
         logits, cache, _ = forward(
             graphdef, params, tokens + token, positions, cache.with_lengths(start), layers=layers
         )
-        return cache, jnp.argmax(probs(logits[:, -1:], Sampling()), axis=-1).astype(jnp.int32) % 2
+        return cache, argmax(probs(logits, Sampling())[:, -1:]) % 2
 
     cache, token = jax.lax.fori_loop(0, steps, step, (cache, jnp.zeros((tokens.shape[0], 1), jnp.int32)))
     return cache.with_lengths(start), token

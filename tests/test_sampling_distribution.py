@@ -21,7 +21,7 @@ from scipy import stats
 import specdec
 from specdec.acceptance import SpeculativeSampling, TypicalLossy
 from specdec.models import Model, tiny_config
-from specdec.sampling import Sampling, probs, sample
+from specdec.sampling import Sampling, argmax, probs, sample
 
 speculative_sampling = SpeculativeSampling()
 typical_acceptance_lossy = TypicalLossy()
@@ -390,6 +390,23 @@ def test_greedy_is_one_hot_argmax():
     for sampling in (Sampling(), Sampling(0.0, top_k=3), Sampling(0.0, top_p=0.5)):
         p = np.asarray(probs(jnp.asarray(logits), sampling))
         np.testing.assert_array_equal(p, np.eye(16, dtype=np.float32)[logits.argmax(axis=-1)])
+
+
+def test_argmax_is_numpys_first_largest_entry_and_first_nan():
+    """Ties go to the first index, a NaN wins (the first one), -inf rows and bfloat16 work, any
+    leading axes; each case against numpy's argmax (which has the same rules)."""
+    rng = np.random.default_rng(4)
+    cases = [
+        rng.integers(0, 3, (64, 40)).astype(np.float32),  # many ties
+        rng.standard_normal((2, 3, 49152)).astype(np.float32),
+        np.array([[1.0, np.nan, 5.0, np.nan], [-np.inf] * 4, [2.0, 7.0, 7.0, -np.inf]], np.float32),
+    ]
+    for x in cases:
+        np.testing.assert_array_equal(np.asarray(jax.jit(argmax)(x)), x.argmax(axis=-1))
+    x = rng.standard_normal((16, 300)).astype(jnp.bfloat16)
+    want = np.asarray(x, np.float32).argmax(axis=-1)
+    np.testing.assert_array_equal(np.asarray(argmax(jnp.asarray(x))), want)
+    assert argmax(jnp.zeros((3, 5))).dtype == jnp.int32
 
 
 @pytest.mark.parametrize(

@@ -33,6 +33,7 @@ from specdec import checks
 from specdec.drafters.draft_model import DraftModel
 from specdec.files import write_text_atomic
 from specdec.models import Model, forward
+from specdec.sampling import argmax
 
 
 def make_layer_skip(target: Model, *, skip=None, first=None, skip_file=None) -> DraftModel:
@@ -98,7 +99,7 @@ def _argmax_tokens(graphdef, params, sequences, keep_mask, cache):
     B, T = sequences.shape
     positions = jnp.broadcast_to(jnp.arange(T), (B, T))
     logits, _, _ = forward(graphdef, params, sequences, positions, cache, layer_mask=keep_mask)
-    return jnp.argmax(logits, axis=-1)  # [B, T]
+    return argmax(logits)  # [B, T]
 
 
 def search_skip_set(target: Model, sequences, n_prompt, n_skip: int, *, protect=(0,), progress=None):

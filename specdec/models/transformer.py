@@ -37,7 +37,9 @@ _NEG_INF = -1e30
 # 4: keys stored [B Hkv, Dh, S] (were [B Hkv, S, Dh]).
 # 5: models in panels attend with the native kernel (``native.attention``).
 # 6: ... in the verify switch's pass too (the cache and the new entries as two blocks).
-REVISION = 6
+# 7: timed passes turn every position's logits into greedy probabilities, as a verify pass does
+#    (``timing._score_steps``); greedy argmax as two reductions (``sampling.argmax``).
+REVISION = 7
 
 
 class RMSNorm(nnx.Module):
