@@ -10,6 +10,15 @@ the target calls and the positions they scored.
 
     python experiments/bench_widths.py [--prompts 6] [--gamma 4] [--max-new-tokens 64] [--repeats 3]
     python experiments/bench_widths.py --random-config config.json --context 4096   # shapes only
+    python experiments/bench_widths.py --profile   # and each loop's iteration by phase
+
+``--profile``: after the timings, each method's decode loop on the first prompt once more under
+``jax.profiler``, its thunks' time per iteration by the step's named scope (``decode.PHASES``:
+draft, verify, accept, emit, commit, where a chain's commit only builds the next state and runs
+no thunk; "other": the loop's own control), dispatch between thunks not counted. A program read
+from JAX's persistent compilation cache keeps the op names of the code that first compiled it
+(the cache's key leaves them out): after renaming a scope, profile with
+``SPECDEC_COMPILE_CACHE=off``.
 
 ``--random-config``: a model of that HF config with random weights, decoding one prompt of
 ``--context`` tokens (a random 64-token block repeated, so prompt lookup drafts at every step):
@@ -19,13 +28,15 @@ the loop's cost does not depend on the weights' values.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 
 import numpy as np
 
 import specdec
-from specdec import drafters, kernels, tasks
-from specdec.generation import generate_warm
+from specdec import drafters, kernels, tasks, timing
+from specdec.decode import PHASES
+from specdec.generation import generate, generate_warm
 from specdec.models import ModelConfig
 
 
@@ -42,7 +53,7 @@ def target_and_prompts(args):
     return model, [q.turns[0] for q in questions], True
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--prompts", type=int, default=6)
@@ -51,7 +62,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--random-config", help="HF config.json of a random-weights model (shapes only)")
     parser.add_argument("--context", type=int, default=4096, help="with --random-config: prompt tokens")
-    args = parser.parse_args()
+    parser.add_argument("--profile", action="store_true", help="each loop's iteration by phase, profiled")
+    args = parser.parse_args(argv)
     model, prompts, chat = target_and_prompts(args)
     ngram = drafters.make("ngram", model)
     methods = {
@@ -80,6 +92,26 @@ def main():
             f"| {name} | {wall[name]:.2f} | {wall['autoregressive'] / wall[name]:.3f}x | "
             f"{decode[name] / calls[name] * 1e3:.3f} | {calls[name]:.0f} | {scored[name]:.0f} |"
         )
+    if args.profile:
+        profile(model, prompts[0], chat, args, methods)
+
+
+def profile(model, prompt, chat, args, methods):
+    """Each method's loop iteration on ``prompt`` by phase: ms of its thunks under the profiler."""
+    columns = (*PHASES, "other")
+    print("\nms per loop iteration under the profiler, by phase (first prompt)\n")
+    print("| method | " + " | ".join(columns) + " | total |")
+    print("|---|" + "---:|" * (len(columns) + 1))
+    for name, kw in methods.items():
+        kw = dict(kw, chat=chat, max_new_tokens=args.max_new_tokens)
+        call = functools.partial(generate, model, [prompt], **kw)
+        call()  # compiled, and the program cache's last loop
+        loop = model.programs.last_loop()
+        out, trace = timing.traced(call)
+        hlo = loop.as_text()
+        seconds = timing.thunk_seconds(trace, hlo, timing.scope_labels(hlo, PHASES))
+        ms = [seconds.get(c, 0.0) / out.stats[0]["target_calls"] * 1e3 for c in columns]
+        print(f"| {name} | " + " | ".join(f"{m:.2f}" for m in ms) + f" | {sum(ms):.2f} |")
 
 
 if __name__ == "__main__":

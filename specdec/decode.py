@@ -45,6 +45,7 @@ from specdec.sampling import Sampling, probs
 from specdec.trees import Tree
 
 SCHEDULES = (None, "heuristic")
+PHASES = ("draft", "verify", "accept", "emit", "commit")  # a step's named scopes, in order
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

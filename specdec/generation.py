@@ -160,6 +160,10 @@ class ProgramCache:
         loop, new_loop = self._held(self._loops, (cfg, shapes), compile_loop)
         return (first, loop), time.perf_counter() - start if new_prefill or new_loop else 0.0
 
+    def last_loop(self):
+        """The compiled decode loop that ``get`` returned last (to profile it)."""
+        return next(reversed(self._loops.values()))
+
     def _held(self, programs: collections.OrderedDict, signature, compile_program):
         """(programs[signature], whether it was compiled now because it was not held)."""
         if signature in programs:

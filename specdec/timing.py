@@ -208,21 +208,28 @@ def profile_s(
     run = pass_run(model, T, context, capacity, batch, None, steps, _options(model, T, None, None))
     for _ in range(3):
         jax.block_until_ready(run())
-    with tempfile.TemporaryDirectory() as folder:
-        with jax.profiler.trace(folder, create_perfetto_trace=True):
-            for _ in range(calls):
-                jax.block_until_ready(run())
-        trace = json.loads(gzip.decompress(next(Path(folder).rglob("perfetto_trace.json.gz")).read_bytes()))
+    _, trace = traced(lambda: [jax.block_until_ready(run()) for _ in range(calls)])
     seconds = thunk_seconds(trace, run.program.as_text())
     return {label: s / (calls * steps) for label, s in sorted(seconds.items(), key=lambda kv: -kv[1])}
 
 
-def thunk_seconds(trace: dict, hlo: str) -> dict[str, float]:
+def traced(call):
+    """(call(), the Chrome/Perfetto trace of the call as a dict): ``call`` run once under
+    ``jax.profiler``."""
+    with tempfile.TemporaryDirectory() as folder:
+        with jax.profiler.trace(folder, create_perfetto_trace=True):
+            result = call()
+        trace = json.loads(gzip.decompress(next(Path(folder).rglob("perfetto_trace.json.gz")).read_bytes()))
+    return result, trace
+
+
+def thunk_seconds(trace: dict, hlo: str, labels: dict[str, str] | None = None) -> dict[str, float]:
     """{label: seconds} summed over the thunk events of a Chrome/Perfetto ``trace`` (its
-    "traceEvents") that ran instructions of the program whose optimized HLO text is ``hlo``
-    (``thunk_labels``); events of other programs and of the runtime are left out."""
+    "traceEvents") that ran instructions of the program whose optimized HLO text is ``hlo``,
+    labelled by ``labels`` {instruction name: label} (default ``thunk_labels(hlo)``); events of
+    other programs and of the runtime are left out."""
     module = re.match(r"HloModule ([\w.\-]+)", hlo).group(1)
-    labels = thunk_labels(hlo)
+    labels = thunk_labels(hlo) if labels is None else labels
     seconds = collections.Counter()
     for event in trace["traceEvents"]:
         args = event.get("args", {})
@@ -234,6 +241,20 @@ def thunk_seconds(trace: dict, hlo: str) -> dict[str, float]:
 
 
 _CONTROL_FLOW = frozenset({"while", "conditional", "call"})  # thunks that run other thunks
+
+
+def scope_labels(hlo: str, scopes) -> dict[str, str]:
+    """{instruction name: scope} for the instructions of ``thunk_labels``: the first of ``scopes``
+    (names given to ``jax.named_scope``) on the path of its op_name ("jit(decode_loop)/while/body/
+    verify/cond/..." -> "verify"), else "other"."""
+    thunks = thunk_labels(hlo)
+    labels = {}
+    for name, _, _, rest in _instructions(hlo):
+        if name in thunks:
+            path = re.search(r'op_name="([^"]*)"', rest)
+            parts = path.group(1).split("/") if path else []
+            labels[name] = next((part for part in parts if part in scopes), "other")
+    return labels
 
 
 def thunk_labels(hlo: str) -> dict[str, str]:

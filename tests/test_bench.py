@@ -85,3 +85,18 @@ def test_bench_native_times_a_variant_beside_the_built_in_kernels(tmp_path, caps
     with pytest.raises(SystemExit):
         bench.main(["--variant", "no-label", *args])
     assert "--variant takes LABEL=FILE, got 'no-label'" in capsys.readouterr().err
+
+
+def test_bench_widths_times_the_loops_and_profiles_their_phases(tmp_path, capsys):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(tiny_config().to_hf()))
+    args = ["--random-config", str(config), "--context", "64", "--max-new-tokens", "8", "--repeats", "1"]
+    load_script("bench_widths").main([*args, "--gamma", "2", "--profile"])
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    header = [cell.strip() for cell in rows[4]]
+    assert header == ["method", "draft", "verify", "accept", "emit", "commit", "other", "total"]
+    methods = [cells[0].strip() for cells in rows[1:4]]
+    assert [cells[0].strip() for cells in rows[5:]] == methods
+    for cells in rows[5:]:  # ms per iteration by phase: the pass dominates, the columns add up
+        phases = [float(c) for c in cells[1:-1]]
+        assert phases[1] == max(phases) > 0 and float(cells[-1]) == pytest.approx(sum(phases), abs=0.035)

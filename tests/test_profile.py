@@ -1,9 +1,15 @@
 """Where a pass's time goes: ``timing.thunk_labels``, ``thunk_seconds`` and ``profile_s``."""
 
+import os
+import subprocess
+import sys
+
 import jax
+import jax.numpy as jnp
 import pytest
 
 from specdec import timing
+from specdec.decode import PHASES
 from specdec.models import Model, tiny_config
 
 # An optimized HLO text as XLA:CPU prints it, cut down: a loop whose body runs a custom call,
@@ -75,3 +81,43 @@ def test_a_profile_of_a_model_in_panels_names_each_weights_product_and_the_atten
     assert f"specdec_attention [{', '.join(map(str, cache))}]" in seconds
     assert all(s > 0 for s in seconds.values())
     assert list(seconds.values()) == sorted(seconds.values(), reverse=True)
+
+
+def test_scope_labels_name_each_thunk_by_its_named_scope():
+    """The thunks of a compiled function by the ``jax.named_scope`` on their op_name path: the
+    scopes asked for, "other" for the rest."""
+
+    def f(x, w):
+        with jax.named_scope("first"):
+            y = jnp.tanh(x @ w)
+        with jax.named_scope("second"):
+            return jnp.sort(y, axis=-1) + 1.0
+
+    x = jnp.ones((4, 8))
+    hlo = jax.jit(f).lower(x, jnp.ones((8, 8))).compile().as_text()
+    labels = timing.scope_labels(hlo, ("first", "second"))
+    assert set(labels) == set(timing.thunk_labels(hlo))
+    assert {"first", "second"} <= set(labels.values()) <= {"first", "second", "other"}
+    assert "second" not in timing.scope_labels(hlo, ("first",)).values()
+
+
+def test_every_phase_of_a_step_runs_thunks_under_its_named_scope():
+    """``decode.PHASES`` are the step's scopes (bench_widths --profile reads them): they label the
+    thunks of a compiled speculative loop. Compiled in a fresh process without the persistent
+    compilation cache, which keys programs without their metadata (an executable read from it
+    keeps the op names of the code that first compiled it)."""
+    code = """if True:
+        from specdec import drafters, generate, timing
+        from specdec.decode import PHASES
+        from specdec.models import Model, tiny_config
+        target = Model.random(tiny_config(), seed=0)
+        drafter = drafters.make("ngram", target)
+        generate(target, [[1, 2, 3, 1, 2, 3, 1, 2]], drafter=drafter, gamma=2, max_new_tokens=4, chat=False)
+        hlo = target.programs.last_loop().as_text()
+        print(*sorted(set(timing.scope_labels(hlo, PHASES).values())))
+    """
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    env["SPECDEC_COMPILE_CACHE"] = "off"
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    phases = set(proc.stdout.split())
+    assert {"draft", "verify", "accept", "emit", "other"} <= phases <= {*PHASES, "other"}
