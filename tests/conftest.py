@@ -24,6 +24,10 @@ from filelock import FileLock
 #   kernels' rounding differs from the default build (SmolLM2's logits by up to 4e-5). Every check
 #   compares programs built the same way, or holds a tolerance against transformers.
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+# The verify build is XLA's default unless a test asks for another: under "auto" every tiny model
+# a test builds would have both builds timed and the choice written into the user's
+# <specdec cache>/kernels.json. tests/test_kernels.py tests "auto" against a cache of its own.
+os.environ.setdefault("SPECDEC_VERIFY_KERNELS", "default")
 os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip()
 
 # The longest modules (each 2.5 to 5 minutes, cold, on 2 cores), in the order pytest-xdist should
