@@ -30,6 +30,8 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
+from specdec.files import write_atomic
+
 SOURCES = Path(__file__).parent.parent / "native"
 HANDLERS = ("specdec_panel_matmul", "specdec_attention")  # symbol = target name
 MAX_HEAD_DIM = 256
@@ -43,7 +45,7 @@ class KernelBuildError(RuntimeError):
 def library() -> ctypes.CDLL:
     """The kernels' library, built for this machine (once; cached by sources, jax version and
     processor), its handlers registered with XLA. KernelBuildError when no compiler builds it."""
-    path = _library_path("specdec-kernels", {s.name: s.read_text() for s in _sources()})
+    path = _library_path("specdec-kernels", _texts())
     if not path.is_file():
         _build(path, [s for s in _sources() if s.suffix == ".cc"])
     return _register(path, {name: name for name in HANDLERS})
@@ -70,7 +72,7 @@ def _digest(sources: dict, salt: str = "") -> str:
 def sources_key() -> str:
     """The built-in kernels' sources as a short key: a model in panels runs them, so its measured
     costs are keyed by it too (``kernels.software``)."""
-    return _digest({s.name: s.read_text() for s in _sources()})
+    return _digest(_texts())
 
 
 def _register(path: Path, targets: dict) -> ctypes.CDLL:
@@ -107,7 +109,7 @@ def build_variant(source, label: str) -> tuple[str, str]:
         raise ValueError(f"{source}: a variant needs a label that is an identifier (got {label!r})")
     handler, name = handlers[0], f"{handlers[0]}_{label}"
     renamed = text.replace(define(handler), define(name))
-    headers = {h.name: h.read_text() for h in _sources() if h.suffix == ".h"}
+    headers = _texts(".h")
     path = _library_path(name, {source.name: renamed, **headers})
     if not path.is_file():
         with tempfile.TemporaryDirectory() as tmp:
@@ -141,22 +143,27 @@ def _sources() -> list[Path]:
     return sorted([*SOURCES.glob("*.cc"), *SOURCES.glob("*.h")])
 
 
+def _texts(*suffixes: str) -> dict[str, str]:
+    """{file name: text} of the kernel sources (those with one of ``suffixes``, default all)."""
+    return {s.name: s.read_text() for s in _sources() if not suffixes or s.suffix in suffixes}
+
+
 def _build(path: Path, sources: list[Path]) -> None:
     """Compile ``sources`` (with the headers of ``SOURCES``) into ``path`` (written atomically)."""
     compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
     names = ", ".join(s.name for s in sources)
     if compiler is None:
         raise KernelBuildError(f"no C++ compiler (g++, c++ or $CXX) to build {names}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-        out = Path(tmp) / path.name
-        command = [compiler, "-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w"]
-        command += [f"-I{jax.ffi.include_dir()}", f"-I{SOURCES}", *(str(s) for s in sources)]
+    command = [compiler, "-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w"]
+    command += [f"-I{jax.ffi.include_dir()}", f"-I{SOURCES}", *(str(s) for s in sources)]
+
+    def compile_into(out: Path) -> None:
         done = subprocess.run([*command, "-o", str(out)], capture_output=True, text=True)
         if done.returncode != 0:
             last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
             raise KernelBuildError(f"{compiler} failed to build {names}: {last}")
-        os.replace(out, path)
+
+    write_atomic(path, compile_into)
 
 
 def attends(head_dim: int) -> bool:

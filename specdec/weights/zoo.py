@@ -42,7 +42,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from specdec.files import write_atomic
+from specdec.files import write_atomic, write_text_atomic
 from specdec.models.config import ModelConfig
 from specdec.weights.files import one_line
 
@@ -171,7 +171,7 @@ class _CorruptCache(Exception):
 def _write_checksums(sums: Path, files: list[Path]) -> None:
     """Record size and SHA-256 of ``files`` (by name) in ``sums``, atomically: the cache's commit point."""
     record = {f.name: {"size": f.stat().st_size, "sha256": _sha256_file(f)} for f in files}
-    write_atomic(sums, lambda tmp: tmp.write_text(json.dumps(record, indent=1) + "\n"))
+    write_text_atomic(sums, json.dumps(record, indent=1) + "\n")
 
 
 def _verify_checksums(sums: Path, files: list[Path]) -> bool:
@@ -212,7 +212,7 @@ def _warn_rebuild(err: _CorruptCache, name: str) -> None:
 
 def _mark_verified(path: Path, sha: str) -> None:
     marker = json.dumps({**_stat_key(path), "sha256": sha})
-    write_atomic(_marker_path(path), lambda tmp: tmp.write_text(marker))
+    write_text_atomic(_marker_path(path), marker)
 
 
 def _verify_cached(path: Path, entry: ZooEntry) -> None:
@@ -352,7 +352,7 @@ def load_zoo_tensors(name: str, *, use_cache: bool = True) -> tuple[ModelConfig,
         contiguous = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
         write_atomic(st_path, lambda tmp: save_file(contiguous, str(tmp), metadata=meta))
         text = json.dumps(config.to_hf(), indent=2)
-        write_atomic(cfg_path, lambda tmp: tmp.write_text(text))
+        write_text_atomic(cfg_path, text)
         _write_checksums(sums, [st_path, cfg_path])
     return config, tensors
 
