@@ -24,6 +24,11 @@ def load_script(name: str):
     return module
 
 
+def table_rows(out: str) -> list[list[str]]:
+    """The cells of every markdown table row a script printed."""
+    return [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ")]
+
+
 def test_first_difference():
     first_difference = load_script("bench_peer").first_difference
     assert first_difference([1, 2, 3], [1, 2, 3]) is None
@@ -77,7 +82,7 @@ def test_bench_native_times_a_variant_beside_the_built_in_kernels(tmp_path, caps
     bench = load_script("bench_native")
     args = ["--model", "tiny-random", "--widths", "1", "2", "--context", "8", "--capacity", "16"]
     bench.main(["--variant", f"copy={copy}", *args, "--repeats", "1", "--rounds", "1"])
-    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    rows = table_rows(capsys.readouterr().out)
     assert [cells[0].strip() for cells in rows] == ["kernels", "built-in", "copy"]
     built_in, variant = ([float(c) for c in cells[1:]] for cells in rows[1:])
     assert len(built_in) == 5 and built_in[3:] == [1.0, 1.0]  # T = 1, 2 ms; r(2); against itself
@@ -92,7 +97,7 @@ def test_bench_widths_times_the_loops_and_profiles_their_phases(tmp_path, capsys
     config.write_text(json.dumps(tiny_config().to_hf()))
     args = ["--random-config", str(config), "--context", "64", "--max-new-tokens", "8", "--repeats", "1"]
     load_script("bench_widths").main([*args, "--gamma", "2", "--profile"])
-    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    rows = table_rows(capsys.readouterr().out)
     header = [cell.strip() for cell in rows[4]]
     assert header == ["method", "draft", "verify", "accept", "emit", "commit", "other", "total"]
     methods = [cells[0].strip() for cells in rows[1:4]]
