@@ -251,6 +251,7 @@ class RunConfig:
     batch: int = 1  # rows decoded together (copies of each prompt's first turn when > 1)
     context: int | None = None  # null | prompt tokens: documents before each first turn, cut to this
     force: bool = False  # re-measure configurations already in the results store
+    repeats: int = 1  # timed runs of each prompt, alternated with its baseline's: a row is the median run
 
     def __post_init__(self):
         from specdec import drafters  # drafters and the loop import models; keep this module light
@@ -272,11 +273,12 @@ class RunConfig:
         check_mesh(self.model.mesh)
         checks.optional_integer(self.task.per_category, "task.per_category", low=1)
         checks.integer(self.batch, "batch", low=1)
+        checks.integer(self.repeats, "repeats", low=1)
         checks.optional_integer(self.context, "context", low=16)
 
     def identity(self) -> dict:
         """The resolved settings that change what is measured: everything but where results go and
-        ``force``; ``_target_`` keys dropped, the acceptance rule named by its class."""
+        ``force`` and ``repeats``; ``_target_`` keys dropped, the acceptance rule named by its class."""
 
         def plain(node) -> dict:
             return {k: v for k, v in dataclasses.asdict(node).items() if k != "_target_"}

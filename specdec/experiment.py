@@ -2,10 +2,11 @@
 
 The typed ``specdec.config.RunConfig`` says what to measure; ``experiments/run.py`` builds
 its objects (``Prepared``) and calls ``run``. For every prompt, the autoregressive baseline
-and the method run in the same process, one right after the other, turn by turn through the
-chat template (earlier answers fed back), so each speedup is a side-by-side ratio: a baseline
-already in the store (from another job of a sweep, or another day) is timed again beside the
-method, and that timing is the row's ``baseline_tokens_per_s``. With ``batch`` > 1 or a
+and the method run in the same process, alternately (``repeats`` pairs; each row is its median
+run, ``generation.median_run``), turn by turn through the chat template (earlier answers fed
+back), so each speedup is a side-by-side ratio: a baseline already in the store (from another
+job of a sweep, or another day) is timed again beside the method, and that timing is the row's
+``baseline_tokens_per_s``. With ``batch`` > 1 or a
 ``context``, each prompt's first turn runs alone: ``batch`` copies decoded together, after
 ``context_prompt``'s documents.
 
@@ -27,6 +28,7 @@ differs in the drafter alone (its ``baseline_hash``).
 from __future__ import annotations
 
 import dataclasses
+from operator import itemgetter
 
 import jax
 import numpy as np
@@ -34,7 +36,7 @@ import numpy as np
 from specdec import costs, drafters, kernels, metrics, results, tasks, theory
 from specdec.config import AUTO, DrafterConfig, RunConfig, check_dtype
 from specdec.drafters.base import tree_size
-from specdec.generation import generate, generate_warm
+from specdec.generation import generate, generate_warm, median_run
 from specdec.sampling import Sampling
 from specdec.sharding import make_mesh
 from specdec.weights import load_model
@@ -197,6 +199,7 @@ def _config(cfg: RunConfig, identity: dict, drafter: dict, question) -> dict:
 
 
 BASELINE = {"name": results.BASELINE_DRAFTER}
+_wall = itemgetter("wall_s")  # a timed run's (generate_turns') wall time
 
 
 def _row(config: dict, run_id: str, question, stats: dict, **measured) -> dict:
@@ -276,40 +279,43 @@ def run(prepared: Prepared, progress=None) -> list[dict]:
 
     rows = []
     for i, q in enumerate(questions):
-        base_config = _config(cfg, identity, BASELINE, q)
+        base_config, method_config = _config(cfg, identity, BASELINE, q), _config(cfg, identity, method, q)
         baseline = existing.get(base_config["config_hash"])
-        alongside = None  # the autoregressive timing this prompt's speedup divides by
-        if baseline is None or (cfg.force and drafter is None):
-            stats = alongside = generate_turns(target, q, **shape, **loop)
+        new_baseline = baseline is None or (cfg.force and drafter is None)
+        new_method = drafter is not None and (cfg.force or method_config["config_hash"] not in existing)
+        # The timed runs, alternated: autoregressive, then the method, ``repeats`` times. A stored
+        # baseline (another job of a sweep, another day) was timed in another minute, and a speedup
+        # is a ratio of timings of the same minutes: it is timed again here, beside the method (the
+        # stored row stays its first timing). Each row is its median run.
+        speculative = dict(drafter=drafter, gamma=gamma, schedule=cfg.drafter.schedule)
+        ar_runs, method_runs = [], []
+        for _ in range(cfg.repeats if new_baseline or new_method else 0):
+            ar_runs.append(generate_turns(target, q, **shape, **loop))
+            if new_method:
+                method_runs.append(generate_turns(target, q, **speculative, **shape, **loop))
+        alongside = median_run(ar_runs, _wall) if ar_runs else None  # what the speedups divide by
+        if new_baseline:
             no_costs = dict(cost_ratio_c=0.0, verify_cost_r=None, predicted_speedup=None)
             baseline = _row(
                 base_config,
                 run_id,
                 q,
-                stats,
+                alongside,
                 speedup=1.0,
                 decode_speedup=1.0,
                 verify_build="default",  # an autoregressive loop keeps XLA's defaults
+                timed_runs=len(ar_runs),
                 **no_costs,
                 **shape,
             )
             baseline["baseline_tokens_per_s"] = baseline["tokens_per_s"]
             append([baseline])
-        method_config = _config(cfg, identity, method, q)
         if drafter is None:
             rows.append(baseline)
-        elif method_config["config_hash"] in existing and not cfg.force:
+        elif not new_method:
             rows.append(existing[method_config["config_hash"]])
         else:
-            d = cfg.drafter
-            if alongside is None:
-                # The stored baseline was timed in another minute (another job of a sweep, another
-                # day): a speedup is a ratio of timings of the same minute, so time it again here,
-                # right before the method. The stored row stays the baseline's first timing.
-                alongside = generate_turns(target, q, **shape, **loop)
-            stats = generate_turns(
-                target, q, drafter=drafter, gamma=gamma, schedule=d.schedule, **shape, **loop
-            )
+            stats = median_run(method_runs, _wall)
             row = _row(
                 method_config,
                 run_id,
@@ -319,6 +325,7 @@ def run(prepared: Prepared, progress=None) -> list[dict]:
                 **_prediction(drafter, gamma, stats, measured),
                 decode_speedup=_decode_speedup(alongside, stats),
                 verify_build=build,
+                timed_runs=len(method_runs),
             )
             row["baseline_tokens_per_s"] = alongside["new_tokens"] / alongside["wall_s"]
             row["speedup"] = row["tokens_per_s"] / row["baseline_tokens_per_s"]

@@ -338,5 +338,11 @@ def generate_warm(target: Model, prompts, *, repeats: int = 1, **kw) -> Generati
     warm = [] if first.compile_s > 0 else [first]
     while len(warm) < repeats:
         warm.append(generate(target, prompts, **kw))
-    median = sorted(warm, key=lambda out: out.wall_s)[(len(warm) - 1) // 2]
+    median = median_run(warm, lambda out: out.wall_s)
     return dataclasses.replace(median, compile_s=first.compile_s)
+
+
+def median_run(runs: list, wall):
+    """The run of ``runs`` whose ``wall(run)`` is the median (the lower one for an even count): one
+    run's own numbers, never a mix of several."""
+    return sorted(runs, key=wall)[(len(runs) - 1) // 2]

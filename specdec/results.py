@@ -67,12 +67,17 @@ Schema (``COLUMNS``, in this order; every row has exactly these keys). Non-finit
     verify_build           str    the XLA build of the row's decode loop (kernels.BUILDS): "default"
                                   for autoregressive rows, kernels.verify_build for speculative ones;
                                   null in V5
+    timed_runs             int    timed runs of this configuration on this prompt (``repeats``), each
+                                  next to an autoregressive one; wall_s and the counters are the
+                                  median run's, baseline_tokens_per_s the median autoregressive run's;
+                                  null in V6
 
 Stores written before dtype ... baseline_hash existed stay readable: such a row is upgraded on
 read (``config`` and ``baseline_hash`` null, ``config_hash`` derived from its old columns with a
 "v1-" prefix, so it never matches, and is never reused for, a configuration measured today).
 Rows written before accept_by_rank, before batch ... predicted_speedup, before verified ...
-decode_speedup, or before machine and verify_build, read with those null (batch 1).
+decode_speedup, before machine and verify_build, or before timed_runs, read with those null
+(batch 1).
 
 Writing: ``append`` validates every row first (nothing is written if one is bad), then, under
 an exclusive ``filelock`` on the sidecar ``<path>.lock``, writes the whole block with one
@@ -153,15 +158,18 @@ COLUMNS = (
     "decode_speedup",
     "machine",
     "verify_build",
+    "timed_runs",
 )
 V1_COLUMNS = COLUMNS[:28]  # the schema before the configuration identity columns
 V2_COLUMNS = COLUMNS[:36]  # the schema before accept_by_rank
 V3_COLUMNS = COLUMNS[:37]  # the schema before batch, context and the cost model's prediction
 V4_COLUMNS = COLUMNS[:41]  # the schema before verified, prefill_s and decode_speedup
 V5_COLUMNS = COLUMNS[:44]  # the schema before machine and verify_build
+V6_COLUMNS = COLUMNS[:46]  # the schema before timed_runs
 NEW_IN_V4 = dict(batch=1, context=None, verify_cost_r=None, predicted_speedup=None)
 NEW_IN_V5 = dict(verified=None, prefill_s=None, decode_speedup=None)
 NEW_IN_V6 = dict(machine=None, verify_build=None)
+NEW_IN_V7 = dict(timed_runs=None)
 V1_CONFIG_COLUMNS = (
     "device",
     "target",
@@ -221,6 +229,7 @@ def _upgrade_v1(row: dict) -> dict:
         **NEW_IN_V4,
         **NEW_IN_V5,
         **NEW_IN_V6,
+        **NEW_IN_V7,
     )
     return {c: upgraded[c] for c in COLUMNS}
 
@@ -299,8 +308,8 @@ def _decode_row(line: bytes) -> tuple[dict | None, str | None]:
             return _upgrade_v1(row), None
         except (TypeError, ValueError, AttributeError) as e:
             return None, f"a row of the first schema that cannot be read ({e})"
-    if set(row) in (set(V2_COLUMNS), set(V3_COLUMNS), set(V4_COLUMNS), set(V5_COLUMNS)):
-        row = dict(dict(accept_by_rank=None, **NEW_IN_V4, **NEW_IN_V5, **NEW_IN_V6), **row)
+    if set(row) in {frozenset(v) for v in (V2_COLUMNS, V3_COLUMNS, V4_COLUMNS, V5_COLUMNS, V6_COLUMNS)}:
+        row = dict(dict(accept_by_rank=None, **NEW_IN_V4, **NEW_IN_V5, **NEW_IN_V6, **NEW_IN_V7), **row)
         return {c: row[c] for c in COLUMNS}, None
     missing = [c for c in COLUMNS if c not in row]
     unknown = [c for c in row if c not in COLUMNS]

@@ -265,6 +265,7 @@ def test_rerunning_a_sweep_skips_finished_configurations(tiny_sweep, tmp_path):
         (["drafter.gamma=2.5"], "drafter.gamma"),
         (["drafter.gamma=fast"], "drafter.gamma must be an integer >= 1 or auto, got 'fast'"),
         (["batch=0"], "batch must be >= 1"),
+        (["repeats=0"], "repeats must be >= 1"),
         (["context=8"], "context must be >= 16"),
         (["context=20"], "context: 20 tokens cannot hold prompt"),
         (["max_new_tokens=0"], "max_new_tokens must be >= 1"),
@@ -378,6 +379,32 @@ def test_a_stored_baseline_is_timed_again_beside_the_method(tmp_path, monkeypatc
     assert row["speedup"] == pytest.approx(row["tokens_per_s"] / row["baseline_tokens_per_s"])
     decode = (beside["wall_s"] - beside["prefill_s"]) / (row["wall_s"] - row["prefill_s"])
     assert row["decode_speedup"] == pytest.approx(decode)
+
+
+def test_repeated_runs_alternate_with_the_baseline_and_each_row_is_its_median_run(tmp_path, monkeypatch):
+    """repeats=3: autoregressive and method runs alternate (ar, method, ar, ...); each row holds its
+    median run (wall_s, tokens_per_s) and timed_runs = 3, and the method's speedups divide by the
+    median autoregressive run. The runs' walls are set apart so the median is one run's."""
+    overrides = ["model=tiny", "task.categories=[qa]", "task.per_category=1", "max_new_tokens=4"]
+    overrides += [*store_overrides(tmp_path), "drafter=ngram", "repeats=3"]
+    calls, generate_turns = [], experiment.generate_turns
+    walls = iter([3.0, 0.9, 1.0, 0.3, 2.0, 0.5])  # ar, method, ar, method, ar, method
+
+    def timed(target, question, **kw):
+        stats = generate_turns(target, question, **kw)
+        stats = dict(stats, wall_s=next(walls), prefill_s=0.1)
+        calls.append((kw.get("drafter") is None, stats))
+        return stats
+
+    monkeypatch.setattr(experiment, "generate_turns", timed)
+    experiment.run(run_script.prepare(compose("run", overrides)))
+    assert [ar for ar, _ in calls] == [True, False] * 3
+    base, row = ResultsStore(tmp_path / "results.jsonl").rows()
+    assert (base["wall_s"], row["wall_s"]) == (2.0, 0.5)
+    assert (base["timed_runs"], row["timed_runs"]) == (3, 3)
+    assert row["baseline_tokens_per_s"] == base["tokens_per_s"] == base["new_tokens"] / 2.0
+    assert row["speedup"] == pytest.approx(row["tokens_per_s"] / base["tokens_per_s"])
+    assert row["decode_speedup"] == pytest.approx((2.0 - 0.1) / (0.5 - 0.1))
 
 
 def test_context_prompt_fills_the_context_with_documents(tiny):

@@ -15,8 +15,8 @@ from specdec.results import COLUMNS, PartialLineWarning, ResultsStore, config_ke
 
 
 def test_columns_are_the_documented_schema():
-    assert len(COLUMNS) == len(set(COLUMNS)) == 46
-    assert COLUMNS[:3] == ("run_id", "time", "git_commit") and COLUMNS[-1] == "verify_build"
+    assert len(COLUMNS) == len(set(COLUMNS)) == 47
+    assert COLUMNS[:3] == ("run_id", "time", "git_commit") and COLUMNS[-1] == "timed_runs"
     for c in COLUMNS:  # every column is documented in the module docstring
         assert f"\n    {c} " in results.__doc__
 
@@ -282,6 +282,17 @@ def test_stores_of_the_fifth_schema_read_without_the_machine_columns(tmp_path):
     assert list(row) == list(COLUMNS) and row["prefill_s"] == 0.2
     assert row["config_hash"] == make_row(prefill_s=0.2)["config_hash"]
     assert (row["machine"], row["verify_build"]) == (None, None)
+
+
+def test_stores_of_the_sixth_schema_read_without_the_count_of_timed_runs(tmp_path):
+    """A row written before timed_runs keeps its values and identity."""
+    old = {c: v for c, v in make_row(verify_build="eigen").items() if c in results.V6_COLUMNS}
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps(old) + "\n")
+    (row,) = ResultsStore(path).rows()
+    assert list(row) == list(COLUMNS) and row["verify_build"] == "eigen"
+    assert row["config_hash"] == make_row(verify_build="eigen")["config_hash"]
+    assert row["timed_runs"] is None
 
 
 def test_git_commit_and_run_id(monkeypatch):
