@@ -6,7 +6,11 @@ the narrowest width that holds the drafts; with one width it always scores gamma
 (``generation.default_verify_widths`` picks per backend). Both are timed against autoregressive
 decoding, the three methods alternated per prompt, each after a warm call; prints wall seconds,
 speedups, milliseconds per loop iteration (the wall less the prefill, over the target calls),
-the target calls and the positions they scored.
+the target calls and the positions they scored. Then r(gamma + 1) two ways: the loop's (an
+iteration of the one-width loop over an autoregressive one) and the cost model's (one target
+pass over gamma + 1 positions over a one-position pass, ``timing.passes_s`` as ``costs.measure``
+times them, at 256 cached tokens or ``--context``), measured before and after the loops: their
+gap is what the loop adds around its passes, which the cost model's prediction leaves out.
 
     python experiments/bench_widths.py [--prompts 6] [--gamma 4] [--max-new-tokens 64] [--repeats 3]
     python experiments/bench_widths.py --random-config config.json --context 4096   # shapes only
@@ -36,7 +40,7 @@ import numpy as np
 import specdec
 from specdec import drafters, kernels, tasks, timing
 from specdec.decode import PHASES
-from specdec.generation import generate, generate_warm
+from specdec.generation import capacity_for, generate, generate_warm
 from specdec.models import ModelConfig
 
 
@@ -71,6 +75,8 @@ def main(argv=None):
         "ngram, widths 1 and gamma + 1 (switch)": dict(drafter=ngram, gamma=args.gamma, verify_widths=(1,)),
         "ngram, width gamma + 1 only": dict(drafter=ngram, gamma=args.gamma, verify_widths=()),
     }
+    context = args.context if args.random_config else 256
+    passes = [pass_ratio(model, args.gamma + 1, context, args.max_new_tokens)]
     wall, decode, calls, scored = (dict.fromkeys(methods, 0.0) for _ in range(4))
     for prompt in prompts:
         for name, kw in methods.items():
@@ -92,8 +98,24 @@ def main(argv=None):
             f"| {name} | {wall[name]:.2f} | {wall['autoregressive'] / wall[name]:.3f}x | "
             f"{decode[name] / calls[name] * 1e3:.3f} | {calls[name]:.0f} | {scored[name]:.0f} |"
         )
+    passes.append(pass_ratio(model, args.gamma + 1, context, args.max_new_tokens))
+    per_call = {name: decode[name] / calls[name] for name in methods}
+    loop = per_call["ngram, width gamma + 1 only"] / per_call["autoregressive"]
+    print(
+        f"\nr({args.gamma + 1}): the loop's {loop:.3f} (an iteration of width {args.gamma + 1} over an "
+        f"autoregressive one); the cost model's {passes[0]:.3f} before the loops, {passes[1]:.3f} after "
+        f"(passes at {context} cached tokens)"
+    )
     if args.profile:
         profile(model, prompts[0], chat, args, methods)
+
+
+def pass_ratio(model, T: int, context: int, max_new_tokens: int) -> float:
+    """The cost model's r(T): one target pass over T positions over a one-position pass, timed as
+    ``costs.measure`` times them (``timing.passes_s``) after ``context`` cached tokens."""
+    capacity = capacity_for(context, max_new_tokens, T)
+    seconds = timing.passes_s(model, [1, T], context=context, capacity=capacity)
+    return seconds[T] / seconds[1]
 
 
 def profile(model, prompt, chat, args, methods):

@@ -6,6 +6,7 @@ Slow (loads the real tokenizer): bench_peer end to end on a tiny random model, H
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import jax
@@ -97,7 +98,13 @@ def test_bench_widths_times_the_loops_and_profiles_their_phases(tmp_path, capsys
     config.write_text(json.dumps(tiny_config().to_hf()))
     args = ["--random-config", str(config), "--context", "64", "--max-new-tokens", "8", "--repeats", "1"]
     load_script("bench_widths").main([*args, "--gamma", "2", "--profile"])
-    rows = table_rows(capsys.readouterr().out)
+    out = capsys.readouterr().out
+    rows = table_rows(out)
+    ratios = r"r\(3\): the loop's ([\d.]+) .* cost model's ([\d.]+) before the loops, ([\d.]+) after"
+    loop, before, after = (float(r) for r in re.search(ratios, out).groups())
+    per_iteration = {cells[0].strip(): float(cells[3]) for cells in rows[1:4]}  # ms per iteration
+    width_only = per_iteration["ngram, width gamma + 1 only"] / per_iteration["autoregressive"]
+    assert loop == pytest.approx(width_only, rel=0.01) and before > 0 and after > 0  # table rounded
     header = [cell.strip() for cell in rows[4]]
     assert header == ["method", "draft", "verify", "accept", "emit", "commit", "other", "total"]
     methods = [cells[0].strip() for cells in rows[1:4]]
