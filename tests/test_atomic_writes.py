@@ -31,6 +31,54 @@ def test_a_failed_write_leaves_the_previous_file_and_no_temporary_file(tmp_path)
     assert path.stat().st_mode & 0o777 == 0o644
 
 
+def _folder(path, **texts):
+    path.mkdir(parents=True, exist_ok=True)
+    for name, text in texts.items():
+        (path / name).write_text(text)
+    return path
+
+
+def _contents(path) -> dict:
+    return {p.relative_to(path).as_posix(): p.read_text() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def test_a_replaced_folder_keeps_what_keep_allows_and_leaves_nothing_beside_it(tmp_path):
+    folder = _folder(tmp_path / "ckpt", weights="old", notes="mine")
+    _folder(folder / "extra", deep="kept too")
+    write = lambda new: (new / "weights").write_text("new")
+    files.replace_folder(folder, write, lambda name: name != "weights")
+    assert _contents(folder) == {"weights": "new", "notes": "mine", "extra/deep": "kept too"}
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # no staging or old folder left
+    assert folder.stat().st_mode & 0o777 == 0o755
+    files.replace_folder(tmp_path / "fresh", lambda new: (new / "w").write_text("1"), lambda name: True)
+    assert _contents(tmp_path / "fresh") == {"w": "1"}
+
+
+def test_a_failed_folder_write_or_swap_leaves_the_previous_folder(tmp_path, monkeypatch):
+    folder = _folder(tmp_path / "ckpt", config="old", weights="old")
+    before = _contents(folder)
+
+    def half_then_fail(new):
+        (new / "config").write_text("new")  # a save interrupted halfway
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        files.replace_folder(folder, half_then_fail, lambda name: False)
+    assert _contents(folder) == before and [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+
+    replace = files.os.replace
+
+    def staging_cannot_move(source, target):  # the old folder moved aside, the new one not in
+        if str(source).endswith(".tmp"):
+            raise OSError("rename failed")
+        replace(source, target)
+
+    monkeypatch.setattr(files.os, "replace", staging_cannot_move)
+    with pytest.raises(OSError, match="rename failed"):
+        files.replace_folder(folder, lambda new: (new / "config").write_text("new"), lambda name: False)
+    assert _contents(folder) == before and [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+
+
 def _figure(label: str):
     fig, ax = plt.subplots()
     ax.set_title(label)

@@ -11,7 +11,7 @@ from safetensors.numpy import load_file, save_file
 
 import specdec
 from specdec.models import SUPPORTED_ARCHITECTURES, Model, ModelConfig, RopeScaling, tiny_config
-from specdec.weights import zoo
+from specdec.weights import hf, zoo
 from specdec.weights.hf import INDEX_FILE, SINGLE_FILE, load_hf_dir, save_hf_dir
 
 CONFIGS = {
@@ -133,6 +133,31 @@ def test_saving_over_an_existing_folder_loads_the_new_weights(first, second, tmp
     loaded = load_hf_dir(tmp_path)
     tokens = tokens_for(new.config)
     np.testing.assert_array_equal(logits(loaded, tokens), logits(new, tokens))
+
+
+def test_a_save_that_fails_midway_leaves_the_earlier_one_loadable(tmp_path, monkeypatch):
+    """A re-save killed after its first shard: the folder still holds the earlier checkpoint,
+    whole; a complete re-save replaces config and weights and keeps the folder's other files."""
+    old, new = Model.random(tiny_config(), seed=12), Model.random(tiny_config(), seed=13)
+    save_hf_dir(old, tmp_path / "ckpt", max_shard_bytes=SHARD_BYTES)
+    (tmp_path / "ckpt" / "README.md").write_text("my notes")
+    save_shard = hf._save_tensors
+
+    def first_shard_only(path, tensors):
+        if "00002" in path.name:
+            raise OSError("killed")
+        save_shard(path, tensors)
+
+    monkeypatch.setattr(hf, "_save_tensors", first_shard_only)
+    with pytest.raises(OSError, match="killed"):
+        save_hf_dir(new, tmp_path / "ckpt", max_shard_bytes=SHARD_BYTES)
+    tokens = tokens_for(old.config)
+    np.testing.assert_array_equal(logits(load_hf_dir(tmp_path / "ckpt"), tokens), logits(old, tokens))
+    monkeypatch.undo()
+    save_hf_dir(new, tmp_path / "ckpt")
+    np.testing.assert_array_equal(logits(load_hf_dir(tmp_path / "ckpt"), tokens), logits(new, tokens))
+    assert (tmp_path / "ckpt" / "README.md").read_text() == "my notes"
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))

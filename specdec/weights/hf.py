@@ -10,7 +10,7 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
-from specdec.files import write_atomic, write_text_atomic
+from specdec.files import replace_folder, write_atomic, write_text_atomic
 from specdec.models import Model, ModelConfig
 from specdec.weights.files import one_line, read_json
 
@@ -84,11 +84,22 @@ def _save_tensors(path: Path, tensors: dict) -> None:
 
 
 def save_hf_dir(model: Model, folder, *, max_shard_bytes: int | None = None) -> Path:
-    """Write ``model`` as an HF checkpoint folder; shards with an index when ``max_shard_bytes`` is set."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    for stale in [folder / SINGLE_FILE, folder / INDEX_FILE, *folder.glob("model-*-of-*.safetensors")]:
-        stale.unlink(missing_ok=True)  # weights of an earlier save must not shadow these
+    """Write ``model`` as an HF checkpoint folder; shards with an index when ``max_shard_bytes`` is
+    set. The folder is replaced whole (``files.replace_folder``): an earlier save there stays
+    loadable until the new one is complete, and files other than a checkpoint's config and weights
+    (a README, generation_config.json, the tokenizer of a model saved without one) are kept."""
+    write = lambda staging: _write_hf_dir(model, staging, max_shard_bytes)
+    return replace_folder(folder, write, _not_weights)
+
+
+def _not_weights(name: str) -> bool:
+    """Whether an existing folder's entry ``name`` outlives a new save: all but config and weights
+    (weights of an earlier save must not shadow the new ones)."""
+    shard = name.startswith("model-") and name.endswith(".safetensors")
+    return name not in ("config.json", SINGLE_FILE, INDEX_FILE) and not shard
+
+
+def _write_hf_dir(model: Model, folder: Path, max_shard_bytes: int | None) -> None:
     config = model.config.to_hf()
     config["torch_dtype"] = str(np.dtype(model.dtype))
     write_text_atomic(folder / "config.json", json.dumps(config, indent=2))
@@ -111,4 +122,3 @@ def save_hf_dir(model: Model, folder, *, max_shard_bytes: int | None = None) -> 
         write_text_atomic(folder / INDEX_FILE, json.dumps(index))
     if model.tokenizer is not None:
         model.tokenizer.save_hf(folder)
-    return folder
