@@ -48,6 +48,8 @@ def replace_folder(
     (a kill leaves the staging folder ``.<name>.*.tmp`` beside it); a kill between the two renames
     leaves the old folder whole as ``.<name>.old-*``. Returns ``path``."""
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"{path}: exists and is not a folder")
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:

@@ -52,6 +52,10 @@ def test_a_replaced_folder_keeps_what_keep_allows_and_leaves_nothing_beside_it(t
     assert folder.stat().st_mode & 0o777 == 0o755
     files.replace_folder(tmp_path / "fresh", lambda new: (new / "w").write_text("1"), lambda name: True)
     assert _contents(tmp_path / "fresh") == {"w": "1"}
+    (tmp_path / "a_file").write_text("not a folder")
+    with pytest.raises(FileExistsError, match="a_file: exists and is not a folder"):
+        files.replace_folder(tmp_path / "a_file", write, lambda name: True)
+    assert (tmp_path / "a_file").read_text() == "not a folder"
 
 
 def test_a_failed_folder_write_or_swap_leaves_the_previous_folder(tmp_path, monkeypatch):
