@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
 from pathlib import Path
 
@@ -95,7 +96,7 @@ def save_hf_dir(model: Model, folder, *, max_shard_bytes: int | None = None) -> 
 def _not_weights(name: str) -> bool:
     """Whether an existing folder's entry ``name`` outlives a new save: all but config and weights
     (weights of an earlier save must not shadow the new ones)."""
-    shard = name.startswith("model-") and name.endswith(".safetensors")
+    shard = fnmatch.fnmatch(name, "model-*-of-*.safetensors")
     return name not in ("config.json", SINGLE_FILE, INDEX_FILE) and not shard
 
 
