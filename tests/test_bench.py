@@ -109,6 +109,9 @@ def test_bench_widths_times_the_loops_and_profiles_their_phases(tmp_path, capsys
     assert header == ["method", "draft", "verify", "accept", "emit", "commit", "other", "total"]
     methods = [cells[0].strip() for cells in rows[1:4]]
     assert [cells[0].strip() for cells in rows[5:]] == methods
-    for cells in rows[5:]:  # ms per iteration by phase: the pass dominates, the columns add up
+    # ms per iteration by phase: the pass dominates the step's phases, the columns add up. "other"
+    # (the loop's control) is left out of the first: on a tiny model a pass takes under 0.1 ms, and
+    # one preemption of a thunk there by a test running alongside outweighs it.
+    for cells in rows[5:]:
         phases = [float(c) for c in cells[1:-1]]
-        assert phases[1] == max(phases) > 0 and float(cells[-1]) == pytest.approx(sum(phases), abs=0.035)
+        assert phases[1] == max(phases[:5]) > 0 and float(cells[-1]) == pytest.approx(sum(phases), abs=0.035)
