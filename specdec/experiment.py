@@ -276,6 +276,7 @@ def run(prepared: Prepared, progress=None) -> list[dict]:
     # needs it, and under ``auto`` a first lookup times the model).
     build = kernels.verify_build(target) if drafter is not None else None
     append = store.append if jax.process_index() == 0 else _nothing  # one writer per run
+    speculative = dict(drafter=drafter, gamma=gamma, schedule=cfg.drafter.schedule)
 
     rows = []
     for i, q in enumerate(questions):
@@ -287,7 +288,6 @@ def run(prepared: Prepared, progress=None) -> list[dict]:
         # baseline (another job of a sweep, another day) was timed in another minute, and a speedup
         # is a ratio of timings of the same minutes: it is timed again here, beside the method (the
         # stored row stays its first timing). Each row is its median run.
-        speculative = dict(drafter=drafter, gamma=gamma, schedule=cfg.drafter.schedule)
         ar_runs, method_runs = [], []
         for _ in range(cfg.repeats if new_baseline or new_method else 0):
             ar_runs.append(generate_turns(target, q, **shape, **loop))

@@ -170,6 +170,8 @@ NEW_IN_V4 = dict(batch=1, context=None, verify_cost_r=None, predicted_speedup=No
 NEW_IN_V5 = dict(verified=None, prefill_s=None, decode_speedup=None)
 NEW_IN_V6 = dict(machine=None, verify_build=None)
 NEW_IN_V7 = dict(timed_runs=None)
+# The column sets of the schemas after the first, read with their later columns null
+_UPGRADABLE = frozenset(frozenset(v) for v in (V2_COLUMNS, V3_COLUMNS, V4_COLUMNS, V5_COLUMNS, V6_COLUMNS))
 V1_CONFIG_COLUMNS = (
     "device",
     "target",
@@ -308,7 +310,7 @@ def _decode_row(line: bytes) -> tuple[dict | None, str | None]:
             return _upgrade_v1(row), None
         except (TypeError, ValueError, AttributeError) as e:
             return None, f"a row of the first schema that cannot be read ({e})"
-    if set(row) in {frozenset(v) for v in (V2_COLUMNS, V3_COLUMNS, V4_COLUMNS, V5_COLUMNS, V6_COLUMNS)}:
+    if frozenset(row) in _UPGRADABLE:
         row = dict(dict(accept_by_rank=None, **NEW_IN_V4, **NEW_IN_V5, **NEW_IN_V6, **NEW_IN_V7), **row)
         return {c: row[c] for c in COLUMNS}, None
     missing = [c for c in COLUMNS if c not in row]
